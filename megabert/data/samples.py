@@ -139,39 +139,32 @@ class SplitSamples:
         return out
 
     def fill_rows(self, sample_ids: np.ndarray, out: np.ndarray, cls_id: int, sep_id: int) -> None:
-        """Writes each sample's tokens into a row of ``out`` (pre-filled with [PAD]), left-aligned."""
+        """Writes each sample's tokens into a row of ``out`` [B, seq_len] (pre-filled with [PAD]), left-aligned.
+
+        One vectorised gather from the memory map per batch: no per-sample Python.
+        """
         tokens, width = self.dataset.tokens, self.seq_len
+        rows = np.arange(len(sample_ids))
+        out[:, 0] = cls_id
         if self.mode == "document":
-            body = width - 2
-            for row, sid in zip(out, sample_ids):
-                doc = self.doc_ids[sid]
-                start, n = int(self.doc_starts[doc]), min(int(self.doc_lengths[doc]), body)
-                row[0] = cls_id
-                row[1:1 + n] = tokens[start:start + n]
-                row[1 + n] = sep_id
+            docs = self.doc_ids[sample_ids]
+            n = np.minimum(self.doc_lengths[docs], width - 2)  # [B] body tokens kept
+            cols = np.arange(width - 2)[None, :]  # [1, S-2]
+            inside = cols < n[:, None]  # [B, S-2]
+            where = np.where(inside, self.doc_starts[docs][:, None] + cols, 0)
+            body = out[:, 1:width - 1]
+            body[inside] = tokens[where[inside]]
+            out[rows, 1 + n] = sep_id
             return
         window = width - 1
-        for row, sid in zip(out, sample_ids):
-            row[0] = cls_id
-            pos = int(sid) * window  # start in the packed stream
-            i = int(np.searchsorted(self.stream_end, pos, side="right"))
-            filled = 1
-            while filled < width and i < len(self.doc_ids):
-                doc_end = int(self.stream_end[i])
-                doc_start = doc_end - int(self.doc_lengths[self.doc_ids[i]]) - 1
-                offset = pos - doc_start  # within "doc tokens + [SEP]"
-                n_doc = doc_end - doc_start - 1
-                if offset < n_doc:
-                    take = min(n_doc - offset, width - filled)
-                    start = int(self.doc_starts[self.doc_ids[i]]) + offset
-                    row[filled:filled + take] = tokens[start:start + take]
-                    filled += take
-                    pos += take
-                if filled < width and pos == doc_end - 1:
-                    row[filled] = sep_id
-                    filled += 1
-                    pos += 1
-                i += 1
+        pos = np.asarray(sample_ids, dtype=np.int64)[:, None] * window + np.arange(window)[None, :]  # [B, S-1]
+        i = np.searchsorted(self.stream_end, pos, side="right")  # [B, S-1] document position in the stream
+        docs = self.doc_ids[i]
+        lengths = self.doc_lengths[docs]
+        offset = pos - (self.stream_end[i] - lengths - 1)  # within "document tokens + [SEP]"
+        is_sep = offset == lengths
+        gathered = tokens[np.where(is_sep, 0, self.doc_starts[docs] + np.minimum(offset, lengths - 1))]
+        out[:, 1:] = np.where(is_sep, sep_id, gathered)
 
 
 class BlendIndex:
