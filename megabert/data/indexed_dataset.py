@@ -146,6 +146,16 @@ class IndexedDataset:
         seq = self[i]
         return seq[offset:] if length is None else seq[offset:offset + length]
 
+    def one_sequence_per_document(self, chunk: int = 1 << 22) -> bool:
+        """True when every document is exactly one sequence (no sentence splitting), checked in chunks."""
+        if len(self) != self.num_documents:
+            return False
+        for lo in range(0, self.num_documents, chunk):
+            hi = min(lo + chunk, self.num_documents)
+            if not np.array_equal(self.document_indices[lo + 1:hi + 1], np.arange(lo + 1, hi + 1)):
+                return False
+        return True
+
     def document_token_spans(self) -> tuple[np.ndarray, np.ndarray]:
         """(start element, token count) of every document in .bin; a document's sequences are contiguous."""
         first = self.document_indices[:-1]

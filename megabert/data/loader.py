@@ -53,6 +53,9 @@ class _BatchRecipe:
             block = rows[sel]
             self.splits[int(d)].fill_rows(sample_ids[sel], block, self.cls_id, self.sep_id)
             rows[sel] = block
+        if rows.max() >= len(self.spec.is_special):
+            raise ValueError(f"a batch holds token id {rows.max()} >= the tokenizer's vocabulary "
+                             f"({len(self.spec.is_special)}); was the data preprocessed with another tokenizer?")
         attention_mask = (rows != self.pad_id).astype(np.int64)
         keys = sample_keys(self.seed, self.stream, dataset_of, numbers)
         input_ids, labels = mask_tokens(rows, keys, self.mask_prob, self.spec, self.whole_word)
@@ -120,9 +123,7 @@ class MLMData:
         prefixes, weights = parse_data_path(data_cfg.data_path)
         datasets = [IndexedDataset(p) for p in prefixes]
         for ds in datasets:
-            if len(ds) and int(ds.tokens.max(initial=0)) >= tokenizer.vocab_size:
-                raise ValueError(f"{ds.prefix!r} holds token ids >= the tokenizer's vocabulary "
-                                 f"({tokenizer.vocab_size}); was it preprocessed with another tokenizer?")
+            _check_token_range(ds, tokenizer.vocab_size)
 
         def splits(name: str) -> list[SplitSamples]:
             return [SplitSamples(ds, data_cfg.split, name, data_cfg.sample_mode, data_cfg.seq_len, seed, i,
@@ -190,6 +191,14 @@ class MLMData:
         dataset = _ValidBatches(self._valid_recipe, owners[order], ids[order], self.micro_batch_size,
                                 self.dp_rank, self.dp_size)
         return self._loader(dataset, range(len(dataset)))
+
+
+def _check_token_range(ds: IndexedDataset, vocab_size: int, probe: int = 1 << 20) -> None:
+    """Catches data tokenized with another vocabulary early, reading only the first ``probe`` tokens."""
+    head = ds.tokens[:probe]
+    if head.size and int(head.max()) >= vocab_size:
+        raise ValueError(f"{ds.prefix!r} holds token id {int(head.max())} >= the tokenizer's vocabulary "
+                         f"({vocab_size}); was it preprocessed with another tokenizer?")
 
 
 class _Counter(torch.utils.data.Sampler):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -53,9 +54,11 @@ def split_ranges(num_documents: int, split: str) -> dict[str, tuple[int, int]]:
 
 def parse_data_path(data_path: list | str) -> tuple[list[str], Optional[list[float]]]:
     """["0.7", "a", "0.3", "b"] -> (prefixes, weights); ["a", "b"] -> (prefixes, None)."""
-    items = data_path.split() if isinstance(data_path, str) else [str(x) for part in data_path for x in str(part).split()]
+    parts = [data_path] if isinstance(data_path, str) else data_path
+    items = [x for part in parts for x in str(part).split()]
     if not items:
-        raise ValueError("data.data_path is empty; give one or more dataset prefixes written by tools/preprocess_data.py")
+        raise ValueError("data.data_path is empty; give one or more dataset prefixes written by "
+                         "tools/preprocess_data.py")
 
     def is_number(s: str) -> bool:
         try:
@@ -79,6 +82,7 @@ class SplitSamples:
 
     def __init__(self, dataset: IndexedDataset, split: str, split_name: str, mode: str, seq_len: int, seed: int,
                  dataset_index: int, cache_dir: Optional[str] = None):
+        self._args = (dataset, split, split_name, mode, seq_len, seed, dataset_index, cache_dir)
         self.dataset = dataset
         self.mode, self.seq_len, self.seed, self.dataset_index = mode, seq_len, seed, dataset_index
         self.split_name = split_name
@@ -90,8 +94,9 @@ class SplitSamples:
             "mode": mode, "seq_len": seq_len if mode == "packed" else None, "seed": seed if mode == "packed" else None,
         }
         self._name = f"{os.path.basename(dataset.prefix)}_{split_name}_{mode}_{parameter_key(self._key)}"
-        starts, lengths = dataset.document_token_spans()
-        self.doc_starts, self.doc_lengths = starts, lengths
+        self.doc_pointers, self.doc_lengths = self._document_spans(dataset)
+        self._itemsize = dataset.dtype.itemsize
+        lengths = self.doc_lengths
         if mode == "document":
             self.doc_ids = self._cached("docs", lambda: lo + np.flatnonzero(lengths[lo:hi] > 0).astype(np.int64))
             self.num_samples = len(self.doc_ids)
@@ -107,6 +112,32 @@ class SplitSamples:
         else:
             raise ValueError(f"unknown sample mode {mode!r}; expected 'document' or 'packed'")
         self._perm_epoch, self._perm = -1, None
+
+    def _document_spans(self, dataset: IndexedDataset) -> tuple[np.ndarray, np.ndarray]:
+        """(byte offset, token count) per document: views of the index when documents are single sequences,
+        else computed once per dataset and cached (sentence-level data)."""
+        if dataset.one_sequence_per_document():
+            return dataset.sequence_pointers, dataset.sequence_lengths
+        key = parameter_key({k: self._key[k] for k in ("prefix", "idx_bytes", "docs", "sequences")})
+        base = self._cache / f"{os.path.basename(dataset.prefix)}_{key}"
+        spans = None
+
+        def build(column: int) -> np.ndarray:
+            nonlocal spans
+            if spans is None:
+                starts, counts = dataset.document_token_spans()
+                spans = (starts * dataset.dtype.itemsize, counts)
+            return spans[column]
+
+        return (cached_array(Path(f"{base}_docptr.npy"), lambda: build(0)),
+                cached_array(Path(f"{base}_doclen.npy"), lambda: build(1)))
+
+    def __getstate__(self) -> dict:
+        """Workers started with 'spawn' get the arrays re-opened from the cache, not copied through a pipe."""
+        return {"args": self._args}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(*state["args"])
 
     def _cached(self, what: str, build) -> np.ndarray:
         return cached_array(self._cache / f"{self._name}_{what}.npy", build)
@@ -151,7 +182,8 @@ class SplitSamples:
             n = np.minimum(self.doc_lengths[docs], width - 2)  # [B] body tokens kept
             cols = np.arange(width - 2)[None, :]  # [1, S-2]
             inside = cols < n[:, None]  # [B, S-2]
-            where = np.where(inside, self.doc_starts[docs][:, None] + cols, 0)
+            starts = self.doc_pointers[docs] // self._itemsize  # [B] first token of each document
+            where = np.where(inside, starts[:, None] + cols, 0)
             body = out[:, 1:width - 1]
             body[inside] = tokens[where[inside]]
             out[rows, 1 + n] = sep_id
@@ -163,7 +195,8 @@ class SplitSamples:
         lengths = self.doc_lengths[docs]
         offset = pos - (self.stream_end[i] - lengths - 1)  # within "document tokens + [SEP]"
         is_sep = offset == lengths
-        gathered = tokens[np.where(is_sep, 0, self.doc_starts[docs] + np.minimum(offset, lengths - 1))]
+        starts = self.doc_pointers[docs] // self._itemsize
+        gathered = tokens[np.where(is_sep, 0, starts + np.minimum(offset, lengths - 1))]
         out[:, 1:] = np.where(is_sep, sep_id, gathered)
 
 
@@ -191,8 +224,6 @@ class BlendIndex:
             return np.stack([np.concatenate(owners)[order], np.concatenate(counters)[order]])
 
         if cache_path:
-            from pathlib import Path
-
             table = cached_array(Path(cache_path), build)
         else:
             table = build()

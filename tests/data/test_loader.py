@@ -180,3 +180,34 @@ def test_bad_configs_fail_with_clear_messages(tmp_path, sample_prefix, vocab_fil
         build_mlm_data(_cfg([sample_prefix], str(small), tmp_path), 1, 8)
     with pytest.raises(ValueError, match="dp_rank"):
         build_mlm_data(_cfg([sample_prefix], vocab_file, tmp_path), 1, 8, dp_rank=2, dp_size=2)
+
+
+def test_sentence_level_datasets_give_whole_documents(tmp_path, sample_texts, vocab_file):
+    src = write_jsonl(tmp_path / "s.json", [{"text": t} for t in sample_texts[:50]])
+    preprocess(["--input", str(src), "--output-prefix", str(tmp_path / "s"), "--tokenizer-type",
+                "BertWordPieceLowerCase", "--vocab-file", vocab_file, "--split-sentences"])
+    prefix = str(tmp_path / "s_text_sentence")
+    ds = IndexedDataset(prefix)
+    assert len(ds) > ds.num_documents and not ds.one_sequence_per_document()
+    data = build_mlm_data(_cfg([prefix], vocab_file, tmp_path, split="1,0,0", seq_len=256), 1, 8)
+    split = data.train_splits[0]
+    rows = np.zeros((5, 256), dtype=np.int64)
+    split.fill_rows(np.arange(5), rows, 2, 3)
+    for r, doc in zip(rows, split.doc_ids[:5]):
+        body = ds.document(doc)[:254].tolist()
+        assert r[1:1 + len(body)].tolist() == body and r[1 + len(body)] == 3
+
+
+def test_pickled_loader_state_is_small_and_builds_the_same_batches(tmp_path, sample_prefix, vocab_file):
+    """What a 'spawn' DataLoader worker receives: index arrays re-open from the cache instead of being copied."""
+    import pickle
+
+    from megabert.data.loader import _TrainBatches
+
+    data = build_mlm_data(_cfg([sample_prefix], vocab_file, tmp_path), seed=4, micro_batch_size=8)
+    batches = _TrainBatches(data._train_recipe, data.blend, 8, 0, 1)
+    split = data.train_splits[0]
+    assert split.doc_ids.nbytes > 4000 and len(pickle.dumps(split)) < 1000  # arguments only, no index arrays
+    blob = pickle.dumps(batches)
+    clone = pickle.loads(blob)
+    assert all(torch.equal(batches[3][k], clone[3][k]) for k in batches[3])
