@@ -59,8 +59,9 @@ def measure_peak_flops(device: torch.device, dtype: Optional[torch.dtype] = None
         n, dtype, iters = 8192, dtype or torch.bfloat16, 20
     else:
         n, dtype, iters = 1024, dtype or torch.float32, 5
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout, resume) untouched
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     for _ in range(3):
         a @ b
     if device.type == "cuda":

@@ -194,7 +194,7 @@ class Trainer:
                                       enabled=self.is_main)
         self.peak_flops = M.measure_peak_flops(self.device)
         log.info("world %d (data parallel %d x tensor parallel %d), micro batch %d x %d accumulation = global %d; "
-                 "device %s, ZeRO %d, %s; peak matmul %.1f TFLOP/s per device", self.world_size, self.dp_size,
+                 "device %s, ZeRO %d, %s; peak matmul %.4g TFLOP/s per device", self.world_size, self.dp_size,
                  cfg.parallel.tensor_parallel_size, cfg.micro_batch_size, self.accum, cfg.global_batch_size,
                  self.device, cfg.parallel.zero_stage, cfg.parallel.precision, self.peak_flops / 1e12)
 

@@ -6,6 +6,7 @@ With --sweep, the same processes train once per value (output_dir and checkpoint
 launch (one DeepSpeed start) covers several cases. Each run's summary is printed as a JSON line on rank 0.
 MEGABERT_TEST_KILL_AT_PUBLISH=N makes rank 0 SIGKILL itself while publishing the checkpoint of step N, after the
 engine state is on disk but before the rename (the worst moment for a crash).
+MEGABERT_TEST_SIGTERM_AT_STEP=N makes every rank send itself SIGTERM right after step N (as SLURM would).
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ def main(argv: list[str]) -> None:
             publish(self, tmp, final)
 
         checkpoint.CheckpointManager._publish = publish_then_die
+
+    term_step = int(os.environ.get("MEGABERT_TEST_SIGTERM_AT_STEP", "-1"))
+    if term_step >= 0:
+        train_step = Trainer._train_step
+
+        def train_step_then_signal(self, *args):
+            if self.state.step + 1 == term_step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return train_step(self, *args)
+
+        Trainer._train_step = train_step_then_signal
 
     base = load_config(config_path, overrides)
     runs = [(None, base)]
