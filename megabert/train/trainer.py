@@ -1,0 +1,506 @@
+"""The pretraining loop: MosaicBERT through a DeepSpeed engine, from one CPU process to many GPU nodes.
+
+    Trainer(cfg).train()
+
+What happens, in order:
+ 1. preflight (no process group yet): config, world size, batch divisibility, DeepSpeed JSON, data files.
+ 2. process group (any launcher, utils/distributed.py), model, optional tensor-parallel step, data, optimizer,
+    schedule, DeepSpeed engine; resume from a checkpoint; the resolved config written to output_dir.
+ 3. steps: `accum` micro-batches of forward + backward, then one optimizer step (clipping in DeepSpeed).
+    A step whose loss is not finite on any rank is skipped (no update); K in a row stop the run.
+ 4. every log_interval: loss, lr, grad norm, tokens/s, MFU, ETA (and cost); every eval_interval: validation
+    MLM loss and accuracy; every save_interval and at the end: an atomic checkpoint; SIGTERM / SIGUSR1: save
+    and exit cleanly. At the end the model is exported to output_dir/model.
+
+Only one host-device synchronisation per optimizer step (a 3-number all-reduce that carries the non-finite
+flag and the stop request); losses are summed on the device and read at log intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megabert.config import ConfigError, TrainConfig, to_dict
+from megabert.parallel.deepspeed_config import build_deepspeed_config
+from megabert.train import metrics as M
+from megabert.train.checkpoint import CheckpointManager, resolve_resume
+from megabert.utils.distributed import DistEnv, barrier, discover_env, init_distributed
+from megabert.utils.logging import get_logger, setup_logging
+from megabert.utils.timers import Timers
+
+log = get_logger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+# data_builder(cfg, dp_rank, dp_size, train_samples) -> object with train_batches(consumed_samples),
+# valid_batches() and tokenizer.vocab_size (the megabert.data contract).
+DataBuilder = Callable[[TrainConfig, int, int, int], Any]
+
+
+def default_data_builder(cfg: TrainConfig, dp_rank: int, dp_size: int, train_samples: int):
+    from megabert.data import build_mlm_data
+
+    return build_mlm_data(cfg.data, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size, dp_rank=dp_rank,
+                          dp_size=dp_size, train_samples=train_samples)
+
+
+def preflight(cfg: TrainConfig, env: DistEnv, check_data: bool = True) -> dict:
+    """Every check that needs no process group; returns the DeepSpeed JSON. Raises ConfigError."""
+    cfg.validate()
+    cfg.validate_world(env.world_size)
+    tp = cfg.parallel.tensor_parallel_size
+    if tp > 1:
+        tensor_parallel_api()
+    on_gpu = cfg.parallel.device != "cpu" and torch.cuda.is_available()
+    ds_config = build_deepspeed_config(cfg.parallel, cfg.optim, cfg.global_batch_size, cfg.micro_batch_size,
+                                       env.world_size // tp, cfg.deepspeed_extra, on_gpu=on_gpu)
+    if check_data:
+        check_data_files(cfg)
+    if cfg.checkpoint.resume not in ("auto", "none", "") and not Path(cfg.checkpoint.resume).exists():
+        raise ConfigError(f"checkpoint.resume {cfg.checkpoint.resume!r} does not exist; use 'auto', 'none' or a "
+                          f"checkpoint directory")
+    return ds_config
+
+
+def check_data_files(cfg: TrainConfig) -> None:
+    """data.data_path prefixes (weights skipped) must have .bin and .idx; tokenizer files must exist."""
+    prefixes = [p for p in cfg.data.data_path if not _is_number(p)]
+    if not prefixes:
+        raise ConfigError("data.data_path is empty; preprocess a corpus with tools/preprocess_data.py and set "
+                          "data.data_path to its output prefix")
+    for prefix in prefixes:
+        missing = [ext for ext in (".bin", ".idx") if not Path(prefix + ext).is_file()]
+        if missing:
+            raise ConfigError(f"data.data_path: {prefix}{' and '.join(missing)} not found; preprocess the corpus "
+                              f"first (tools/preprocess_data.py --output-prefix {prefix} ...)")
+    for name in ("vocab_file", "tokenizer_model"):
+        path = getattr(cfg.data, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"data.{name} {path!r} not found")
+
+
+def tensor_parallel_api():
+    """(ParallelGroups, parallelize_model) from megabert.parallel, or a ConfigError when they are not built."""
+    try:
+        from megabert.parallel.groups import ParallelGroups
+        from megabert.parallel.parallelize import parallelize_model
+    except ImportError as e:
+        raise ConfigError(f"tensor parallelism not available in this installation ({e}); set "
+                          f"parallel.tensor_parallel_size 1") from None
+    return ParallelGroups, parallelize_model
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint needs beyond the engine: where the run is, in steps, samples and time."""
+
+    step: int = 0
+    consumed_samples: int = 0
+    elapsed_seconds: float = 0.0
+    skipped_steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data_builder: Optional[DataBuilder] = None):
+        self.cfg = cfg
+        self.env = discover_env()
+        setup_logging(self.env.rank)
+        self.ds_config = preflight(cfg, self.env, check_data=data_builder is None)
+        self.data_builder = data_builder or default_data_builder
+        self.timers = Timers()
+        self.engine = None
+        self._stop_signal: Optional[int] = None
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Process group, model, data, engine, resume. Called by train(); separate so tools can reuse it."""
+        cfg, env = self.cfg, self.env
+        if cfg.parallel.device == "cpu" or not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+        self.device = init_distributed(env, cfg.parallel.backend, cfg.parallel.device)
+        self.rank, self.world_size = env.rank, env.world_size
+        self.is_main = env.rank == 0
+        _seed_everything(cfg.seed)  # identical initial weights on every rank
+
+        from megabert.model.bert import MosaicBertForMaskedLM
+
+        model = MosaicBertForMaskedLM(cfg.model)
+        self.mpu, self.dp_rank, self.dp_size = None, env.rank, env.world_size
+        if cfg.parallel.tensor_parallel_size > 1:
+            ParallelGroups, parallelize_model = tensor_parallel_api()
+            self.mpu = ParallelGroups(tensor_parallel_size=cfg.parallel.tensor_parallel_size)
+            model = parallelize_model(model, self.mpu)
+            self.dp_rank, self.dp_size = self.mpu.get_data_parallel_rank(), self.mpu.get_data_parallel_world_size()
+        _seed_everything(cfg.seed + 1 + env.rank)  # dropout differs across ranks
+
+        self.accum = cfg.grad_accumulation_steps(self.dp_size)
+        self.data = self._build_data()
+        vocab = self.data.tokenizer.vocab_size
+        if vocab > cfg.model.vocab_size:
+            raise ConfigError(f"the tokenizer has {vocab} tokens but model.vocab_size is {cfg.model.vocab_size}; "
+                              f"set model.vocab_size to {-(-vocab // 64) * 64} (a multiple of 64)")
+
+        from megabert.parallel.deepspeed_config import initialize
+        from megabert.train.optimizer import build_optimizer, build_scheduler
+
+        model.to(self.device)
+        self.optimizer = build_optimizer(model, cfg.optim, fused=self.device.type == "cuda")
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
+        self.engine = initialize(model, self.optimizer, self.scheduler, self.ds_config, mpu=self.mpu)
+        if cfg.parallel.compile:
+            self.engine.compile()
+
+        self.checkpoints = CheckpointManager(cfg.checkpoint, self.rank, self.world_size)
+        self.state = TrainState()
+        resume = resolve_resume(cfg.checkpoint)
+        if resume is not None:
+            saved = self.checkpoints.load(self.engine, resume)
+            self.state = TrainState(saved["step"], saved["consumed_samples"], saved.get("elapsed_seconds", 0.0),
+                                    saved.get("skipped_steps", 0))
+            log.info("resumed from %s at step %d (%d samples consumed)", resume, self.state.step,
+                     self.state.consumed_samples)
+        elif cfg.checkpoint.init_from:
+            self._init_weights_from(cfg.checkpoint.init_from)
+
+        out = Path(cfg.output_dir)
+        if self.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+            (out / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+        self.writer = M.MetricsWriter(out, cfg.logging.tensorboard, cfg.logging.wandb_project, to_dict(cfg),
+                                      enabled=self.is_main)
+        self.peak_flops = M.measure_peak_flops(self.device)
+        log.info("world %d (data parallel %d x tensor parallel %d), micro batch %d x %d accumulation = global %d; "
+                 "device %s, ZeRO %d, %s; peak matmul %.4g TFLOP/s per device", self.world_size, self.dp_size,
+                 cfg.parallel.tensor_parallel_size, cfg.micro_batch_size, self.accum, cfg.global_batch_size,
+                 self.device, cfg.parallel.zero_stage, cfg.parallel.precision, self.peak_flops / 1e12)
+
+    def _build_data(self):
+        """Rank 0 builds (and caches) the sample indices first; the others then read the cache."""
+        train_samples = self.cfg.schedule.total_steps * self.cfg.global_batch_size
+        build = lambda: self.data_builder(self.cfg, self.dp_rank, self.dp_size, train_samples)
+        if self.rank != 0:
+            barrier()
+        data = build()
+        if self.rank == 0:
+            barrier()
+        return data
+
+    def _init_weights_from(self, source: str) -> None:
+        from megabert.model.pretrained import load_state_dict
+
+        state = load_state_dict(source)
+        missing, unexpected = self.engine.module.load_state_dict(state, strict=False)
+        log.info("initialised weights from %s (missing %s, unexpected %s)", source, missing, unexpected)
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        """Runs to schedule.total_steps (or until a stop signal); returns a summary of the run."""
+        if self.engine is None:
+            self.setup()
+        cfg, st = self.cfg, self.state
+        total = cfg.schedule.total_steps
+        previous_handlers = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
+        batches = self.data.train_batches(consumed_samples=st.consumed_samples)
+        progress = _ProgressBar(total, st.step, enabled=self.is_main)
+        window = _Window()
+        run = _Window()  # whole-run throughput after the first log window (warm-up excluded)
+        nonfinite_in_a_row, last_saved, summary = 0, -1, {}
+        self.engine.train()
+        try:
+            while st.step < total:
+                step_start = time.perf_counter()
+                nonfinite, stop = self._train_step(batches, window)
+                st.step += 1
+                st.consumed_samples += cfg.global_batch_size
+                if nonfinite:
+                    nonfinite_in_a_row += 1
+                    st.skipped_steps += 1
+                    log.warning("step %d: non-finite loss on %d micro-batch(es); update skipped (%d in a row)",
+                                st.step, nonfinite, nonfinite_in_a_row)
+                    if nonfinite_in_a_row >= cfg.logging.max_nonfinite_steps:
+                        raise FloatingPointError(
+                            f"{nonfinite_in_a_row} consecutive steps had a non-finite loss (logging."
+                            f"max_nonfinite_steps); lower optim.lr, check the data, or resume from an earlier "
+                            f"checkpoint")
+                else:
+                    nonfinite_in_a_row = 0
+                step_time = time.perf_counter() - step_start
+                st.elapsed_seconds += step_time
+                window.seconds += step_time
+                progress.update()
+
+                if st.step % cfg.logging.log_interval == 0 or st.step == total:
+                    summary = self._log(window, progress)
+                    if run.steps or st.step > cfg.logging.log_interval or st.step == total:
+                        run.merge(window)
+                    window = _Window()
+                if cfg.logging.eval_interval and st.step % cfg.logging.eval_interval == 0 and st.step < total:
+                    self._evaluate()
+                if stop:
+                    log.warning("signal %s received: saving a checkpoint at step %d and exiting",
+                                signal.Signals(stop).name if stop in signal.Signals._value2member_map_ else stop,
+                                st.step)
+                    self._save()
+                    summary.update(stopped_by_signal=True, step=st.step)
+                    return summary
+                if cfg.checkpoint.save_interval and st.step % cfg.checkpoint.save_interval == 0:
+                    last_saved = self._save()
+            if last_saved != st.step:
+                self._save()
+            summary.update(self._evaluate() if cfg.logging.eval_interval else {})
+            summary.update(self._run_summary(run), step=st.step, stopped_by_signal=False)
+            self._export()
+            if self.is_main:
+                self.writer.write(st.step, {f"final/{k}": v for k, v in summary.items()})
+            return summary
+        finally:
+            progress.close()
+            self.writer.close()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+
+    def _train_step(self, batches: Iterator[dict], window: "_Window") -> tuple[int, int]:
+        """One optimizer step over `accum` micro-batches. Returns (non-finite micro-batches, stop signal)."""
+        engine, device = self.engine, self.device
+        flags = torch.zeros(3, device=device, dtype=torch.float32)  # [loss sum, non-finite count, stop]
+        for micro in range(self.accum):
+            with self.timers("data"):
+                batch = next(batches)
+            window.add_batch(batch, self.cfg)
+            inputs = {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS}
+            loss = engine(**inputs).loss
+            engine.backward(loss)
+            finite = torch.isfinite(loss.detach())
+            flags[0] += torch.where(finite, loss.detach().float(), 0.0)
+            flags[1] += (~finite).float()
+            if micro == self.accum - 1:
+                flags[2] = float(self._stop_signal or 0)
+                if self.world_size > 1:
+                    reduce_op = dist.ReduceOp.MAX
+                    both = flags[1:].clone()
+                    dist.all_reduce(both, op=reduce_op)
+                    flags[1:] = both
+                nonfinite, stop = (int(x) for x in flags[1:].tolist())  # the step's one sync
+                self.optimizer.skip_next_step = nonfinite > 0
+            engine.step()
+        self.optimizer.skip_next_step = False
+        window.loss_sum += flags[0]
+        window.loss_count += self.accum - nonfinite
+        window.steps += 1
+        return nonfinite, stop
+
+    def _on_stop_signal(self, signum: int, frame) -> None:
+        self._stop_signal = signum
+
+    # ------------------------------------------------------------------------------------------------ reports
+    def _log(self, window: "_Window", progress: "_ProgressBar") -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        totals = window.reduced(self.device, cfg.parallel.tensor_parallel_size)
+        tokens_per_s = totals["real_tokens"] / max(window.seconds, 1e-9)
+        metrics = {
+            "train/loss": totals["loss_sum"] / max(totals["loss_count"], 1),
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/grad_norm": _as_float(self.engine.get_global_grad_norm()),
+            "train/samples_per_s": totals["samples"] / max(window.seconds, 1e-9),
+            "train/tokens_per_s": tokens_per_s,
+            "train/padded_tokens_per_s": totals["padded_tokens"] / max(window.seconds, 1e-9),
+            "train/mfu": totals["flops"] / max(window.seconds, 1e-9) / (self.peak_flops * self.world_size),
+            "train/data_seconds": self.timers.pop().get("data", 0.0),
+            "train/consumed_samples": st.consumed_samples,
+            "train/skipped_steps": st.skipped_steps,
+        }
+        remaining = (cfg.schedule.total_steps - st.step) * window.seconds / max(window.steps, 1)
+        metrics["train/eta_seconds"] = remaining
+        if cfg.logging.gpu_hour_price > 0:
+            hours = self.world_size / 3600.0
+            metrics["train/cost_usd"] = cfg.logging.gpu_hour_price * hours * st.elapsed_seconds
+            metrics["train/projected_cost_usd"] = cfg.logging.gpu_hour_price * hours * (st.elapsed_seconds + remaining)
+        if self.is_main:
+            self.writer.write(st.step, metrics)
+            progress.report(st.step, metrics)
+        return {k.split("/", 1)[1]: v for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, float]:
+        """Validation MLM loss (token-weighted) and accuracy over eval_iters micro-batches per rank."""
+        self.engine.eval()
+        start = time.perf_counter()
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # [loss x masked, correct, masked]
+        batches = self.data.valid_batches()
+        for i in range(self.cfg.logging.eval_iters):
+            batch = next(batches, None)
+            if batch is None:  # a short validation split: start over, so every rank runs the same count
+                batches = self.data.valid_batches()
+                batch = next(batches, None)
+                if batch is None:
+                    raise RuntimeError("the validation split is empty; give data.split a non-zero valid weight")
+            out = self.engine(**{k: batch[k].to(self.device, non_blocking=True) for k in MODEL_INPUTS})
+            labels = out.labels
+            selected = labels != -100
+            n = selected.sum()
+            sums[0] += out.loss.double() * n
+            if out.logits.shape[-1] == self.cfg.model.vocab_size:
+                sums[1] += (out.logits.argmax(-1)[selected] == labels[selected]).sum()
+            sums[2] += n
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        loss_sum, correct, count = sums.tolist()
+        result = {"eval/loss": loss_sum / max(count, 1), "eval/accuracy": correct / max(count, 1),
+                  "eval/masked_tokens": count, "eval/seconds": time.perf_counter() - start}
+        result["eval/perplexity"] = math.exp(min(result["eval/loss"], 50.0))
+        self.engine.train()
+        if self.is_main:
+            self.writer.write(self.state.step, result)
+            log.info("step %d eval: loss %.4f, accuracy %.4f (%d masked tokens)", self.state.step,
+                     result["eval/loss"], result["eval/accuracy"], count)
+        return {k.replace("/", "_"): v for k, v in result.items()}
+
+    def _save(self) -> int:
+        start = time.perf_counter()
+        st = self.state
+        path = self.checkpoints.save(self.engine, st.step,
+                                     {"step": st.step, "consumed_samples": st.consumed_samples,
+                                      "elapsed_seconds": st.elapsed_seconds, "skipped_steps": st.skipped_steps,
+                                      "zero_stage": self.cfg.parallel.zero_stage},
+                                     to_dict(self.cfg))
+        seconds = time.perf_counter() - start
+        if self.is_main:
+            self.writer.write(st.step, {"checkpoint/seconds": seconds})
+            log.info("saved checkpoint %s in %.1f s", path, seconds)
+        return st.step
+
+    def _export(self) -> None:
+        if self.cfg.parallel.tensor_parallel_size > 1:
+            log.info("tensor-parallel run: export with tools/convert_checkpoint.py merge-tp")
+            return
+        if self.is_main:
+            from megabert.train.export import export_checkpoint
+
+            out = export_checkpoint(self.cfg.checkpoint.dir, Path(self.cfg.output_dir) / "model")
+            log.info("exported the final model to %s", out)
+        barrier()
+
+    def _run_summary(self, run: "_Window") -> dict[str, float]:
+        if not run.steps:
+            return {}
+        return {"run_tokens_per_s": run.totals_real_tokens / max(run.seconds, 1e-9),
+                "run_mfu": run.totals_flops / max(run.seconds, 1e-9) / (self.peak_flops * self.world_size),
+                "run_steps_measured": run.steps}
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _as_float(value) -> Optional[float]:
+    if value is None:
+        return None
+    return float(value.item() if torch.is_tensor(value) else value)
+
+
+class _Window:
+    """Accumulates one logging window: host-side counts per micro-batch, the loss sum on the device."""
+
+    def __init__(self) -> None:
+        self.steps, self.seconds = 0, 0.0
+        self.loss_sum: Any = 0.0
+        self.loss_count = 0
+        self.counts = {"samples": 0, "real_tokens": 0, "padded_tokens": 0, "flops": 0.0}
+        self.totals_real_tokens = 0.0  # after reduce, for the run summary
+        self.totals_flops = 0.0
+
+    def add_batch(self, batch: dict, cfg: TrainConfig) -> None:
+        c = M.batch_counts(batch, cfg.model.sparse_mlm_head)
+        self.counts["samples"] += c["samples"]
+        self.counts["real_tokens"] += c["real_tokens"]
+        self.counts["padded_tokens"] += c["padded_tokens"]
+        self.counts["flops"] += M.training_flops(cfg.model, c)
+
+    def reduced(self, device: torch.device, tensor_parallel_size: int) -> dict[str, float]:
+        """Sums over all ranks (one all-reduce). The tensor-parallel ranks of one replica see the same batch, so
+        the world sum counts each replica's work tp times."""
+        loss = self.loss_sum if torch.is_tensor(self.loss_sum) else torch.tensor(float(self.loss_sum))
+        values = torch.stack([loss.to(device=device, dtype=torch.float64),
+                              *(torch.tensor(float(x), dtype=torch.float64, device=device)
+                                for x in (self.loss_count, self.counts["samples"], self.counts["real_tokens"],
+                                          self.counts["padded_tokens"], self.counts["flops"]))])
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if world > 1:
+            dist.all_reduce(values)
+        loss_sum, loss_count, samples, real, padded, flops = values.tolist()
+        tp = tensor_parallel_size
+        out = {"loss_sum": loss_sum, "loss_count": loss_count, "samples": samples / tp, "real_tokens": real / tp,
+               "padded_tokens": padded / tp, "flops": flops / tp}
+        self.totals_real_tokens, self.totals_flops = out["real_tokens"], out["flops"]
+        return out
+
+    def merge(self, other: "_Window") -> None:
+        self.steps += other.steps
+        self.seconds += other.seconds
+        self.totals_real_tokens += other.totals_real_tokens
+        self.totals_flops += other.totals_flops
+
+
+class _ProgressBar:
+    """tqdm on rank 0 when stderr is a terminal; otherwise one log line per log interval."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, desc="pretrain")
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def report(self, step: int, m: dict[str, Any]) -> None:
+        parts = {"loss": f"{m['train/loss']:.4f}", "lr": f"{m['train/lr']:.2e}",
+                 "tok/s": f"{m['train/tokens_per_s']:,.0f}", "mfu": f"{100 * m['train/mfu']:.1f}%",
+                 "eta": _hms(m["train/eta_seconds"])}
+        if "train/cost_usd" in m:
+            parts["cost"] = f"${m['train/cost_usd']:.2f}/${m['train/projected_cost_usd']:.2f}"
+        if self.bar is not None:
+            self.bar.set_postfix(parts, refresh=False)
+        else:
+            log.info("step %d | %s", step, " | ".join(f"{k} {v}" for k, v in parts.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
