@@ -181,9 +181,14 @@ _add_ln_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def fused_ops_enabled() -> bool:
+    """MEGABERT_FUSED_OPS=0 turns the fused GeGLU and add+LayerNorm kernels off (ablations, debugging)."""
+    return os.environ.get("MEGABERT_FUSED_OPS", "1") != "0"
+
+
 def is_available(tensor: torch.Tensor) -> bool:
-    """The Triton kernels run on CUDA tensors (and on CPU under TRITON_INTERPRET=1, for tests); H <= 16384."""
-    return (triton is not None and tensor.shape[-1] <= 16384
+    """Whether the Triton kernels run: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests), H <= 16384."""
+    return (fused_ops_enabled() and triton is not None and tensor.shape[-1] <= 16384
             and (tensor.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"))
 
 

@@ -213,16 +213,19 @@ if triton is not None:
         tl.store(DQ + (first + offs_m)[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
                  dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
-    # Autotuned variants for the GPU: a handful of configs per kernel, keyed on head_dim and the power-of-two
-    # bucket of max_seqlen (not max_seqlen itself, which changes every batch).
+    # Optional autotuned variants (MEGABERT_TRITON_AUTOTUNE=1): keyed on head_dim and the power-of-two bucket of
+    # max_seqlen (not max_seqlen itself, which changes every batch). Off by default: tuning compiles every
+    # candidate on first use, and the fixed table below holds the configs it picked on an H200.
     def _configs(shapes: list[tuple[int, int, int, int]]) -> list:
         return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
-    _FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)])
-    _BWD_CONFIGS = _configs([(64, 64, 4, 3), (64, 64, 8, 3), (32, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3)])
-    _fwd_tuned = triton.autotune(_FWD_CONFIGS, key=["HEAD_DIM", "seq_bucket", "HAS_ALIBI"])(_fwd_kernel)
-    _dkdv_tuned = triton.autotune(_BWD_CONFIGS, key=["HEAD_DIM", "seq_bucket", "HAS_ALIBI"])(_bwd_dkdv_kernel)
-    _dq_tuned = triton.autotune(_BWD_CONFIGS, key=["HEAD_DIM", "seq_bucket", "HAS_ALIBI"])(_bwd_dq_kernel)
+    _KEY = ["HEAD_DIM", "seq_bucket", "HAS_ALIBI"]
+    _fwd_tuned = triton.autotune(_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
+                                           (128, 32, 4, 3)]), key=_KEY)(_fwd_kernel)
+    _dkdv_tuned = triton.autotune(_configs([(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3),
+                                            (64, 64, 8, 2)]), key=_KEY)(_bwd_dkdv_kernel)
+    _dq_tuned = triton.autotune(_configs([(64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3),
+                                          (64, 64, 8, 2)]), key=_KEY)(_bwd_dq_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,6 +233,43 @@ if triton is not None:
 # ---------------------------------------------------------------------------------------------------------------
 
 _INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
+
+# (kernel, head_dim) -> launch config: BLOCK_M, BLOCK_N, num_warps, num_stages.
+_FIXED_CONFIGS = {
+    ("fwd", 32): (128, 64, 4, 3), ("fwd", 64): (128, 64, 4, 3), ("fwd", 128): (128, 64, 8, 3),
+    ("dkdv", 32): (64, 64, 4, 3), ("dkdv", 64): (64, 64, 4, 3), ("dkdv", 128): (64, 64, 8, 2),
+    ("dq", 32): (64, 64, 4, 3), ("dq", 64): (64, 64, 4, 3), ("dq", 128): (64, 64, 8, 2),
+}
+
+
+def _autotuning() -> bool:
+    return os.environ.get("MEGABERT_TRITON_AUTOTUNE", "0") == "1"
+
+
+def _launch(kernel_name: str, fixed, tuned, head_dim: int, max_seqlen: int, batch: int, heads: int, args: tuple,
+            meta: dict) -> None:
+    """Launches one kernel: small fixed blocks in the interpreter, autotuned on request, else the fixed table.
+
+    The grid's first axis tiles the owning dimension: queries for fwd and dq, keys for dkdv."""
+    axis = "BLOCK_N" if kernel_name == "dkdv" else "BLOCK_M"
+    if _interpreting():
+        fixed[(triton.cdiv(max_seqlen, _INTERPRETER_BLOCKS[axis]), batch, heads)](*args, **meta,
+                                                                                   **_INTERPRETER_BLOCKS)
+    elif _autotuning():
+        tuned[lambda m: (triton.cdiv(max_seqlen, m[axis]), batch, heads)](*args, **meta)
+    else:
+        block_m, block_n, warps, stages = _FIXED_CONFIGS[(kernel_name, head_dim)]
+        blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n}
+        fixed[(triton.cdiv(max_seqlen, blocks[axis]), batch, heads)](*args, **meta, **blocks, num_warps=warps,
+                                                                     num_stages=stages)
+
+
+def tuned_configs() -> dict[str, dict[str, str]]:
+    """The configs the autotuner picked so far, per kernel and tuning key (for benchmark logs)."""
+    if triton is None:
+        return {}
+    kernels = (("fwd", _fwd_tuned), ("dkdv", _dkdv_tuned), ("dq", _dq_tuned))
+    return {name: {str(key): str(cfg) for key, cfg in getattr(k, "cache", {}).items()} for name, k in kernels}
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> None:
@@ -275,13 +315,8 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
     args = (q, k, v, out, lse, cu_seqlens, slopes, softmax_scale * LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
             out.stride(1), lse.stride(0), _seq_bucket(max_seqlen))
-    if _interpreting():
-        blocks = _INTERPRETER_BLOCKS
-        _fwd_kernel[(triton.cdiv(max_seqlen, blocks["BLOCK_M"]), batch, heads)](
-            *args, HAS_ALIBI=has_alibi, HEAD_DIM=head_dim, **blocks)
-    else:
-        grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch, heads)
-        _fwd_tuned[grid](*args, HAS_ALIBI=has_alibi, HEAD_DIM=head_dim)
+    _launch("fwd", _fwd_kernel, _fwd_tuned, head_dim, max_seqlen, batch, heads, args,
+            dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
     return out.to(dtype), lse
 
 
@@ -313,13 +348,8 @@ def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     dq_args = (*common, dq, cu_seqlens, slopes, *scales, *strides, dq.stride(0), dq.stride(1), lse.stride(0),
                bucket)
     meta = dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim)
-    if _interpreting():
-        blocks = _INTERPRETER_BLOCKS
-        _bwd_dkdv_kernel[(triton.cdiv(max_seqlen, blocks["BLOCK_N"]), batch, heads)](*dkdv_args, **meta, **blocks)
-        _bwd_dq_kernel[(triton.cdiv(max_seqlen, blocks["BLOCK_M"]), batch, heads)](*dq_args, **meta, **blocks)
-    else:
-        _dkdv_tuned[lambda m: (triton.cdiv(max_seqlen, m["BLOCK_N"]), batch, heads)](*dkdv_args, **meta)
-        _dq_tuned[lambda m: (triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads)](*dq_args, **meta)
+    _launch("dkdv", _bwd_dkdv_kernel, _dkdv_tuned, head_dim, max_seqlen, batch, heads, dkdv_args, meta)
+    _launch("dq", _bwd_dq_kernel, _dq_tuned, head_dim, max_seqlen, batch, heads, dq_args, meta)
     return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 

@@ -138,9 +138,15 @@ _geglu_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def fused_ops_enabled() -> bool:
+    """MEGABERT_FUSED_OPS=0 turns the fused GeGLU and add+LayerNorm kernels off (ablations, debugging)."""
+    return os.environ.get("MEGABERT_FUSED_OPS", "1") != "0"
+
+
 def is_available(tensor: torch.Tensor) -> bool:
-    """The Triton kernel runs on CUDA tensors (and on CPU under TRITON_INTERPRET=1, for tests)."""
-    return triton is not None and (tensor.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1")
+    """Whether the Triton kernel runs: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests)."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return fused_ops_enabled() and triton is not None and (tensor.is_cuda or interpreting)
 
 
 def geglu(gate_value: torch.Tensor) -> torch.Tensor:
