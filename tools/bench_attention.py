@@ -11,6 +11,9 @@ Systems, all bf16, same q/k/v values, non-causal, ALiBi where the system support
   sdpa-alibi      SDPA on the padded batch with an additive ALiBi + padding bias (what HF-style code does)
 Reported: median ms per fwd+bwd over many iterations (CUDA events), and useful TFLOP/s =
 12 * heads * head_dim * sum(s_i^2) / time (the same count for every system, padding not counted).
+Two timings per system: "eager" launches every call from Python (host overhead included, as in an eager training
+step), "graph" replays a CUDA graph of one fwd+bwd (GPU time only: what the kernels cost once the host keeps
+ahead of the GPU, as it does in a training step whose matmuls take longer than the launches).
 """
 
 from __future__ import annotations
@@ -89,6 +92,20 @@ def build_systems(q, k, v, cu_seqlens, max_seqlen, lengths, slopes, seq):
     return systems
 
 
+def time_graph(fn, leaves, grad_out, warmup: int, iters: int) -> float:
+    """Median seconds per replay of a CUDA graph holding one fwd+bwd."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            torch.autograd.grad(fn(), leaves, grad_out)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.autograd.grad(fn(), leaves, grad_out)
+    return median(time_cuda(lambda _i: graph.replay(), warmup, iters))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dists", nargs="+", default=["c4-128", "c4-512"], choices=sorted(DISTRIBUTIONS))
@@ -119,15 +136,25 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001
                 print(f"{dist} {name}: failed: {exc!r}")
                 continue
-            rows.append((dist, name, seconds * 1e3, flops / seconds / 1e12))
-            print(f"{dist:7s} {name:14s} {seconds * 1e3:8.3f} ms  {flops / seconds / 1e12:7.1f} TFLOP/s", flush=True)
-    print(f"\n| dist | batch x seq | system | fwd+bwd ms | useful TFLOP/s | vs triton-varlen |")
-    print("|---|---|---|---|---|---|")
-    for dist, name, ms, tflops in rows:
+            try:
+                graph_seconds = time_graph(fn, leaves, grad_out, args.warmup, args.iters)
+            except Exception as exc:  # noqa: BLE001 -- a system that cannot be captured keeps its eager time
+                print(f"{dist} {name}: CUDA graph capture failed: {exc!r}")
+                graph_seconds = float("nan")
+            rows.append((dist, name, seconds * 1e3, graph_seconds * 1e3))
+            print(f"{dist:7s} {name:14s} eager {seconds * 1e3:8.3f} ms  graph {graph_seconds * 1e3:8.3f} ms  "
+                  f"graph {flops / graph_seconds / 1e12:7.1f} TFLOP/s", flush=True)
+    print("\n| dist | batch x seq | system | fwd+bwd ms (eager launch) | fwd+bwd ms (CUDA graph) | useful TFLOP/s "
+          "(graph) | graph time / triton-varlen |")
+    print("|---|---|---|---|---|---|---|")
+    for dist, name, ms, graph_ms in rows:
         seq = DISTRIBUTIONS[dist][0]
-        ours = next(r[2] for r in rows if r[0] == dist and r[1] == "triton-varlen")
-        print(f"| {dist} | {TOKENS_PER_BATCH[dist] // seq} x {seq} | {name} | {ms:.3f} | {tflops:.1f} | "
-              f"{ms / ours:.2f}x |")
+        batch = TOKENS_PER_BATCH[dist] // seq
+        lengths = sample_lengths(dist, batch, torch.Generator().manual_seed(0))
+        flops = 12 * args.heads * args.head_dim * sum(s * s for s in lengths)
+        ours = next(r[3] for r in rows if r[0] == dist and r[1] == "triton-varlen")
+        print(f"| {dist} | {batch} x {seq} | {name} | {ms:.3f} | {graph_ms:.3f} | {flops / graph_ms / 1e9:.1f} | "
+              f"{graph_ms / ours:.2f}x |")
     if os.environ.get("MEGABERT_TRITON_AUTOTUNE") == "1":
         print("autotuned:", flash_attention_triton.tuned_configs())
 

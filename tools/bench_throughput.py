@@ -150,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["base"], choices=sorted(SIZES))
     parser.add_argument("--dists", nargs="+", default=["c4-128", "c4-512"], choices=sorted(DISTRIBUTIONS))
-    parser.add_argument("--systems", nargs="+", default=["megabert", "hf-sdpa", "hf-eager", "hf-compile"],
+    parser.add_argument("--systems", nargs="*", default=["megabert", "hf-sdpa", "hf-eager", "hf-compile"],
                         choices=["megabert", "hf-sdpa", "hf-eager", "hf-compile"])
     parser.add_argument("--ablation", action="store_true", help="megabert-base ablation table on --ablation-dists")
     parser.add_argument("--ablation-dists", nargs="+", default=["c4-128"], choices=sorted(DISTRIBUTIONS))

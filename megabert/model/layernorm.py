@@ -48,6 +48,5 @@ class LayerNorm(nn.LayerNorm):
         dtype = self._compute_dtype(x)
         if dtype is None or not fused_add_layernorm.is_available(x) or not x.is_cuda:
             return self(x + residual)
-        with torch.autocast(x.device.type, enabled=False):
-            return fused_add_layernorm.add_layernorm(x.to(dtype), residual.to(dtype), self.weight, self.bias,
-                                                     self.eps)
+        # The fused op runs no autocast-eligible aten op, so no autocast(enabled=False) region is needed.
+        return fused_add_layernorm.add_layernorm(x.to(dtype), residual.to(dtype), self.weight, self.bias, self.eps)

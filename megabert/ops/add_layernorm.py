@@ -11,6 +11,7 @@ i.e. this is MosaicBERT's low-precision LayerNorm, with fp32 accumulation inside
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -88,7 +89,7 @@ if triton is not None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Host launchers (custom ops: one opaque node each under torch.compile)
+# Host launchers
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -100,9 +101,9 @@ def _warps(block: int) -> int:
     return 4 if block <= 1024 else 8
 
 
-@torch.library.custom_op("megabert::add_layernorm_fwd", mutates_args=())
-def _add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y (x's dtype, x's shape), per-row mean and 1/std (fp32)."""
     n_cols = x.shape[-1]
     x2, r2 = x.reshape(-1, n_cols).contiguous(), residual.reshape(-1, n_cols).contiguous()
     n_rows = x2.shape[0]
@@ -116,6 +117,64 @@ def _add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, b
     return y.view(x.shape), mean, rstd
 
 
+def add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+               mean: torch.Tensor, rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """d(x + residual) (the gradient of both x and residual), dweight, dbias."""
+    n_cols = x.shape[-1]
+    x2, r2 = x.reshape(-1, n_cols).contiguous(), residual.reshape(-1, n_cols).contiguous()
+    dy = grad_y.reshape(-1, n_cols).contiguous()
+    n_rows = x2.shape[0]
+    dx = torch.empty_like(x2)
+    programs = max(1, min(n_rows, 4 * _sm_count(x.device)))
+    rows_per_program = triton.cdiv(max(n_rows, 1), programs)
+    partials = torch.empty(2, programs, n_cols, dtype=torch.float32, device=x.device)  # [dw | db] per program
+    if n_rows:
+        block = _block(n_cols)
+        _bwd_kernel[(programs,)](x2, r2, weight, dy, dx, mean, rstd, partials[0], partials[1], n_rows, n_cols,
+                                 rows_per_program, BLOCK=block, num_warps=_warps(block))
+    else:
+        partials.zero_()
+    dw, db = partials.sum(1).to(weight.dtype).unbind(0)
+    return dx.view(x.shape), dw, db
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count_of(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+    return 2  # interpreter: few programs, each looping over rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Autograd: autograd.Function in eager mode (cheapest dispatch); custom ops (one opaque node each) under
+# torch.compile.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class AddLayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps):
+        y, mean, rstd = add_ln_fwd(x, residual, weight, bias, eps)
+        ctx.save_for_backward(x, residual, weight, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, residual, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = add_ln_bwd(grad_y, x, residual, weight, mean, rstd)
+        return dx, dx, dw, db, None
+
+
+@torch.library.custom_op("megabert::add_layernorm_fwd", mutates_args=())
+def _add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return add_ln_fwd(x, residual, weight, bias, eps)
+
+
 @_add_ln_fwd.register_fake
 def _(x, residual, weight, bias, eps):
     rows = x.numel() // x.shape[-1]
@@ -125,39 +184,13 @@ def _(x, residual, weight, bias, eps):
 @torch.library.custom_op("megabert::add_layernorm_bwd", mutates_args=())
 def _add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                 mean: torch.Tensor, rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    n_cols = x.shape[-1]
-    x2, r2 = x.reshape(-1, n_cols).contiguous(), residual.reshape(-1, n_cols).contiguous()
-    dy = grad_y.reshape(-1, n_cols).contiguous()
-    n_rows = x2.shape[0]
-    dx = torch.empty_like(x2)
-    programs = max(1, min(n_rows, 4 * _sm_count(x.device)))
-    rows_per_program = triton.cdiv(max(n_rows, 1), programs)
-    dw_partial = torch.empty(programs, n_cols, dtype=torch.float32, device=x.device)
-    db_partial = torch.empty_like(dw_partial)
-    if n_rows:
-        block = _block(n_cols)
-        _bwd_kernel[(programs,)](x2, r2, weight, dy, dx, mean, rstd, dw_partial, db_partial, n_rows, n_cols,
-                                 rows_per_program, BLOCK=block, num_warps=_warps(block))
-    else:
-        dw_partial.zero_()
-        db_partial.zero_()
-    return dx.view(x.shape), dw_partial.sum(0).to(weight.dtype), db_partial.sum(0).to(weight.dtype)
+    dx, dw, db = add_ln_bwd(grad_y, x, residual, weight, mean, rstd)
+    return dx, dw.clone(), db.clone()  # custom ops may not return views of one buffer
 
 
 @_add_ln_bwd.register_fake
 def _(grad_y, x, residual, weight, mean, rstd):
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # interpreter: few programs, each looping over rows
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Autograd
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _setup_context(ctx, inputs, output):
@@ -200,5 +233,6 @@ def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                          f"{x.dtype} and {tuple(residual.shape)} {residual.dtype}")
     if not is_available(x):
         return add_layernorm_reference(x, residual, weight, bias, eps)
-    y, _, _ = _add_ln_fwd(x, residual, weight, bias, eps)
-    return y
+    if torch.compiler.is_compiling():
+        return _add_ln_fwd(x, residual, weight, bias, eps)[0]
+    return AddLayerNormFunction.apply(x, residual, weight, bias, eps)

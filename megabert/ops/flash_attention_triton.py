@@ -11,9 +11,11 @@ MosaicBERT trains with attention dropout 0.0, so the kernels compute exact softm
 Algorithm (FlashAttention-2): each program owns a block of queries of one sequence and head and streams the
 keys of that sequence only -- tokens of other sequences are never loaded, so there is no padding work and no
 document mask. The forward keeps the row max and sum online (exp2 domain) and stores the log-sum-exp (fp32) for
-the backward. The backward recomputes probabilities block by block: a preprocess computes
-delta = rowsum(dO * O); one kernel owns a key block and accumulates dK, dV over the query blocks; another owns a
-query block and accumulates dQ over the key blocks (no atomics, deterministic).
+the backward. The backward is one launch that recomputes probabilities block by block: its key-block programs
+accumulate dK, dV over the query blocks, its query-block programs accumulate dQ over the key blocks (no atomics,
+deterministic), and each recomputes delta = rowsum(dO * O) for the query rows it visits instead of reading it
+from a preprocess launch. Launch count matters here: at BERT sizes a layer's attention runs in ~100 us of GPU
+time, so host-side overhead per launch is a real share of the step.
 
 Under TRITON_INTERPRET=1 (CPU tests) the launchers upcast operands to fp32, since the interpreter's bf16 dot is
 not exact, and use small fixed blocks.
@@ -106,33 +108,11 @@ if triton is not None:
         tl.store(LSE + head * stride_lh + first + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
     @triton.jit
-    def _bwd_preprocess_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_dh,
-                               HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
-        """delta[h, t] = sum_d dO[t, h, d] * O[t, h, d] (fp32)."""
-        head = tl.program_id(1)
-        offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-        offs_d = tl.arange(0, HEAD_DIM)
-        ok = offs_t < T
-        o = tl.load(O + offs_t[:, None] * stride_ot + head * stride_oh + offs_d[None, :], mask=ok[:, None],
-                    other=0.0).to(tl.float32)
-        do = tl.load(DO + offs_t[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=ok[:, None],
-                     other=0.0).to(tl.float32)
-        tl.store(DELTA + head * stride_dh + offs_t, tl.sum(o * do, 1), mask=ok)
-
-    @triton.jit
-    def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES, qk_scale, sm_scale,
-                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                         stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh, seq_bucket,
-                         HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr):
-        """One program per (key block, sequence, head): dV = P^T dO and dK = scale * dS^T Q over all queries."""
-        start_n = tl.program_id(0)
-        seq = tl.program_id(1)
-        head = tl.program_id(2)
-        first = tl.load(CU + seq)
-        seqlen = tl.load(CU + seq + 1) - first
-        if start_n * BLOCK_N >= seqlen:
-            return
+    def _bwd_dkdv(Q, K, V, O, DO, LSE, DK, DV, first, seqlen, head, start_n, slope, qk_scale, sm_scale,
+                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                  stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
+                  HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Key block start_n: dV = P^T dO and dK = scale * dS^T Q, accumulated over all query blocks."""
         offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
@@ -141,22 +121,20 @@ if triton is not None:
                     mask=col_ok[:, None], other=0.0)
         v = tl.load(V + (first + offs_n)[:, None] * stride_vt + head * stride_vh + offs_d[None, :],
                     mask=col_ok[:, None], other=0.0)
-        slope = 0.0
-        if HAS_ALIBI:
-            slope = tl.load(SLOPES + head) * 1.4426950408889634
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         q_ptrs = Q + first * stride_qt + head * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :]
+        o_ptrs = O + first * stride_ot + head * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
         do_ptrs = DO + first * stride_dot + head * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :]
         lse_ptrs = LSE + head * stride_lh + first + offs_m
-        delta_ptrs = DELTA + head * stride_lh + first + offs_m
         for start_m in range(0, seqlen, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < seqlen
             q = tl.load(q_ptrs + start_m * stride_qt, mask=row_ok[:, None], other=0.0)
             do = tl.load(do_ptrs + start_m * stride_dot, mask=row_ok[:, None], other=0.0)
+            o = tl.load(o_ptrs + start_m * stride_ot, mask=row_ok[:, None], other=0.0)
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # rowsum(dO * O), recomputed per block
             lse = tl.load(lse_ptrs + start_m, mask=row_ok, other=0.0)
-            delta = tl.load(delta_ptrs + start_m, mask=row_ok, other=0.0)
             s = _scores(q, k, slope, rows, offs_n, seqlen, qk_scale, HAS_ALIBI)  # [BLOCK_M, BLOCK_N]
             p = tl.where(row_ok[:, None], tl.exp2(s - lse[:, None]), 0.0)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
@@ -170,19 +148,11 @@ if triton is not None:
                  dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
     @triton.jit
-    def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES, qk_scale, sm_scale,
-                       stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                       stride_dqt, stride_dqh, stride_lh, seq_bucket,
-                       HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
-        """One program per (query block, sequence, head): dQ = scale * dS K over all keys."""
-        start_m = tl.program_id(0)
-        seq = tl.program_id(1)
-        head = tl.program_id(2)
-        first = tl.load(CU + seq)
-        seqlen = tl.load(CU + seq + 1) - first
-        if start_m * BLOCK_M >= seqlen:
-            return
+    def _bwd_dq(Q, K, V, O, DO, LSE, DQ, first, seqlen, head, start_m, slope, qk_scale, sm_scale,
+                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lh,
+                HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Query block start_m: dQ = scale * dS K, accumulated over all key blocks."""
         offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
@@ -191,11 +161,10 @@ if triton is not None:
                     mask=row_ok[:, None], other=0.0)
         do = tl.load(DO + (first + offs_m)[:, None] * stride_dot + head * stride_doh + offs_d[None, :],
                      mask=row_ok[:, None], other=0.0)
+        o = tl.load(O + (first + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         lse = tl.load(LSE + head * stride_lh + first + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + head * stride_lh + first + offs_m, mask=row_ok, other=0.0)
-        slope = 0.0
-        if HAS_ALIBI:
-            slope = tl.load(SLOPES + head) * 1.4426950408889634
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         k_ptrs = K + first * stride_kt + head * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :]
         v_ptrs = V + first * stride_vt + head * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :]
@@ -213,6 +182,38 @@ if triton is not None:
         tl.store(DQ + (first + offs_m)[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
                  dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
+    @triton.jit
+    def _bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
+                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                    stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                    stride_lh, max_seqlen, seq_bucket,
+                    HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+        """One launch for the whole backward. Grid axis 0 = key blocks (dK, dV programs) then query blocks
+        (dQ programs); each computes delta = rowsum(dO * O) itself, so there is no preprocess launch."""
+        pid = tl.program_id(0)
+        seq = tl.program_id(1)
+        head = tl.program_id(2)
+        first = tl.load(CU + seq)
+        seqlen = tl.load(CU + seq + 1) - first
+        slope = 0.0
+        if HAS_ALIBI:
+            slope = tl.load(SLOPES + head) * 1.4426950408889634
+        key_blocks = tl.cdiv(max_seqlen, BLOCK_N)
+        if pid < key_blocks:
+            if pid * BLOCK_N < seqlen:
+                _bwd_dkdv(Q, K, V, O, DO, LSE, DK, DV, first, seqlen, head, pid, slope, qk_scale, sm_scale,
+                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                          stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
+                          HAS_ALIBI, HEAD_DIM, BLOCK_M, BLOCK_N)
+        else:
+            start_m = pid - key_blocks
+            if start_m * BLOCK_M < seqlen:
+                _bwd_dq(Q, K, V, O, DO, LSE, DQ, first, seqlen, head, start_m, slope, qk_scale, sm_scale,
+                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                        stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lh,
+                        HAS_ALIBI, HEAD_DIM, BLOCK_M, BLOCK_N)
+
     # Optional autotuned variants (MEGABERT_TRITON_AUTOTUNE=1): keyed on head_dim and the power-of-two bucket of
     # max_seqlen (not max_seqlen itself, which changes every batch). Off by default: tuning compiles every
     # candidate on first use, and the fixed table below holds the configs it picked on an H200.
@@ -222,10 +223,8 @@ if triton is not None:
     _KEY = ["HEAD_DIM", "seq_bucket", "HAS_ALIBI"]
     _fwd_tuned = triton.autotune(_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
                                            (128, 32, 4, 3)]), key=_KEY)(_fwd_kernel)
-    _dkdv_tuned = triton.autotune(_configs([(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3),
-                                            (64, 64, 8, 2)]), key=_KEY)(_bwd_dkdv_kernel)
-    _dq_tuned = triton.autotune(_configs([(64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3),
-                                          (64, 64, 8, 2)]), key=_KEY)(_bwd_dq_kernel)
+    _bwd_tuned = triton.autotune(_configs([(64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3),
+                                           (128, 64, 8, 2)]), key=_KEY)(_bwd_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,11 +233,11 @@ if triton is not None:
 
 _INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 
-# (kernel, head_dim) -> launch config: BLOCK_M, BLOCK_N, num_warps, num_stages.
+# (kernel, head_dim) -> launch config (BLOCK_M, BLOCK_N, num_warps, num_stages). The forward's entries for
+# head_dim 64 are what the autotuner picked on an H200 for c4-128 and c4-512 batches (docs/BENCHMARKS.md).
 _FIXED_CONFIGS = {
-    ("fwd", 32): (128, 64, 4, 3), ("fwd", 64): (128, 64, 4, 3), ("fwd", 128): (128, 64, 8, 3),
-    ("dkdv", 32): (64, 64, 4, 3), ("dkdv", 64): (64, 64, 4, 3), ("dkdv", 128): (64, 64, 8, 2),
-    ("dq", 32): (64, 64, 4, 3), ("dq", 64): (64, 64, 4, 3), ("dq", 128): (64, 64, 8, 2),
+    ("fwd", 32): (64, 64, 4, 3), ("fwd", 64): (64, 64, 4, 3), ("fwd", 128): (64, 64, 4, 3),
+    ("bwd", 32): (64, 64, 4, 3), ("bwd", 64): (64, 64, 4, 3), ("bwd", 128): (64, 64, 8, 2),
 }
 
 
@@ -246,29 +245,26 @@ def _autotuning() -> bool:
     return os.environ.get("MEGABERT_TRITON_AUTOTUNE", "0") == "1"
 
 
-def _launch(kernel_name: str, fixed, tuned, head_dim: int, max_seqlen: int, batch: int, heads: int, args: tuple,
+def _launch(kernel_name: str, fixed, tuned, head_dim: int, grid_axis0, batch: int, heads: int, args: tuple,
             meta: dict) -> None:
     """Launches one kernel: small fixed blocks in the interpreter, autotuned on request, else the fixed table.
 
-    The grid's first axis tiles the owning dimension: queries for fwd and dq, keys for dkdv."""
-    axis = "BLOCK_N" if kernel_name == "dkdv" else "BLOCK_M"
+    grid_axis0(blocks) -> the number of programs along the sequence axis for a {BLOCK_M, BLOCK_N} choice."""
     if _interpreting():
-        fixed[(triton.cdiv(max_seqlen, _INTERPRETER_BLOCKS[axis]), batch, heads)](*args, **meta,
-                                                                                   **_INTERPRETER_BLOCKS)
+        fixed[(grid_axis0(_INTERPRETER_BLOCKS), batch, heads)](*args, **meta, **_INTERPRETER_BLOCKS)
     elif _autotuning():
-        tuned[lambda m: (triton.cdiv(max_seqlen, m[axis]), batch, heads)](*args, **meta)
+        tuned[lambda m: (grid_axis0(m), batch, heads)](*args, **meta)
     else:
         block_m, block_n, warps, stages = _FIXED_CONFIGS[(kernel_name, head_dim)]
         blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n}
-        fixed[(triton.cdiv(max_seqlen, blocks[axis]), batch, heads)](*args, **meta, **blocks, num_warps=warps,
-                                                                     num_stages=stages)
+        fixed[(grid_axis0(blocks), batch, heads)](*args, **meta, **blocks, num_warps=warps, num_stages=stages)
 
 
 def tuned_configs() -> dict[str, dict[str, str]]:
     """The configs the autotuner picked so far, per kernel and tuning key (for benchmark logs)."""
     if triton is None:
         return {}
-    kernels = (("fwd", _fwd_tuned), ("dkdv", _dkdv_tuned), ("dq", _dq_tuned))
+    kernels = (("fwd", _fwd_tuned), ("bwd", _bwd_tuned))
     return {name: {str(key): str(cfg) for key, cfg in getattr(k, "cache", {}).items()} for name, k in kernels}
 
 
@@ -283,20 +279,16 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
         raise ValueError(f"cu_seqlens must be a 1-d int32 tensor, got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
 
 
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
+def _prepare(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Last dim contiguous; fp32 under the interpreter (its bf16/fp16 dot is not exact)."""
+    tensors = tuple(x if x.stride(-1) == 1 else x.contiguous() for x in tensors)
+    if _interpreting():
+        tensors = tuple(x.float() for x in tensors)
+    return tensors
 
 
 def _seq_bucket(max_seqlen: int) -> int:
     return triton.next_power_of_2(max(int(max_seqlen), 16))
-
-
-def _prepare(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Last dim contiguous; fp32 under the interpreter (its bf16/fp16 dot is not exact)."""
-    tensors = tuple(_last_dim_contiguous(x) for x in tensors)
-    if _interpreting():
-        tensors = tuple(x.float() for x in tensors)
-    return tensors
 
 
 def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
@@ -311,50 +303,63 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
     if total == 0 or batch == 0 or max_seqlen == 0:
         return out.to(dtype), lse
     has_alibi = alibi_slopes is not None
-    slopes = alibi_slopes.float().contiguous() if has_alibi else lse  # dummy pointer when unused
+    slopes = alibi_slopes if has_alibi else lse  # dummy pointer when unused
     args = (q, k, v, out, lse, cu_seqlens, slopes, softmax_scale * LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
             out.stride(1), lse.stride(0), _seq_bucket(max_seqlen))
-    _launch("fwd", _fwd_kernel, _fwd_tuned, head_dim, max_seqlen, batch, heads, args,
-            dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
+    _launch("fwd", _fwd_kernel, _fwd_tuned, head_dim, lambda m: triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads,
+            args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
     return out.to(dtype), lse
 
 
 def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
               lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, alibi_slopes: Optional[torch.Tensor],
               softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns dq, dk, dv, each [T, heads, head_dim] in q's dtype."""
+    """Returns dq, dk, dv, each [T, heads, head_dim] in q's dtype. One kernel launch."""
     dtype = q.dtype
     grad_out, q, k, v, out = _prepare((grad_out, q, k, v, out))
     total, heads, head_dim = q.shape
-    dq, dk, dv = (torch.empty(total, heads, head_dim, dtype=q.dtype, device=q.device) for _ in range(3))
+    # dq, dk, dv as views of one [T, 3, heads, head_dim] buffer: one allocation instead of three.
+    grads = torch.empty(total, 3, heads, head_dim, dtype=q.dtype, device=q.device)
+    dq, dk, dv = grads.unbind(1)
     batch = cu_seqlens.numel() - 1
     if total == 0 or batch == 0 or max_seqlen == 0:
+        grads.zero_()
         return dq.to(dtype), dk.to(dtype), dv.to(dtype)
-    delta = torch.empty_like(lse)  # [heads, T] fp32
-    block_t = 64
-    _bwd_preprocess_kernel[(triton.cdiv(total, block_t), heads)](
-        out, grad_out, delta, total, out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1),
-        delta.stride(0), HEAD_DIM=head_dim, BLOCK_T=block_t)
     has_alibi = alibi_slopes is not None
-    slopes = alibi_slopes.float().contiguous() if has_alibi else lse
-    common = (q, k, v, grad_out, lse, delta)
-    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), grad_out.stride(0),
-               grad_out.stride(1))
-    scales = (softmax_scale * LOG2E, softmax_scale)
-    bucket = _seq_bucket(max_seqlen)
-    dkdv_args = (*common, dk, dv, cu_seqlens, slopes, *scales, *strides, dk.stride(0), dk.stride(1), dv.stride(0),
-                 dv.stride(1), lse.stride(0), bucket)
-    dq_args = (*common, dq, cu_seqlens, slopes, *scales, *strides, dq.stride(0), dq.stride(1), lse.stride(0),
-               bucket)
-    meta = dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim)
-    _launch("dkdv", _bwd_dkdv_kernel, _dkdv_tuned, head_dim, max_seqlen, batch, heads, dkdv_args, meta)
-    _launch("dq", _bwd_dq_kernel, _dq_tuned, head_dim, max_seqlen, batch, heads, dq_args, meta)
+    slopes = alibi_slopes if has_alibi else lse
+    args = (q, k, v, out, grad_out, lse, dq, dk, dv, cu_seqlens, slopes, softmax_scale * LOG2E, softmax_scale,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+            out.stride(1), grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), dk.stride(0),
+            dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), max_seqlen, _seq_bucket(max_seqlen))
+    _launch("bwd", _bwd_kernel, _bwd_tuned, head_dim,
+            lambda m: triton.cdiv(max_seqlen, m["BLOCK_N"]) + triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads,
+            args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
     return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 
-# Registered as torch custom ops so torch.compile treats each launch as one opaque node instead of tracing into
-# Triton's launcher (and so the op shows under a readable name in profiles).
+# ---------------------------------------------------------------------------------------------------------------
+# Autograd: a plain autograd.Function in eager mode (the cheapest dispatch), and the same launchers registered
+# as torch custom ops with their own autograd for torch.compile, which keeps each launch as one opaque node.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+        out, lse = flash_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, alibi_slopes)
+        ctx.max_seqlen, ctx.softmax_scale = max_seqlen, softmax_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, cu_seqlens, alibi_slopes = ctx.saved_tensors
+        dq, dk, dv = flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, alibi_slopes,
+                               ctx.softmax_scale)
+        return dq, dk, dv, None, None, None, None
+
+
 @torch.library.custom_op("megabert::flash_attn_varlen_fwd", mutates_args=())
 def _flash_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                   alibi_slopes: Optional[torch.Tensor], softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,17 +377,13 @@ def _flash_bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
                   lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                   alibi_slopes: Optional[torch.Tensor], softmax_scale: float
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+    return tuple(g.clone() for g in flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes,
+                                              softmax_scale))  # custom ops may not return views of one buffer
 
 
 @_flash_bwd_op.register_fake
 def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
     return tuple(torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Autograd
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _setup_context(ctx, inputs, output):
@@ -427,5 +428,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         raise RuntimeError("the Triton attention backend needs the `triton` package")
     _check_inputs(q, k, v, cu_seqlens)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    out, _ = _flash_fwd_op(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
-    return out
+    if alibi_slopes is not None and (alibi_slopes.dtype != torch.float32 or not alibi_slopes.is_contiguous()):
+        alibi_slopes = alibi_slopes.float().contiguous()
+    if torch.compiler.is_compiling():
+        out, _ = _flash_fwd_op(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
+        return out
+    return FlashAttentionFunction.apply(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)

@@ -74,7 +74,7 @@ if triton is not None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Host launchers (registered as custom ops, so torch.compile keeps each as one node)
+# Host launchers
 # ---------------------------------------------------------------------------------------------------------------
 
 _BLOCK = 1024
@@ -85,8 +85,7 @@ def _check(gate_value: torch.Tensor) -> None:
         raise ValueError(f"geglu needs an even last dim ([gate | value]), got {tuple(gate_value.shape)}")
 
 
-@torch.library.custom_op("megabert::geglu_fwd", mutates_args=())
-def _geglu_fwd(gate_value: torch.Tensor) -> torch.Tensor:
+def geglu_fwd(gate_value: torch.Tensor) -> torch.Tensor:
     x = gate_value.contiguous()
     inner = x.shape[-1] // 2
     out = torch.empty(*x.shape[:-1], inner, dtype=x.dtype, device=x.device)
@@ -96,13 +95,7 @@ def _geglu_fwd(gate_value: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@_geglu_fwd.register_fake
-def _(gate_value):
-    return gate_value.new_empty(*gate_value.shape[:-1], gate_value.shape[-1] // 2)
-
-
-@torch.library.custom_op("megabert::geglu_bwd", mutates_args=())
-def _geglu_bwd(gate_value: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+def geglu_bwd(gate_value: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     x, dout = gate_value.contiguous(), grad_out.contiguous()
     dx = torch.empty_like(x)
     n = dout.numel()
@@ -111,14 +104,42 @@ def _geglu_bwd(gate_value: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor
     return dx
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Autograd: autograd.Function in eager mode (cheapest dispatch); custom ops (one opaque node each) under
+# torch.compile.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class GegluFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate_value):
+        ctx.save_for_backward(gate_value)
+        return geglu_fwd(gate_value)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (gate_value,) = ctx.saved_tensors
+        return geglu_bwd(gate_value, grad_out)
+
+
+@torch.library.custom_op("megabert::geglu_fwd", mutates_args=())
+def _geglu_fwd(gate_value: torch.Tensor) -> torch.Tensor:
+    return geglu_fwd(gate_value)
+
+
+@_geglu_fwd.register_fake
+def _(gate_value):
+    return gate_value.new_empty(*gate_value.shape[:-1], gate_value.shape[-1] // 2)
+
+
+@torch.library.custom_op("megabert::geglu_bwd", mutates_args=())
+def _geglu_bwd(gate_value: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    return geglu_bwd(gate_value, grad_out)
+
+
 @_geglu_bwd.register_fake
 def _(gate_value, grad_out):
     return torch.empty_like(gate_value)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Autograd
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _setup_context(ctx, inputs, output):
@@ -154,4 +175,6 @@ def geglu(gate_value: torch.Tensor) -> torch.Tensor:
     _check(gate_value)
     if not is_available(gate_value):
         return geglu_reference(gate_value)
-    return _geglu_fwd(gate_value)
+    if torch.compiler.is_compiling():
+        return _geglu_fwd(gate_value)
+    return GegluFunction.apply(gate_value)

@@ -32,9 +32,11 @@ def check_matches_reference(shapes: list[list[int]]) -> None:
     for shape in shapes:
         inputs = _inputs(shape)
         ours = _fwd_bwd(op.add_layernorm, *inputs)
+        compiled = _fwd_bwd(torch.compile(op.add_layernorm, backend="aot_eager", fullgraph=True), *inputs)
         ref = _fwd_bwd(add_layernorm_reference, *inputs)
-        for name, a, r in zip(("y", "dx", "dres", "dw", "db"), ours, ref):
+        for name, a, c, r in zip(("y", "dx", "dres", "dw", "db"), ours, compiled, ref):
             assert rel_error(a, r) < 1e-5, f"{name} {shape}: {rel_error(a, r):.2e}"
+            assert rel_error(c, r) < 1e-5, f"{name} {shape} (compiled): {rel_error(c, r):.2e}"
 
 
 def test_interpreted_kernel_matches_reference_on_odd_shapes():
