@@ -24,8 +24,8 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        hidden = self.attention_norm(hidden + self.dropout(self.attention(hidden, layout)))
-        return self.mlp_norm(hidden + self.dropout(self.mlp(hidden)))
+        hidden = self.attention_norm.add_norm(self.dropout(self.attention(hidden, layout)), hidden)
+        return self.mlp_norm.add_norm(self.dropout(self.mlp(hidden)), hidden)
 
 
 class Encoder(nn.Module):

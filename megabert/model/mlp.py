@@ -7,12 +7,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from megabert.config import ModelConfig
+from megabert.ops.geglu import geglu
 
 
 class GeGLU(nn.Module):
     """wo(gelu(gate) * value) with [gate | value] = wi(x): one input projection to 2 x intermediate.
 
     The gate comes first in wi's output rows, as in MosaicBERT's `gated_layers`; wi has no bias, as there.
+    The activation is megabert.ops.geglu: one fused Triton kernel on CUDA, eager chunk/gelu/mul elsewhere.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -21,8 +23,7 @@ class GeGLU(nn.Module):
         self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        gate, value = self.wi(hidden).chunk(2, dim=-1)  # each [..., intermediate]
-        return self.wo(F.gelu(gate) * value)
+        return self.wo(geglu(self.wi(hidden)))  # wi: [..., 2 * intermediate] -> geglu: [..., intermediate]
 
 
 class GeluMLP(nn.Module):

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One GPU check for megabert's kernels: GPU tests, attention benchmark, training-throughput benchmark.
+#
+#   tools/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large (default: all)
+#
+# Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
+# H200; each section has its own time limit so one slow part cannot eat the others.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-$PWD/gpu_logs}"
+mkdir -p "$OUT"
+SECTIONS=("$@")
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(tests attention base profile ablation large)
+
+run() {  # run NAME SECONDS CMD...: tee the output to $OUT/NAME.log, report the exit status
+  local name=$1 limit=$2; shift 2
+  echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "=== $name exit ${PIPESTATUS[0]}"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,clocks.sm,driver_version --format=csv
+  python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
+} 2>&1 | tee "$OUT/env.log"
+
+for section in "${SECTIONS[@]}"; do
+  case $section in
+    tests) run gpu_tests 100 python3 -m pytest -q -m gpu tests/ops -p no:cacheprovider ;;
+    attention) run bench_attention 90 python3 tools/bench_attention.py ;;
+    base) run bench_throughput_base 180 python3 tools/bench_throughput.py --models base \
+            --dists c4-128 c4-512 --systems megabert hf-sdpa hf-eager hf-compile --warmup 3 ;;
+    profile) run bench_profile 40 python3 tools/bench_profile.py --model base --dist c4-128 ;;
+    ablation) run bench_ablation 120 python3 tools/bench_throughput.py --models base --systems \
+                --ablation --ablation-dists c4-128 c4-512 --warmup 2 --steps 10 ;;
+    large) run bench_throughput_large 90 python3 tools/bench_throughput.py --models large \
+             --dists c4-128 c4-512 --systems megabert hf-sdpa --warmup 3 --steps 15 ;;
+    *) echo "unknown section $section (tests attention base profile ablation large)"; exit 2 ;;
+  esac
+done
