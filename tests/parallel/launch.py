@@ -15,6 +15,9 @@ import torch.multiprocessing as mp
 
 def _entry(rank: int, world_size: int, init_file: str, out_dir: str, fn: Callable, args: tuple) -> None:
     torch.set_num_threads(1)  # 2 shared cores: one thread per process keeps the runs from thrashing
+    # what torchrun would export (DeepSpeed reads them)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         result = fn(rank, world_size, *args)

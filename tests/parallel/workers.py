@@ -48,3 +48,68 @@ def forward_backward_worker(rank: int, world_size: int) -> dict:
         results[name] = result
     groups.destroy()
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TP x DP training with DeepSpeed ZeRO, against a single process
+# ----------------------------------------------------------------------------------------------------------------
+
+ZERO_RUN = dict(steps=20, lr=2e-3, grad_clip=0.5, micro_batch_seed=1000)
+
+
+def _micro_batch(cfg, step: int, dp_rank: int) -> dict:
+    return mlm_batch(cfg, seed=ZERO_RUN["micro_batch_seed"] * step + dp_rank)
+
+
+def single_process_reference(dp_size: int, steps: int) -> dict:
+    """The same global batch (dp_size micro-batches, averaged) on one process: plain torch AdamW + clipping."""
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(tiny_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ZERO_RUN["lr"], weight_decay=0.0)
+    losses, norms = [], []
+    for step in range(steps):
+        micro = [model(**_micro_batch(model.cfg, step, d)).loss for d in range(dp_size)]
+        loss = torch.stack(micro).mean()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), ZERO_RUN["grad_clip"])))
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return {"losses": losses, "grad_norms": norms, "state": model.state_dict()}
+
+
+def zero_tp_worker(rank: int, world_size: int, tp_size: int, runs: list[tuple[int, int]], ckpt_dir: str) -> list:
+    """For each (zero_stage, steps) in `runs`: TP x DP training of the tiny MLM through
+    deepspeed.initialize(mpu=groups), then a DeepSpeed checkpoint under ckpt_dir/stage<N>."""
+    groups = ParallelGroups(tp_size, tiny_config())
+    results = [_train_with_deepspeed(groups, stage, steps, f"{ckpt_dir}/stage{stage}") for stage, steps in runs]
+    groups.destroy()
+    return results
+
+
+def _train_with_deepspeed(groups: ParallelGroups, zero_stage: int, steps: int, ckpt_dir: str) -> dict:
+    import deepspeed
+
+    torch.manual_seed(0)  # same seed everywhere: identical full weights, identical (zero) dropout streams
+    model = parallelize_model(MosaicBertForMaskedLM(tiny_config()), groups)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ZERO_RUN["lr"], weight_decay=0.0)
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 3,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": 3 * groups.dp_size,
+        "gradient_clipping": ZERO_RUN["grad_clip"],
+        "zero_optimization": {"stage": zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10 ** 9,
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=groups)
+    losses, norms = [], []
+    for step in range(steps):
+        loss = engine(**_micro_batch(model.cfg, step, groups.dp_rank)).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+        norms.append(float(engine.get_global_grad_norm()))
+    engine.save_checkpoint(ckpt_dir, tag="final")
+    return {"zero_stage": zero_stage, "tp_rank": groups.tp_rank, "dp_rank": groups.dp_rank, "losses": losses,
+            "grad_norms": norms, "state": {k: v.detach().clone() for k, v in engine.module.state_dict().items()}}
