@@ -136,6 +136,14 @@ class ParallelGroups:
                 mine = group
         return mine
 
+    def check_zero_stage(self, zero_stage: int) -> None:
+        """ZeRO-3 partitions every parameter over the data-parallel group and gathers it whole for compute, which
+        DeepSpeed does not combine with Megatron-style shards; ZeRO 1/2 partition only optimizer state/gradients."""
+        if zero_stage == 3 and self.tp_size > 1:
+            raise TensorParallelError(
+                f"ZeRO stage 3 cannot be combined with tensor_parallel_size {self.tp_size}; use parallel.zero_stage "
+                f"1 or 2 with tensor parallelism, or tensor_parallel_size 1 with ZeRO-3")
+
     def destroy(self) -> None:
         """Frees the groups (and unregisters this object from DeepSpeed if it was handed to it as mpu)."""
         ds_groups = sys.modules.get("deepspeed.utils.groups")
