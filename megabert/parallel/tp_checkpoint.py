@@ -91,6 +91,28 @@ def merge_state_dicts(shards: list[dict[str, torch.Tensor]], mlp_type: str = "ge
     return merged
 
 
+def gather_full_state_dict(model: nn.Module, group, mlp_type: str = "geglu") -> dict[str, torch.Tensor]:
+    """The full (TP = 1) state dict of a parallelized model, assembled on every rank of its TP group, on CPU.
+
+    Collective over `group` (call it on every TP rank): one all-gather per sharded tensor. For exporting a
+    tensor-parallel run to a plain model directory.
+    """
+    import torch.distributed as dist
+
+    size = 1 if group is None else dist.get_world_size(group)
+    full = {}
+    for key, local in model.state_dict().items():
+        spec = shard_spec(key, mlp_type)
+        if spec is None or size == 1:
+            full[key] = local.detach().cpu().clone()
+            continue
+        local = local.detach().contiguous()
+        parts = [torch.empty_like(local) for _ in range(size)]
+        dist.all_gather(parts, local, group=group)
+        full[key] = merge_tensors([p.cpu() for p in parts], spec)
+    return full
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------------------

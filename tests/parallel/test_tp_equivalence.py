@@ -75,3 +75,12 @@ def test_shards_are_exact_slices_and_marked(ranks, name):
 def test_vocab_parallel_argmax_equals_full_argmax(ranks, name):
     for r in ranks:
         assert torch.equal(r[name]["argmax_tp"], r[name]["logits_full"].argmax(dim=-1))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_gather_full_state_dict_reassembles_the_single_device_model(ranks, name):
+    for r in ranks:
+        full, gathered = r[name]["state_full"], r[name]["gathered_state"]
+        assert gathered.keys() == full.keys()
+        for key in full:
+            assert torch.equal(gathered[key], full[key]), key

@@ -10,6 +10,7 @@ from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClas
 from megabert.parallel.cross_entropy import vocab_parallel_argmax
 from megabert.parallel.groups import ParallelGroups
 from megabert.parallel.parallelize import parallelize_model
+from megabert.parallel.tp_checkpoint import gather_full_state_dict
 from tests.parallel.tiny import mlm_batch, plain_bert_config, tiny_config
 
 
@@ -43,6 +44,7 @@ def forward_backward_worker(rank: int, world_size: int) -> dict:
             "state_full": full.state_dict(), "state_tp": sharded.state_dict(),
             "tensor_model_parallel": {k: p.tensor_model_parallel for k, p in sharded.named_parameters()},
         }
+        result["gathered_state"] = gather_full_state_dict(sharded, groups.tp_group, full.cfg.mlp_type)
         if hasattr(sharded, "loss_fn"):
             result["argmax_tp"] = vocab_parallel_argmax(out_tp.logits, groups.tp_group)
         results[name] = result
