@@ -10,14 +10,20 @@ from tests.parallel.workers import single_process_reference, zero_tp_worker
 
 pytestmark = pytest.mark.slow
 TP, WORLD = 2, 4
-RUNS = [(1, 20), (2, 5)]  # (ZeRO stage, steps)
+RUNS = [(1, 20, "fp32"), (2, 5, "fp32"), (2, 5, "bf16")]  # (ZeRO stage, steps, precision)
+IDS = [f"zero{stage}-{precision}" for stage, _, precision in RUNS]
+
+
+def _tolerance(index):
+    """fp32 runs match to rounding; bf16 weights and activations only approximately."""
+    return 1e-5 if RUNS[index][2] == "fp32" else 2e-2
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("ds_ckpt")
     ranks = run_on_processes(zero_tp_worker, WORLD, TP, RUNS, str(ckpt))
-    reference = single_process_reference(WORLD // TP, max(steps for _, steps in RUNS))
+    reference = single_process_reference(WORLD // TP, max(run[1] for run in RUNS))
     return ranks, reference, ckpt
 
 
@@ -26,17 +32,17 @@ def _replica_mean_losses(ranks, index):
     return np.mean([r[index]["losses"] for r in ranks if r[index]["tp_rank"] == 0], axis=0)
 
 
-@pytest.mark.parametrize("index", range(len(RUNS)), ids=[f"zero{s}" for s, _ in RUNS])
+@pytest.mark.parametrize("index", range(len(RUNS)), ids=IDS)
 def test_loss_curve_tracks_single_process(run, index):
     ranks, reference, _ = run
     steps = RUNS[index][1]
     losses = _replica_mean_losses(ranks, index)
-    np.testing.assert_allclose(losses, reference["losses"][:steps], rtol=1e-5)
+    np.testing.assert_allclose(losses, reference["losses"][:steps], rtol=_tolerance(index))
     if steps >= 20:
         assert losses[-5:].mean() < losses[:5].mean() - 0.05  # it trains
 
 
-@pytest.mark.parametrize("index", range(len(RUNS)), ids=[f"zero{s}" for s, _ in RUNS])
+@pytest.mark.parametrize("index", range(len(RUNS)), ids=IDS)
 def test_clipping_uses_global_norm_over_tp_and_dp(run, index):
     """DeepSpeed's norm counts each shard once and each replicated tensor once: it equals the single-process
     norm (which is > grad_clip, so clipping is active and a wrong norm would also move the losses)."""
@@ -44,7 +50,7 @@ def test_clipping_uses_global_norm_over_tp_and_dp(run, index):
     steps = RUNS[index][1]
     assert max(reference["grad_norms"][:steps]) > 0.5
     for r in ranks:
-        np.testing.assert_allclose(r[index]["grad_norms"], reference["grad_norms"][:steps], rtol=1e-5)
+        np.testing.assert_allclose(r[index]["grad_norms"], reference["grad_norms"][:steps], rtol=_tolerance(index))
 
 
 def test_tp_ranks_agree_on_loss(run):
@@ -58,7 +64,7 @@ def test_tp_ranks_agree_on_loss(run):
 
 def test_deepspeed_checkpoint_is_sharded_by_tp_rank_and_merges(run):
     ranks, reference, ckpt = run
-    shards = read_shards(ckpt / "stage1" / "final")  # mp_rank_00/01_model_states.pt
+    shards = read_shards(ckpt / "run0" / "final")  # mp_rank_00/01_model_states.pt
     assert len(shards) == TP
     trained = {r[0]["tp_rank"]: r[0]["state"] for r in ranks if r[0]["dp_rank"] == 0}
     for tp_rank, shard in enumerate(shards):

@@ -80,16 +80,18 @@ def single_process_reference(dp_size: int, steps: int) -> dict:
     return {"losses": losses, "grad_norms": norms, "state": model.state_dict()}
 
 
-def zero_tp_worker(rank: int, world_size: int, tp_size: int, runs: list[tuple[int, int]], ckpt_dir: str) -> list:
-    """For each (zero_stage, steps) in `runs`: TP x DP training of the tiny MLM through
-    deepspeed.initialize(mpu=groups), then a DeepSpeed checkpoint under ckpt_dir/stage<N>."""
+def zero_tp_worker(rank: int, world_size: int, tp_size: int, runs: list[tuple[int, int, str]],
+                   ckpt_dir: str) -> list:
+    """For each (zero_stage, steps, precision) in `runs`: TP x DP training of the tiny MLM through
+    deepspeed.initialize(mpu=groups), then a DeepSpeed checkpoint under ckpt_dir/run<i>."""
     groups = ParallelGroups(tp_size, tiny_config())
-    results = [_train_with_deepspeed(groups, stage, steps, f"{ckpt_dir}/stage{stage}") for stage, steps in runs]
+    results = [_train_with_deepspeed(groups, *run, f"{ckpt_dir}/run{i}") for i, run in enumerate(runs)]
     groups.destroy()
     return results
 
 
-def _train_with_deepspeed(groups: ParallelGroups, zero_stage: int, steps: int, ckpt_dir: str) -> dict:
+def _train_with_deepspeed(groups: ParallelGroups, zero_stage: int, steps: int, precision: str,
+                          ckpt_dir: str) -> dict:
     import deepspeed
 
     torch.manual_seed(0)  # same seed everywhere: identical full weights, identical (zero) dropout streams
@@ -103,6 +105,7 @@ def _train_with_deepspeed(groups: ParallelGroups, zero_stage: int, steps: int, c
         "zero_optimization": {"stage": zero_stage},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10 ** 9,
+        "bf16": {"enabled": precision == "bf16"},
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=groups)
     losses, norms = [], []
