@@ -24,6 +24,7 @@ data-parallel ranks). Attention dropout (0.0 in MosaicBERT) then draws the same 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,8 @@ def parallelize_model(model: nn.Module, groups: ParallelGroups, sync_weights: bo
     validate_tensor_parallel(cfg, tp)
     if getattr(model, "tensor_parallel", None) is not None:
         raise ValueError("parallelize_model was already applied to this model")
+    if tp > 1 and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0):
+        check_rng_in_sync(group)
     if sync_weights and tp > 1:
         _broadcast_state(model, groups.get_tensor_model_parallel_src_rank(), group)
 
@@ -111,6 +114,29 @@ def mark_tensor_parallel_parameters(model: nn.Module, mlp_type: str) -> None:
         param.tensor_model_parallel = spec is not None
         param.partition_dim = spec.dim if spec is not None else -1
         param.partition_stride = spec.blocks if spec is not None else 1
+
+
+def check_rng_in_sync(group) -> None:
+    """Raises unless torch's RNG state (CPU, and CUDA when in use) is the same on every rank of `group`.
+
+    Hidden dropout runs on activations that every TP rank holds whole; different masks on different ranks would
+    silently desynchronise the replicated LayerNorms and residual stream. Collective over `group`.
+    """
+    states = [torch.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.append(torch.cuda.get_rng_state())
+    digest = hashlib.sha256(b"".join(s.numpy().tobytes() for s in states)).digest()
+    local = torch.tensor([int.from_bytes(digest[:7], "little")], dtype=torch.int64)
+    if dist.get_backend(group) == "nccl":
+        local = local.cuda()
+    low, high = local.clone(), local.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+    if low.item() != high.item():
+        raise RuntimeError(
+            "the random-number state differs between the ranks of a tensor-parallel group, so dropout would draw "
+            "different masks for activations that must stay identical; seed torch with the same value on every rank "
+            "of a TP group (e.g. seed + data-parallel rank, never + global rank) before parallelize_model")
 
 
 class _CopyToTensorParallelHook:

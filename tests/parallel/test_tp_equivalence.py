@@ -11,7 +11,7 @@ from tests.parallel.workers import forward_backward_worker
 pytestmark = pytest.mark.slow
 TP = 2
 TOL = dict(rtol=1e-5, atol=1e-6)
-MODELS = ("mosaic_mlm", "plain_bert_mlm", "mosaic_classification")
+MODELS = ("mosaic_mlm", "mosaic_mlm_dropout", "plain_bert_mlm", "mosaic_classification")
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,8 @@ def test_gather_full_state_dict_reassembles_the_single_device_model(ranks, name)
         assert gathered.keys() == full.keys()
         for key in full:
             assert torch.equal(gathered[key], full[key]), key
+
+
+def test_dropout_with_unsynchronised_seeds_is_refused(ranks):
+    for r in ranks:
+        assert "random-number state differs between the ranks of a tensor-parallel group" in r["unsynced_rng_error"]
