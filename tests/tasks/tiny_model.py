@@ -52,3 +52,13 @@ def make_model_dir(directory: Path, vocab_file: Path, seed: int = 0, pretraining
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def load_tool(name: str):
+    """Imports tools/<name>.py as a module (tools/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"megabert_tool_{name}", REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
