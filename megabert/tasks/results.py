@@ -44,11 +44,13 @@ def summarize(results: list[dict]) -> dict:
         }
     glue_scores = [t["score"] for t in tasks.values() if t["is_glue"]]
     glue_present = [name for name, t in tasks.items() if t["is_glue"]]
+    model_dirs = sorted({r["model_dir"] for r in results if r.get("model_dir")})
     return {
-        "tasks": tasks,
+        "model_dir": model_dirs[0] if len(model_dirs) == 1 else model_dirs,
         "glue_average": float(np.mean(glue_scores)) if glue_scores else None,
         "glue_tasks": glue_present,
         "glue_complete": set(glue_present) == set(GLUE_TASKS),
+        "tasks": tasks,
     }
 
 
