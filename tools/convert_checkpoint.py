@@ -124,9 +124,14 @@ def export_tokenizer(model_dir: Path, out: Path, max_length: int) -> None:
         BertWordPieceTokenizer(str(out / "vocab.txt"), lowercase=lowercase).save(str(out / "tokenizer.json"))
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "model_max_length": max_length,
                   **specials}
-    else:
+    elif entry["tokenizer_type"] == "HuggingFaceTokenizer":
         shutil.copyfile(model_dir / entry["tokenizer_model"], out / "tokenizer.json")
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length, **specials}
+    else:
+        shutil.copyfile(model_dir / entry["tokenizer_model"], out / "tokenizer.model")
+        log.warning("SentencePiece tokenizer copied as tokenizer.model; write its tokenizer_config.json for "
+                    "transformers yourself (the special-token layout is model specific)")
+        return
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 

@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--vocab-file", help="WordPiece vocab.txt to attach to the model dir")
     t.add_argument("--cased", action="store_true", help="the vocab is cased (BertWordPieceCase)")
     t.add_argument("--tokenizer-json", help="Hugging Face tokenizer.json to attach to the model dir")
+    t.add_argument("--sentencepiece-model", help="SentencePiece .model to attach to the model dir")
     return p.parse_args(argv)
 
 
@@ -113,8 +114,11 @@ def _ensure_tokenizer(args: argparse.Namespace) -> None:
                          vocab_file=args.vocab_file)
     elif args.tokenizer_json:
         attach_tokenizer(args.model, "HuggingFaceTokenizer", tokenizer_model=args.tokenizer_json)
+    elif args.sentencepiece_model:
+        attach_tokenizer(args.model, "SentencePieceTokenizer", tokenizer_model=args.sentencepiece_model)
     elif tokenizer_entry(args.model) is None:
-        raise TokenizerError(f"{args.model} records no tokenizer; pass --vocab-file or --tokenizer-json")
+        raise TokenizerError(f"{args.model} records no tokenizer; pass --vocab-file, --tokenizer-json or "
+                             f"--sentencepiece-model")
 
 
 def _slots(args: argparse.Namespace) -> list[str] | None:

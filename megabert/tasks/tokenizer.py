@@ -3,7 +3,9 @@
 config.json gets a "tokenizer" entry with DataConfig's field names, pointing at files copied into the directory:
     {"tokenizer_type": "BertWordPieceLowerCase", "vocab_file": "vocab.txt"}
     {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": "tokenizer.json"}
-Encoding is BERT's: [CLS] a [SEP] (b [SEP]), token types 0/1, longest-first truncation to the sequence length.
+    {"tokenizer_type": "SentencePieceTokenizer", "tokenizer_model": "tokenizer.model"}
+Text is split by megabert.data's tokenizer (the one pretraining used) and framed as BERT does:
+[CLS] a [SEP] (b [SEP]), token types 0/1, longest-first truncation to the sequence length.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Optional
 from megabert.model.pretrained import CONFIG_NAME
 
 WORDPIECE_TYPES = {"BertWordPieceLowerCase": True, "BertWordPieceCase": False}  # type -> lowercase
-SUPPORTED_TYPES = (*WORDPIECE_TYPES, "HuggingFaceTokenizer")
+MODEL_FILE_NAMES = {"HuggingFaceTokenizer": "tokenizer.json", "SentencePieceTokenizer": "tokenizer.model"}
+SUPPORTED_TYPES = (*WORDPIECE_TYPES, *MODEL_FILE_NAMES)
 
 
 class TokenizerError(ValueError):
@@ -32,11 +35,13 @@ def attach_tokenizer(model_dir: str | Path, tokenizer_type: str, vocab_file: Opt
         raise TokenizerError(f"{config_path} not found: save the model (save_pretrained) before its tokenizer")
     if tokenizer_type in WORDPIECE_TYPES:
         source, field, name = vocab_file, "vocab_file", "vocab.txt"
-    elif tokenizer_type == "HuggingFaceTokenizer":
-        source, field, name = tokenizer_model, "tokenizer_model", "tokenizer.json"
+    elif tokenizer_type in MODEL_FILE_NAMES:
+        source, field, name = tokenizer_model, "tokenizer_model", MODEL_FILE_NAMES[tokenizer_type]
+        if tokenizer_model and Path(tokenizer_model).is_dir():  # a Hugging Face tokenizer directory
+            source = str(Path(tokenizer_model) / "tokenizer.json")
     else:
-        raise TokenizerError(f"tokenizer type {tokenizer_type!r} is not supported for fine-tuning/export; use one "
-                             f"of {', '.join(SUPPORTED_TYPES)}")
+        raise TokenizerError(f"tokenizer type {tokenizer_type!r} is not supported; use one of "
+                             f"{', '.join(SUPPORTED_TYPES)}")
     if not source or not Path(source).is_file():
         raise TokenizerError(f"tokenizer type {tokenizer_type} needs {field} pointing at an existing file, "
                              f"got {source!r}")
@@ -56,33 +61,58 @@ def tokenizer_entry(model_dir: str | Path) -> Optional[dict]:
     return json.loads(config_path.read_text()).get("tokenizer")
 
 
-def load_tokenizer(model_dir: str | Path, seq_len: int):
-    """A `tokenizers.Tokenizer` that adds [CLS]/[SEP] and token types and truncates pairs to `seq_len`."""
+class PairEncoder:
+    """BERT framing on top of megabert.data's tokenizer (the one pretraining used): [CLS] a [SEP] (b [SEP]),
+    token types 0 then 1, longest-first truncation of the texts so the whole fits in `seq_len`."""
+
+    def __init__(self, tokenizer, seq_len: int):
+        if seq_len < 4:
+            raise TokenizerError(f"seq_len {seq_len} leaves no room for text between [CLS] and [SEP]")
+        self.tokenizer = tokenizer
+        self.seq_len = seq_len
+
+    @staticmethod
+    def _truncate(a: list, b: Optional[list], budget: int) -> tuple[list, Optional[list]]:
+        if b is None:
+            return a[:budget], None
+        if len(a) + len(b) <= budget:
+            return a, b
+        # Longest first, as Hugging Face: trim the longer text one token at a time, b on ties. In closed form:
+        # a keeps ceil(budget / 2) unless b is short enough to leave it more.
+        keep_a = min(len(a), max(budget - len(b), -(-budget // 2)))
+        return a[:keep_a], b[:budget - keep_a]
+
+    def encode(self, texts_a: list, texts_b: Optional[list]) -> tuple[list, list]:
+        """Token ids and token-type ids per example (unpadded lists; the collator pads per batch)."""
+        tok = self.tokenizer
+        ids_a = tok.encode_batch(list(texts_a))
+        ids_b = tok.encode_batch(list(texts_b)) if texts_b is not None else [None] * len(ids_a)
+        ids, types = [], []
+        for a, b in zip(ids_a, ids_b):
+            a, b = self._truncate(a, b, self.seq_len - (3 if b is not None else 2))
+            seq = [tok.cls_id, *a, tok.sep_id]
+            type_ids = [0] * len(seq)
+            if b is not None:
+                seq += [*b, tok.sep_id]
+                type_ids += [1] * (len(b) + 1)
+            ids.append(seq)
+            types.append(type_ids)
+        return ids, types
+
+
+def load_tokenizer(model_dir: str | Path, seq_len: int) -> PairEncoder:
+    """The model dir's tokenizer (megabert.data.load_tokenizer) wrapped for sentence (pair) classification."""
+    from megabert.data import load_tokenizer as load_data_tokenizer
+
     entry = tokenizer_entry(model_dir)
     if entry is None:
         raise TokenizerError(
             f"{model_dir} records no tokenizer; attach one with megabert.tasks.tokenizer.attach_tokenizer or pass "
-            f"--vocab-file (WordPiece vocab.txt) / --tokenizer-json to tools/run_glue.py")
-    tokenizer_type = entry["tokenizer_type"]
-    if tokenizer_type in WORDPIECE_TYPES:
-        from tokenizers import BertWordPieceTokenizer
-
-        tokenizer = BertWordPieceTokenizer(str(Path(model_dir) / entry["vocab_file"]),
-                                           lowercase=WORDPIECE_TYPES[tokenizer_type])
-    elif tokenizer_type == "HuggingFaceTokenizer":
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(Path(model_dir) / entry["tokenizer_model"]))
-    else:
-        raise TokenizerError(f"{model_dir}: tokenizer type {tokenizer_type!r} is not supported here; use one of "
-                             f"{', '.join(SUPPORTED_TYPES)}")
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=seq_len, strategy="longest_first")
-    return tokenizer
+            f"--vocab-file (WordPiece vocab.txt) / --tokenizer-json / --sentencepiece-model to tools/run_glue.py")
+    files = {key: str(Path(model_dir) / entry[key]) if entry.get(key) else None
+             for key in ("vocab_file", "tokenizer_model")}
+    return PairEncoder(load_data_tokenizer(entry["tokenizer_type"], **files), seq_len)
 
 
-def encode(tokenizer, texts_a: list, texts_b: Optional[list]) -> tuple[list, list]:
-    """Token ids and token-type ids per example (unpadded lists; the collator pads per batch)."""
-    batch = list(zip(texts_a, texts_b)) if texts_b is not None else list(texts_a)
-    encodings = tokenizer.encode_batch(batch)
-    return [e.ids for e in encodings], [e.type_ids for e in encodings]
+def encode(encoder: PairEncoder, texts_a: list, texts_b: Optional[list]) -> tuple[list, list]:
+    return encoder.encode(texts_a, texts_b)
