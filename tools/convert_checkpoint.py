@@ -35,7 +35,7 @@ from megabert.model import mosaic_mapping  # noqa: E402
 from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification  # noqa: E402
 from megabert.model.hf_mapping import hf_bert_to_megabert, megabert_to_hf_bert  # noqa: E402
 from megabert.model.pretrained import load_model_config, load_state_dict, save_pretrained  # noqa: E402
-from megabert.tasks.tokenizer import WORDPIECE_TYPES, attach_tokenizer, tokenizer_entry  # noqa: E402
+from megabert.tasks.tokenizer import WORDPIECE_TYPES, attach_tokenizer, resolve_tokenizer  # noqa: E402
 
 log = logging.getLogger("convert_checkpoint")
 
@@ -110,7 +110,7 @@ def pad_vocab(state: dict[str, torch.Tensor], vocab_size: int, keys: dict[str, s
 
 def export_tokenizer(model_dir: Path, out: Path, max_length: int) -> None:
     """vocab.txt + tokenizer.json + tokenizer_config.json + special_tokens_map.json for transformers."""
-    entry = tokenizer_entry(model_dir)
+    entry = resolve_tokenizer(model_dir)
     if entry is None:
         log.warning("%s records no tokenizer: the export has no tokenizer files", model_dir)
         return
@@ -120,15 +120,15 @@ def export_tokenizer(model_dir: Path, out: Path, max_length: int) -> None:
         from tokenizers import BertWordPieceTokenizer
 
         lowercase = WORDPIECE_TYPES[entry["tokenizer_type"]]
-        shutil.copyfile(model_dir / entry["vocab_file"], out / "vocab.txt")
+        shutil.copyfile(entry["vocab_file"], out / "vocab.txt")
         BertWordPieceTokenizer(str(out / "vocab.txt"), lowercase=lowercase).save(str(out / "tokenizer.json"))
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "model_max_length": max_length,
                   **specials}
     elif entry["tokenizer_type"] == "HuggingFaceTokenizer":
-        shutil.copyfile(model_dir / entry["tokenizer_model"], out / "tokenizer.json")
+        shutil.copyfile(entry["tokenizer_model"], out / "tokenizer.json")
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length, **specials}
     else:
-        shutil.copyfile(model_dir / entry["tokenizer_model"], out / "tokenizer.model")
+        shutil.copyfile(entry["tokenizer_model"], out / "tokenizer.model")
         log.warning("SentencePiece tokenizer copied as tokenizer.model; write its tokenizer_config.json for "
                     "transformers yourself (the special-token layout is model specific)")
         return

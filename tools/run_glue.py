@@ -27,7 +27,7 @@ from megabert.tasks.recipe import Recipe, glue_recipe, load_recipe  # noqa: E402
 from megabert.tasks.results import markdown_table, summarize, write_results  # noqa: E402
 from megabert.tasks.runner import run_tasks  # noqa: E402
 from megabert.tasks.task import TaskError, user_task  # noqa: E402
-from megabert.tasks.tokenizer import TokenizerError, attach_tokenizer, tokenizer_entry  # noqa: E402
+from megabert.tasks.tokenizer import TokenizerError, attach_tokenizer, resolve_tokenizer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERRIDABLE = ("lr", "epochs", "batch_size", "seq_len")
@@ -116,7 +116,7 @@ def _ensure_tokenizer(args: argparse.Namespace) -> None:
         attach_tokenizer(args.model, "HuggingFaceTokenizer", tokenizer_model=args.tokenizer_json)
     elif args.sentencepiece_model:
         attach_tokenizer(args.model, "SentencePieceTokenizer", tokenizer_model=args.sentencepiece_model)
-    elif tokenizer_entry(args.model) is None:
+    elif resolve_tokenizer(args.model) is None:
         raise TokenizerError(f"{args.model} records no tokenizer; pass --vocab-file, --tokenizer-json or "
                              f"--sentencepiece-model")
 

@@ -31,7 +31,7 @@ from megabert.tasks.data import Examples, TaskData, load_task_data
 from megabert.tasks.metrics import compute_metrics
 from megabert.tasks.recipe import Recipe
 from megabert.tasks.task import TaskError, TaskSpec
-from megabert.tasks.tokenizer import attach_tokenizer, encode, load_tokenizer, tokenizer_entry
+from megabert.tasks.tokenizer import attach_tokenizer, encode, load_tokenizer, resolve_tokenizer, training_run_config
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,9 @@ def check_sequence_length(cfg: ModelConfig, seq_len: int, model_dir: str | Path)
 
 def _pretraining_seq_len(model_dir: str | Path) -> Optional[int]:
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    return (config.get("data") or {}).get("seq_len") or config.get("pretraining_seq_len")
+    run = training_run_config(model_dir) or {}
+    return ((config.get("data") or {}).get("seq_len") or config.get("pretraining_seq_len")
+            or (run.get("data") or {}).get("seq_len"))
 
 
 def build_model(job: Job, num_labels: int) -> tuple[MosaicBertForSequenceClassification, ModelConfig]:
@@ -224,26 +226,29 @@ def run_job(job: Job, task_data: Optional[TaskData] = None) -> dict:
     history, start, step = [], time.perf_counter(), 0
     for epoch in range(1, recipe.epochs + 1):
         order = generator.permutation(len(train.ids))
-        losses = []
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for first in range(0, len(order), recipe.batch_size):
             batch = collate(train, order[first:first + recipe.batch_size], cfg.pad_token_id, device)
             with _autocast(device, recipe.precision):
                 loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                              batch["labels"]).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{spec.name} seed {job.seed}: non-finite loss at step {step}; lower lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             optimizer.step()
             scheduler.step()
-            losses.append(loss.item())
+            loss_sum += loss.detach()
             step += 1
+            if step % 100 == 0 and not torch.isfinite(loss_sum):
+                raise FloatingPointError(f"{spec.name} seed {job.seed}: non-finite loss by step {step}; lower lr")
+        train_loss = loss_sum.item() / steps_per_epoch
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"{spec.name} seed {job.seed}: non-finite loss in epoch {epoch}; lower lr")
         metrics = {name: evaluate(model, enc, spec, recipe.eval_batch_size, cfg.pad_token_id, device,
                                   recipe.precision) for name, enc in evals.items()}
         history.append({"epoch": epoch, "step": step, "time_s": time.perf_counter() - start,
-                        "train_loss": float(np.mean(losses)), "metrics": metrics})
+                        "train_loss": train_loss, "metrics": metrics})
         log.info("%s seed %d epoch %d: loss %.4f %s", spec.name, job.seed, epoch, history[-1]["train_loss"],
                  json.dumps(metrics))
 
@@ -264,7 +269,6 @@ def save_finetuned(model: nn.Module, cfg: ModelConfig, directory: Path, pretrain
     """A megabert model dir with the classification weights, the task's labels and the tokenizer."""
     save_pretrained(model, directory, cfg, extra={"task": {"name": spec.name, "labels": spec.labels,
                                                            "regression": spec.regression}})
-    entry = tokenizer_entry(pretrained_dir)
-    if entry:
-        file_field = "vocab_file" if "vocab_file" in entry else "tokenizer_model"
-        attach_tokenizer(directory, entry["tokenizer_type"], **{file_field: str(Path(pretrained_dir) / entry[file_field])})
+    found = resolve_tokenizer(pretrained_dir)
+    if found:
+        attach_tokenizer(directory, **found)

@@ -55,10 +55,37 @@ def attach_tokenizer(model_dir: str | Path, tokenizer_type: str, vocab_file: Opt
 
 
 def tokenizer_entry(model_dir: str | Path) -> Optional[dict]:
+    """The "tokenizer" entry of the model dir's config.json (file names relative to the dir), or None."""
     config_path = Path(model_dir) / CONFIG_NAME
     if not config_path.is_file():
         return None
     return json.loads(config_path.read_text()).get("tokenizer")
+
+
+def training_run_config(model_dir: str | Path) -> Optional[dict]:
+    """The pretraining run's config for a model dir exported by megabert.train.export (it records the
+    checkpoint it came from, whose config.json is the whole TrainConfig), or None."""
+    config_path = Path(model_dir) / CONFIG_NAME
+    if not config_path.is_file():
+        return None
+    source = json.loads(config_path.read_text()).get("source_checkpoint")
+    run_config = Path(source) / CONFIG_NAME if source else None
+    return json.loads(run_config.read_text()) if run_config and run_config.is_file() else None
+
+
+def resolve_tokenizer(model_dir: str | Path) -> Optional[dict]:
+    """{tokenizer_type, vocab_file, tokenizer_model} with usable paths: the model dir's own files, else those of
+    the pretraining run it was exported from (when they still exist). None when neither is found."""
+    entry = tokenizer_entry(model_dir)
+    if entry is not None:
+        return {"tokenizer_type": entry["tokenizer_type"],
+                **{k: str(Path(model_dir) / entry[k]) if entry.get(k) else None
+                   for k in ("vocab_file", "tokenizer_model")}}
+    data = (training_run_config(model_dir) or {}).get("data") or {}
+    files = {k: data.get(k) for k in ("vocab_file", "tokenizer_model")}
+    if data.get("tokenizer_type") and any(files.values()) and all(Path(f).exists() for f in files.values() if f):
+        return {"tokenizer_type": data["tokenizer_type"], **files}
+    return None
 
 
 class PairEncoder:
@@ -104,14 +131,12 @@ def load_tokenizer(model_dir: str | Path, seq_len: int) -> PairEncoder:
     """The model dir's tokenizer (megabert.data.load_tokenizer) wrapped for sentence (pair) classification."""
     from megabert.data import load_tokenizer as load_data_tokenizer
 
-    entry = tokenizer_entry(model_dir)
-    if entry is None:
+    found = resolve_tokenizer(model_dir)
+    if found is None:
         raise TokenizerError(
             f"{model_dir} records no tokenizer; attach one with megabert.tasks.tokenizer.attach_tokenizer or pass "
             f"--vocab-file (WordPiece vocab.txt) / --tokenizer-json / --sentencepiece-model to tools/run_glue.py")
-    files = {key: str(Path(model_dir) / entry[key]) if entry.get(key) else None
-             for key in ("vocab_file", "tokenizer_model")}
-    return PairEncoder(load_data_tokenizer(entry["tokenizer_type"], **files), seq_len)
+    return PairEncoder(load_data_tokenizer(**found), seq_len)
 
 
 def encode(encoder: PairEncoder, texts_a: list, texts_b: Optional[list]) -> tuple[list, list]:

@@ -37,3 +37,27 @@ def test_model_dir_tokenizer_round_trip(tmp_path, vocab_file):
     assert types[0].count(1) >= 2
     with pytest.raises(TokenizerError, match="needs vocab_file pointing at an existing file"):
         attach_tokenizer(model_dir, "BertWordPieceLowerCase", vocab_file=str(tmp_path / "missing.txt"))
+
+
+def test_model_exported_by_the_trainer_finds_its_run_tokenizer_and_length(tmp_path, vocab_file):
+    """megabert.train.export records source_checkpoint; its config.json (the TrainConfig) names the tokenizer."""
+    import json
+
+    from megabert.model.pretrained import load_state_dict, save_pretrained, load_model_config
+    from megabert.model.bert import MosaicBertForMaskedLM
+    from megabert.tasks.finetune import _pretraining_seq_len
+    from megabert.tasks.tokenizer import resolve_tokenizer
+
+    source = make_model_dir(tmp_path / "attached", vocab_file)
+    checkpoint = tmp_path / "checkpoints" / "step_0000010"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text(json.dumps(
+        {"data": {"tokenizer_type": "BertWordPieceLowerCase", "vocab_file": str(vocab_file), "seq_len": 128}}))
+    cfg = load_model_config(source)
+    model = MosaicBertForMaskedLM(cfg)
+    model.load_state_dict(load_state_dict(source))
+    exported = save_pretrained(model, tmp_path / "exported", cfg, extra={"source_checkpoint": str(checkpoint),
+                                                                        "step": 10})
+    assert resolve_tokenizer(exported)["vocab_file"] == str(vocab_file)
+    assert load_tokenizer(exported, 16).encode(["the film"], None)[0][0][0] == 2  # [CLS] id in the test vocab
+    assert _pretraining_seq_len(exported) == 128
