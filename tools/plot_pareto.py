@@ -159,13 +159,20 @@ def pareto_front(points: list[Point], higher_is_better: bool) -> list[Point]:
     return front
 
 
-def plot_pareto(series: dict[str, list[Point]], output: str | Path, ylabel: str, higher_is_better: bool,
-                time_unit: str = "hours", title: str = "") -> list[Point]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotError("plotting needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_pareto(series: dict[str, list[Point]], output: str | Path, ylabel: str, higher_is_better: bool,
+                time_unit: str = "hours", title: str = "") -> list[Point]:
+    plt = _pyplot()
     scale = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0}[time_unit]
     all_points = [p for points in series.values() for p in points]
     if not all_points:
@@ -248,11 +255,7 @@ def read_throughput(path: str | Path, value_key: str = "real_tokens_per_s", sect
 
 
 def plot_throughput(rows: list[dict], output: str | Path, ylabel: str = "real tokens/s", title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(dict.fromkeys(r["name"] for r in rows))
     groups = list(dict.fromkeys(r["group"] for r in rows))
     width = 0.8 / len(groups)

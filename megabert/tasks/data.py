@@ -177,6 +177,7 @@ def load_task_data(spec: TaskSpec) -> TaskData:
     if not spec.metrics:
         spec.metrics = default_metrics(spec.regression, None if spec.regression else len(spec.labels))
     spec.validate()
-    examples = {name: Examples(a, b, _encode_labels(splits[name], spec, raw, inferred)) for name, (a, b, raw) in rows.items()}
+    examples = {name: Examples(a, b, _encode_labels(splits[name], spec, raw, inferred))
+                for name, (a, b, raw) in rows.items()}
     train = examples.pop("train")
     return TaskData(spec, train, examples)

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from megabert.tasks.data import load_task_data
 from megabert.tasks.finetune import RESULT_NAME, Job, run_job
 from megabert.tasks.recipe import Recipe
