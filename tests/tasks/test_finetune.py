@@ -93,6 +93,12 @@ def test_cli_runs_all_eight_tasks_with_mnli_chain_and_writes_tables(model_dir, t
     assert read_json(out / "sst2" / "seed_5" / "result.json")["init_dir"] is None
     assert "**GLUE average**" in (out / "results.md").read_text() and "GLUE average" in capsys.readouterr().out
 
+    mnli_model = out / "mnli" / "seed_5" / "model"
+    assert run_glue.main(["--model", str(model_dir), "--glue-dir", str(GLUE_SAMPLE), "--output", str(tmp_path / "rte"),
+                          "--tasks", "rte", "--seeds", "1", "--epochs", "1", "--seq-len", "32",
+                          "--mnli-checkpoint", str(mnli_model)]) == 0
+    assert read_json(tmp_path / "rte" / "rte" / "seed_1" / "result.json")["init_dir"] == str(mnli_model)
+
 
 def test_cli_user_task_and_bad_input_fail_before_training(model_dir, tmp_path, capsys):
     train = tmp_path / "train.csv"
