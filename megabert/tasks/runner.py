@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from megabert.tasks.data import load_task_data
+from megabert.tasks.data import TaskData, load_task_data
 from megabert.tasks.finetune import RESULT_NAME, Job, run_job
 from megabert.tasks.recipe import Recipe
 from megabert.tasks.results import flatten_metrics
@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])  # so workers import this megabert, installed or not
 
 
-def check_tasks(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
-    """Reads every task's files once before anything trains; returns the specs with labels resolved."""
-    return [load_task_data(spec).spec for spec in specs]
+def check_tasks(specs: Sequence[TaskSpec]) -> dict[str, TaskData]:
+    """Reads and checks every task's files before anything trains; task name -> its data (labels resolved)."""
+    return {spec.name: load_task_data(spec) for spec in specs}
 
 
 def plan_round(specs: Sequence[TaskSpec], recipes: dict[str, Recipe], model_dir: str, output_dir: str,
@@ -45,8 +45,9 @@ def plan_round(specs: Sequence[TaskSpec], recipes: dict[str, Recipe], model_dir:
     return jobs
 
 
-def run_serial(jobs: Sequence[Job]) -> list[dict]:
-    return [run_job(job) for job in jobs]
+def run_serial(jobs: Sequence[Job], data: Optional[dict[str, TaskData]] = None) -> list[dict]:
+    """One job after another in this process, reusing the task data already read (every seed shares it)."""
+    return [run_job(job, (data or {}).get(job.task["name"])) for job in jobs]
 
 
 def run_parallel(jobs: Sequence[Job], slots: Sequence[str], poll_s: float = 0.5) -> list[dict]:
@@ -84,13 +85,14 @@ def run_parallel(jobs: Sequence[Job], slots: Sequence[str], poll_s: float = 0.5)
     return [results[job.output_dir] for job in jobs]
 
 
-def run_jobs(jobs: Sequence[Job], slots: Optional[Sequence[str]] = None) -> list[dict]:
+def run_jobs(jobs: Sequence[Job], slots: Optional[Sequence[str]] = None,
+             data: Optional[dict[str, TaskData]] = None) -> list[dict]:
     """Serial in this process unless two or more slots (GPUs) are given."""
     if not jobs:
         return []
     if slots and len(slots) > 1:
         return run_parallel(jobs, slots)
-    return run_serial(jobs)
+    return run_serial(jobs, data)
 
 
 def median_run(results: Sequence[dict]) -> dict:
@@ -106,7 +108,10 @@ def run_tasks(specs: Sequence[TaskSpec], recipes: dict[str, Recipe], model_dir: 
               device: str = "auto", slots: Optional[Sequence[str]] = None,
               init_checkpoints: Optional[dict[str, str]] = None) -> list[dict]:
     """All seeds of all tasks, round 1 then round 2; returns every run's result."""
-    specs = check_tasks(specs)
+    data = check_tasks(specs)
+    specs = [data[spec.name].spec for spec in specs]
+    if len(data) != len(specs):
+        raise TaskError(f"task names must be unique, got {[s.name for s in specs]}")
     init_checkpoints = dict(init_checkpoints or {})
     names = {s.name for s in specs}
     round2 = [s for s in specs if recipes[s.name].init_from]
@@ -117,12 +122,12 @@ def run_tasks(specs: Sequence[TaskSpec], recipes: dict[str, Recipe], model_dir: 
             log.warning("%s is not among the tasks run and no checkpoint was given for it: tasks that start from "
                         "it start from the pretrained model instead", source)
     save_tasks = [s for s in sources if s in names]
-    results = run_jobs(plan_round(round1, recipes, model_dir, output_dir, device, save_tasks=save_tasks), slots)
+    results = run_jobs(plan_round(round1, recipes, model_dir, output_dir, device, save_tasks=save_tasks), slots, data)
     for source in save_tasks:
         runs = [r for r in results if r["task"] == source]
         if not runs:
             raise TaskError(f"no results for {source}; cannot start the tasks that depend on it")
         init_checkpoints[source] = median_run(runs)["saved_model"]
     init_dirs = {s.name: init_checkpoints.get(recipes[s.name].init_from) for s in round2}
-    results += run_jobs(plan_round(round2, recipes, model_dir, output_dir, device, init_dirs), slots)
+    results += run_jobs(plan_round(round2, recipes, model_dir, output_dir, device, init_dirs), slots, data)
     return results
