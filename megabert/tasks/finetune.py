@@ -74,8 +74,9 @@ def check_sequence_length(cfg: ModelConfig, seq_len: int, model_dir: str | Path)
                         f"({cfg.max_position_embeddings} positions); lower seq_len (ALiBi models have no such limit)")
     pretrain_len = _pretraining_seq_len(model_dir)
     if pretrain_len and seq_len > pretrain_len:
-        log.info("fine-tuning at seq_len %d, longer than the pretraining length %d (ALiBi extrapolation)",
-                 seq_len, pretrain_len)
+        log.info("fine-tuning at seq_len %d, longer than the pretraining length %d%s", seq_len, pretrain_len,
+                 " (ALiBi extrapolates)" if cfg.position_embedding == "alibi" else
+                 " (positions past the pretraining length were never trained)")
 
 
 def _pretraining_seq_len(model_dir: str | Path) -> Optional[int]:

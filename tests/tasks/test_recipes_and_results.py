@@ -46,3 +46,28 @@ def test_median_over_seeds_task_scores_and_partial_glue_average():
     assert not summary["glue_complete"] and list(summary["tasks"]) == ["mnli", "mrpc", "rte", "mine"]
     table = markdown_table(summary)
     assert "GLUE average (partial: mnli, mrpc, rte)" in table and "| matched/accuracy | 80.00 |" in table
+
+
+def test_optimizer_decay_is_decoupled_and_schedule_is_linear():
+    import torch
+
+    from megabert.tasks.finetune import decoupled_adamw, linear_schedule
+    from megabert.tasks.recipe import Recipe
+
+    recipe = Recipe(lr=1e-3, weight_decay=1e-2, warmup_fraction=0.1, final_lr_fraction=0.0)
+    param = torch.nn.Parameter(torch.ones(3))
+    model = torch.nn.Module()
+    model.p = param
+    optimizer = decoupled_adamw(model, recipe)
+    schedule = linear_schedule(optimizer, total_steps=100, recipe=recipe)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        param.grad = torch.zeros(3)  # Adam's update is 0: only the weight decay moves the weights
+        before = param.detach().clone()
+        optimizer.step()
+        schedule.step()
+        # MosaicBERT's decoupled decay: w <- w * (1 - wd * lr_t / lr), independent of the lr's size
+        torch.testing.assert_close(param.detach(), before * (1 - recipe.weight_decay * lrs[-1] / recipe.lr))
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
+    assert lrs[-1] == pytest.approx(1e-3 / 90) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
