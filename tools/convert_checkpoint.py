@@ -340,21 +340,22 @@ def register_interop_commands(subparsers) -> None:
                    help="also write pytorch_model.bin (the published MosaicBERT checkpoints' file name)")
     p.add_argument("--alibi-starting-size", type=int, default=512,
                    help="MosaicBERT config alibi_starting_size (their code grows it on demand)")
-    p.set_defaults(func=to_hf)
+    p.set_defaults(run=to_hf)
     p = subparsers.add_parser("from-hf", help="Hugging Face BertForMaskedLM dir -> megabert model dir")
     p.add_argument("source")
     p.add_argument("output")
     _tokenizer_flags(p)
-    p.set_defaults(func=from_hf)
+    p.set_defaults(run=from_hf)
     p = subparsers.add_parser("from-mosaic", help="MosaicBERT checkpoint dir -> megabert model dir")
     p.add_argument("source")
     p.add_argument("output")
     _tokenizer_flags(p)
-    p.set_defaults(func=from_mosaic)
+    p.set_defaults(run=from_mosaic)
 
 
-# Each entry adds subcommands to the parser. Tensor-parallel merge-tp / split-tp: define
-# `register_tp_commands(subparsers)` (owned by the tensor-parallel work) and append it here.
+# Each entry adds a group of subcommands to the parser and sets `run` on each. The tensor-parallel group
+# (merge-tp, split-tp) is `add_tensor_parallel_commands(subparsers)`, owned by the tensor-parallel work: put its
+# section below this one and append it here.
 SUBCOMMANDS: list[Callable] = [register_interop_commands]
 
 
@@ -370,7 +371,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return args.run(args) or 0
     except (ConversionError, KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
