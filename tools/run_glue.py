@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megabert.config import ConfigError  # noqa: E402
+from megabert.data.tokenizer import TokenizerError as DataTokenizerError  # noqa: E402
 from megabert.tasks.glue import GLUE_TASKS, canonical_name, glue_task  # noqa: E402
 from megabert.tasks.recipe import Recipe, glue_recipe, load_recipe  # noqa: E402
 from megabert.tasks.results import markdown_table, summarize, write_results  # noqa: E402
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints = {"mnli": args.mnli_checkpoint} if args.mnli_checkpoint else None
         results = run_tasks(specs, recipes, args.model, args.output, device=args.device, slots=_slots(args),
                             init_checkpoints=checkpoints)
-    except (TaskError, ConfigError, TokenizerError) as e:
+    except (TaskError, ConfigError, TokenizerError, DataTokenizerError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = summarize(results)

@@ -31,7 +31,8 @@ from megabert.tasks.data import Examples, TaskData, load_task_data
 from megabert.tasks.metrics import compute_metrics
 from megabert.tasks.recipe import Recipe
 from megabert.tasks.task import TaskError, TaskSpec
-from megabert.tasks.tokenizer import attach_tokenizer, encode, load_tokenizer, resolve_tokenizer, training_run_config
+from megabert.tasks.tokenizer import (PairEncoder, attach_tokenizer, encode, load_tokenizer, resolve_tokenizer,
+                                     training_run_config)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,17 @@ def check_sequence_length(cfg: ModelConfig, seq_len: int, model_dir: str | Path)
         log.info("fine-tuning at seq_len %d, longer than the pretraining length %d%s", seq_len, pretrain_len,
                  " (ALiBi extrapolates)" if cfg.position_embedding == "alibi" else
                  " (positions past the pretraining length were never trained)")
+
+
+def check_model_dir(model_dir: str | Path, seq_len: int) -> tuple[ModelConfig, PairEncoder]:
+    """The model's config and tokenizer, checked against each other and against `seq_len` (cheap: no weights)."""
+    cfg = load_model_config(model_dir)
+    check_sequence_length(cfg, seq_len, model_dir)
+    tokenizer = load_tokenizer(model_dir, seq_len)
+    if tokenizer.tokenizer.vocab_size > cfg.vocab_size:
+        raise TaskError(f"the tokenizer of {model_dir} has {tokenizer.tokenizer.vocab_size} tokens but the model "
+                        f"only {cfg.vocab_size} embeddings: is it the tokenizer the model was pretrained with?")
+    return cfg, tokenizer
 
 
 def _pretraining_seq_len(model_dir: str | Path) -> Optional[int]:
@@ -210,9 +222,7 @@ def run_job(job: Job, task_data: Optional[TaskData] = None) -> dict:
     data = task_data or load_task_data(TaskSpec.from_dict(job.task))
     spec = data.spec
     device = resolve_device(job.device)
-    cfg = load_model_config(job.model_dir)
-    check_sequence_length(cfg, recipe.seq_len, job.model_dir)
-    tokenizer = load_tokenizer(job.model_dir, recipe.seq_len)
+    cfg, tokenizer = check_model_dir(job.model_dir, recipe.seq_len)
 
     seed_everything(job.seed)
     train = encode_examples(tokenizer, data.train)

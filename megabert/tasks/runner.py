@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from megabert.tasks.data import TaskData, load_task_data
-from megabert.tasks.finetune import RESULT_NAME, Job, run_job
+from megabert.tasks.finetune import RESULT_NAME, Job, check_model_dir, run_job
 from megabert.tasks.recipe import Recipe
 from megabert.tasks.results import flatten_metrics
 from megabert.tasks.task import TaskError, TaskSpec
@@ -109,6 +109,8 @@ def run_tasks(specs: Sequence[TaskSpec], recipes: dict[str, Recipe], model_dir: 
               init_checkpoints: Optional[dict[str, str]] = None) -> list[dict]:
     """All seeds of all tasks, round 1 then round 2; returns every run's result."""
     data = check_tasks(specs)
+    for seq_len in sorted({recipes[spec.name].seq_len for spec in specs}):
+        check_model_dir(model_dir, seq_len)
     specs = [data[spec.name].spec for spec in specs]
     if len(data) != len(specs):
         raise TaskError(f"task names must be unique, got {[s.name for s in specs]}")

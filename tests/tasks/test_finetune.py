@@ -112,6 +112,9 @@ def test_cli_user_task_and_bad_input_fail_before_training(model_dir, tmp_path, c
     assert "label 'bad' is not in the label set ['good', 'ok']" in capsys.readouterr().err
     assert run_glue.main(base + ["--glue-dir", str(tmp_path), "--tasks", "rte", "--text-columns", "review"]) == 2
     assert "has no RTE/ directory" in capsys.readouterr().err
+    assert run_glue.main(base + ["--text-columns", "review", "--label-column", "stars", "--vocab-file",
+                                 str(tmp_path / "nope.txt")]) == 2
+    assert "needs vocab_file pointing at an existing file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing trained
     assert run_glue.main(base + ["--text-columns", "review", "--label-column", "stars", "--seeds", "1,2"]) == 0
     summary = read_json(tmp_path / "out" / "results.json")
