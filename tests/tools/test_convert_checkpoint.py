@@ -208,3 +208,21 @@ def test_mixed_switches_are_refused_with_a_reason(tmp_path, vocab_file, capsys):
     assert "mixes switches" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs model.position_embedding='alibi'"):
         mosaic_mapping.megabert_to_mosaic(load_state_dict(src), load_model_config(src))
+
+
+def test_plain_bert_classifier_exports_to_transformers_sequence_classification(tmp_path, vocab_file):
+    from transformers import BertForSequenceClassification
+
+    cfg = tiny_config(sum(1 for _ in open(vocab_file)), position_embedding="learned", mlp_type="gelu")
+    torch.manual_seed(4)
+    model = MosaicBertForSequenceClassification(cfg, 2).eval()
+    save_pretrained(model, tmp_path / "cls", cfg, extra={"task": {"name": "sst2", "labels": ["neg", "pos"],
+                                                                   "regression": False}})
+    assert convert.main(["to-hf", str(tmp_path / "cls"), str(tmp_path / "hf")]) == 0
+    hf = BertForSequenceClassification.from_pretrained(tmp_path / "hf", local_files_only=True,
+                                                       attn_implementation="eager").eval()
+    assert hf.config.id2label == {0: "neg", 1: "pos"}
+    ids, mask, types = batch(cfg.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits,
+                                   model(ids, mask, types).logits, rtol=1e-5, atol=1e-5)
