@@ -89,7 +89,11 @@ def build_user_task(args: argparse.Namespace):
         raise TaskError("--train-file needs at least one --dev-file")
     evals = {}
     for item in args.dev_file:
-        name, _, path = item.rpartition("=") if "=" in item else ("dev", "", item)
+        name, path = ("dev", item)
+        if "=" in item and not Path(item).exists():  # NAME=PATH (a path that itself contains '=' stays whole)
+            name, path = item.split("=", 1)
+        if name in evals:
+            raise TaskError(f"two --dev-file entries are named {name!r}; name them: --dev-file NAME=PATH")
         evals[name or "dev"] = path
     label_column = _columns(args.label_column, args.no_header)[0]
     return user_task(args.task_name, args.train_file, evals, _columns(args.text_columns, args.no_header),
@@ -104,7 +108,10 @@ def _apply_overrides(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         if value is not None:
             setattr(recipe, name, value)
     if args.seeds:
-        recipe.seeds = [int(s) for s in args.seeds.split(",")]
+        try:
+            recipe.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise TaskError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     recipe.validate()
     return recipe
 
