@@ -32,6 +32,7 @@ setup(
             "pytest-timeout>=2",
             "transformers>=4.40",
             "scikit-learn>=1.3",
+            "scipy>=1.10",
             "matplotlib>=3.7",
             "megatron-core>=0.9",
             "triton>=3.0",

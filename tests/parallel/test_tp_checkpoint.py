@@ -68,19 +68,19 @@ def test_convert_checkpoint_split_tp_and_merge_tp_round_trip(tmp_path, repo_root
     model = MosaicBertForMaskedLM(tiny_config())
     save_pretrained(model, tmp_path / "full", model.cfg)
 
-    split = _convert("split-tp", "--input", str(tmp_path / "full"), "--output", str(tmp_path / "tp2"), "--tp", "2")
+    split = _convert("split-tp", str(tmp_path / "full"), str(tmp_path / "tp2"), "--tp", "2")
     assert split.returncode == 0, split.stderr
     assert sorted(p.name for p in (tmp_path / "tp2").iterdir()) == [
         "config.json", "model-tp00-of-02.safetensors", "model-tp01-of-02.safetensors"]
 
-    merge = _convert("merge-tp", "--input", str(tmp_path / "tp2"), "--output", str(tmp_path / "merged"), "--strict")
+    merge = _convert("merge-tp", str(tmp_path / "tp2"), str(tmp_path / "merged"), "--strict")
     assert merge.returncode == 0, merge.stderr
     (merged,) = read_shards(tmp_path / "merged")
     state = model.state_dict()
     assert merged.keys() == state.keys()
     assert all(torch.equal(merged[k], state[k]) for k in state)
 
-    again = _convert("split-tp", "--input", str(tmp_path / "tp2"), "--output", str(tmp_path / "x"), "--tp", "2")
+    again = _convert("split-tp", str(tmp_path / "tp2"), str(tmp_path / "x"), "--tp", "2")
     assert again.returncode == 2 and "already split into 2 TP shards" in again.stderr
 
 
@@ -88,6 +88,6 @@ def test_convert_checkpoint_split_tp_rejects_sizes_that_do_not_split(tmp_path, r
     monkeypatch.chdir(repo_root)
     model = MosaicBertForMaskedLM(tiny_config())
     save_pretrained(model, tmp_path / "full", model.cfg)
-    result = _convert("split-tp", "--input", str(tmp_path / "full"), "--output", str(tmp_path / "tp3"), "--tp", "3")
+    result = _convert("split-tp", str(tmp_path / "full"), str(tmp_path / "tp3"), "--tp", "3")
     assert result.returncode == 2
     assert "model.num_heads (4) is not divisible by tensor_parallel_size (3)" in result.stderr
