@@ -182,7 +182,7 @@ class MLMData:
 
     def valid_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """One deterministic pass over the validation split (``eval_mask_prob``, fixed masks): every rank yields
-        the same number of micro-batches, ``max(1, valid samples // (micro x dp))``."""
+        the same number of micro-batches, ``max(1, valid samples // (micro x dp))``. Call again to start over."""
         owners = np.concatenate([np.full(s.num_samples, i, dtype=np.int64) for i, s in enumerate(self.valid_splits)])
         ids = np.concatenate([np.arange(s.num_samples, dtype=np.int64) for s in self.valid_splits])
         if len(ids) == 0:
@@ -190,7 +190,8 @@ class MLMData:
         order = np.random.default_rng([self.seed, 0x7A11D]).permutation(len(ids))
         dataset = _ValidBatches(self._valid_recipe, owners[order], ids[order], self.micro_batch_size,
                                 self.dp_rank, self.dp_size)
-        return self._loader(dataset, range(len(dataset)))
+        # Built in this process: an evaluation reads a few batches, less than worker start-up would cost.
+        return (dataset[t] for t in range(len(dataset)))
 
 
 def _check_token_range(ds: IndexedDataset, vocab_size: int, probe: int = 1 << 20) -> None:
