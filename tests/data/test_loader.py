@@ -17,7 +17,7 @@ from .conftest import preprocess, write_jsonl
 
 def _cfg(prefixes, vocab_file, tmp_path, **kw):
     return DataConfig(data_path=list(prefixes), vocab_file=vocab_file, cache_dir=str(tmp_path / "cache"),
-                      num_workers=0, seq_len=kw.pop("seq_len", 64), **kw)
+                      num_workers=kw.pop("num_workers", 0), seq_len=kw.pop("seq_len", 64), **kw)
 
 
 def _unmask(batch):
@@ -211,3 +211,22 @@ def test_pickled_loader_state_is_small_and_builds_the_same_batches(tmp_path, sam
     blob = pickle.dumps(batches)
     clone = pickle.loads(blob)
     assert all(torch.equal(batches[3][k], clone[3][k]) for k in batches[3])
+
+
+def test_workers_survive_stop_signals_meant_for_the_trainer(tmp_path, sample_prefix, vocab_file):
+    """SLURM preemption signals the whole process group: workers must leave SIGTERM to the trainer."""
+    import os
+    import signal
+
+    cfg = _cfg([sample_prefix], vocab_file, tmp_path, num_workers=1)
+    data = build_mlm_data(cfg, seed=3, micro_batch_size=8)
+    it = data.train_batches()
+    first = _take(it, 2)
+    for worker in it._workers:  # the DataLoader iterator's worker processes
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGUSR1)
+    later = _take(it, 12)  # more than the prefetched batches: the workers must still be producing
+    cfg.num_workers = 0
+    want = _take(build_mlm_data(cfg, seed=3, micro_batch_size=8).train_batches(), 14)
+    for a, b in zip(first + later, want):
+        assert torch.equal(a["input_ids"], b["input_ids"])
