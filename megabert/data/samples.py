@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from megabert.data.cache import cache_directory, cached_array, parameter_key
-from megabert.data.indexed_dataset import IndexedDataset, idx_path
+from megabert.data.indexed_dataset import IndexedDataset, bin_path, idx_path
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,10 @@ class SplitSamples:
         lo, hi = split_ranges(dataset.num_documents, split)[split_name]
         self._cache = cache_directory(dataset.prefix, cache_dir)
         self._key = {
+            # the files' sizes and modification time: re-preprocessing the same prefix invalidates the cache
             "prefix": os.path.realpath(dataset.prefix), "idx_bytes": os.path.getsize(idx_path(dataset.prefix)),
-            "docs": dataset.num_documents, "sequences": len(dataset), "split": split, "split_name": split_name,
+            "bin_bytes": os.path.getsize(bin_path(dataset.prefix)),
+            "idx_mtime_ns": os.stat(idx_path(dataset.prefix)).st_mtime_ns, "docs": dataset.num_documents, "sequences": len(dataset), "split": split, "split_name": split_name,
             "mode": mode, "seq_len": seq_len if mode == "packed" else None, "seed": seed if mode == "packed" else None,
         }
         self._name = f"{os.path.basename(dataset.prefix)}_{split_name}_{mode}_{parameter_key(self._key)}"
@@ -118,7 +120,8 @@ class SplitSamples:
         else computed once per dataset and cached (sentence-level data)."""
         if dataset.one_sequence_per_document():
             return dataset.sequence_pointers, dataset.sequence_lengths
-        key = parameter_key({k: self._key[k] for k in ("prefix", "idx_bytes", "docs", "sequences")})
+        key = parameter_key({k: self._key[k] for k in ("prefix", "idx_bytes", "bin_bytes", "idx_mtime_ns", "docs",
+                                                       "sequences")})
         base = self._cache / f"{os.path.basename(dataset.prefix)}_{key}"
         spans = None
 

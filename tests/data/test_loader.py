@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from megabert.config import DataConfig
-from megabert.data import IGNORE_INDEX, IndexedDataset, build_mlm_data, load_tokenizer
-from megabert.data.samples import BlendIndex, SplitSamples, split_ranges
+from megabert.data import IGNORE_INDEX, IndexedDataset, build_mlm_data
+from megabert.data.samples import BlendIndex, split_ranges
 
 from .conftest import preprocess, write_jsonl
 
@@ -230,3 +230,18 @@ def test_workers_survive_stop_signals_meant_for_the_trainer(tmp_path, sample_pre
     want = _take(build_mlm_data(cfg, seed=3, micro_batch_size=8).train_batches(), 14)
     for a, b in zip(first + later, want):
         assert torch.equal(a["input_ids"], b["input_ids"])
+
+
+def test_re_preprocessing_a_prefix_invalidates_its_cached_indices(tmp_path, sample_texts, vocab_file):
+    """Same documents, other lengths (here: --append-eod): cached packed offsets must not be reused."""
+    src = write_jsonl(tmp_path / "a.json", [{"text": t} for t in sample_texts[:40]])
+    args = ["--input", str(src), "--output-prefix", str(tmp_path / "a"), "--tokenizer-type",
+            "BertWordPieceLowerCase", "--vocab-file", vocab_file]
+    preprocess(args)
+    cfg = _cfg([str(tmp_path / "a_text_document")], vocab_file, tmp_path, sample_mode="packed", split="1,0,0")
+    before = build_mlm_data(cfg, seed=1, micro_batch_size=4).train_splits[0].num_samples
+    preprocess(args + ["--append-eod"])
+    split = build_mlm_data(cfg, seed=1, micro_batch_size=4).train_splits[0]
+    ds = IndexedDataset(tmp_path / "a_text_document")
+    assert split.stream_end[-1] == sum(len(ds.document(d)) + 1 for d in range(ds.num_documents))
+    assert split.num_samples >= before
