@@ -6,7 +6,8 @@
 * ``packed`` mode: the split's documents, in a seeded order, form one stream ``doc [SEP] doc [SEP] ...`` cut
   into ``seq_len - 1`` token windows, each sample ``[CLS] window``; long documents continue into the next sample.
 * Epochs: sample number k of a dataset is epoch ``k // n``, position ``k % n`` of that epoch's permutation,
-  drawn from (seed, dataset, epoch). Permutations and sample indices are cached as .npy files (see cache.py).
+  drawn from (seed, dataset, epoch). Sample indices (and the permutations of large splits) are cached as .npy
+  files (see cache.py).
 * Blending: global sample g is assigned to dataset d so that every prefix of the sequence holds each dataset
   within one sample of its weight (sample j of dataset d sits at "time" (j + 0.5) / w_d; merging all datasets by
   time gives the order). The assignment repeats with a fixed period; dataset d's counter keeps increasing
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "valid", "test")
 BLEND_PERIOD = 1 << 20
+CACHE_PERMUTATION_MIN = 1 << 22  # epoch permutations of at least this many samples are cached on disk
 
 
 def parse_split(split: str) -> list[float]:
@@ -146,7 +148,12 @@ class SplitSamples:
         return cached_array(self._cache / f"{self._name}_{what}.npy", build)
 
     def epoch_permutation(self, epoch: int) -> np.ndarray:
-        """Sample order of one epoch, from (seed, dataset index, epoch); cached on disk, last one in memory."""
+        """Sample order of one epoch, from (seed, dataset index, epoch); the current epoch's is kept in memory.
+
+        Large splits (>= CACHE_PERMUTATION_MIN samples, where drawing takes seconds and ranks on a node would
+        each hold a copy) are cached on disk and memory-mapped; small ones are redrawn, which costs less than
+        a file per epoch.
+        """
         if epoch != self._perm_epoch:
             n = self.num_samples
 
@@ -155,7 +162,10 @@ class SplitSamples:
                 return np.random.default_rng([self.seed, self.dataset_index, epoch]).permutation(
                     np.arange(n, dtype=dtype))
 
-            self._perm = self._cached(f"shuffle_seed{self.seed}_ds{self.dataset_index}_epoch{epoch}", build)
+            if n >= CACHE_PERMUTATION_MIN:
+                self._perm = self._cached(f"shuffle_seed{self.seed}_ds{self.dataset_index}_epoch{epoch}", build)
+            else:
+                self._perm = build()
             self._perm_epoch = epoch
         return self._perm
 

@@ -118,6 +118,9 @@ def test_splits_are_disjoint_document_ranges(tmp_path, sample_prefix, vocab_file
 
 
 def test_sample_indices_are_cached_by_parameters_and_reused(tmp_path, sample_prefix, vocab_file, monkeypatch):
+    from megabert.data import samples
+
+    monkeypatch.setattr(samples, "CACHE_PERMUTATION_MIN", 1000)  # cache this small split's epoch permutations
     cfg = _cfg([sample_prefix], vocab_file, tmp_path, sample_mode="packed")
     first = build_mlm_data(cfg, seed=5, micro_batch_size=8)
     next(first.train_batches())
@@ -132,6 +135,7 @@ def test_sample_indices_are_cached_by_parameters_and_reused(tmp_path, sample_pre
     cached = build_mlm_data(cfg, seed=5, micro_batch_size=8)
     assert torch.equal(next(cached.train_batches())["labels"], next(first.train_batches())["labels"])
     monkeypatch.undo()
+    monkeypatch.setattr(samples, "CACHE_PERMUTATION_MIN", 1000)
     build_mlm_data(_cfg([sample_prefix], vocab_file, tmp_path, sample_mode="packed", seq_len=32), seed=5,
                    micro_batch_size=8)
     assert len(list((tmp_path / "cache").iterdir())) > len(files)  # another seq_len: another key
