@@ -60,7 +60,7 @@ def raw_encode(args: argparse.Namespace) -> dict:
 def run_raw(args: argparse.Namespace, threads: int) -> dict:
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), RAYON_RS_NUM_CPUS=str(threads),
                TOKENIZERS_PARALLELISM="true" if threads > 1 else "false")
-    cmd = [sys.executable, __file__, "--raw-child", *sys.argv[1:]]
+    cmd = [sys.executable, __file__, "--raw-child", *args.argv]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write results to this JSON file")
     p.add_argument("--raw-child", action="store_true", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.argv = argv
     if args.raw_child:
         print(json.dumps(raw_encode(args)))
         return

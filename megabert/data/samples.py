@@ -6,7 +6,8 @@
 * ``packed`` mode: the split's documents, in a seeded order, form one stream ``doc [SEP] doc [SEP] ...`` cut
   into ``seq_len - 1`` token windows, each sample ``[CLS] window``; long documents continue into the next sample.
 * Epochs: sample number k of a dataset is epoch ``k // n``, position ``k % n`` of that epoch's permutation,
-  drawn from (seed, dataset, epoch). Permutations and sample indices are cached as .npy files (see cache.py).
+  drawn from (seed, dataset, epoch). Sample indices (and the permutations of large splits) are cached as .npy
+  files (see cache.py).
 * Blending: global sample g is assigned to dataset d so that every prefix of the sequence holds each dataset
   within one sample of its weight (sample j of dataset d sits at "time" (j + 0.5) / w_d; merging all datasets by
   time gives the order). The assignment repeats with a fixed period; dataset d's counter keeps increasing
@@ -23,12 +24,13 @@ from typing import Optional
 import numpy as np
 
 from megabert.data.cache import cache_directory, cached_array, parameter_key
-from megabert.data.indexed_dataset import IndexedDataset, idx_path
+from megabert.data.indexed_dataset import IndexedDataset, bin_path, idx_path
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "valid", "test")
 BLEND_PERIOD = 1 << 20
+CACHE_PERMUTATION_MIN = 1 << 22  # epoch permutations of at least this many samples are cached on disk
 
 
 def parse_split(split: str) -> list[float]:
@@ -89,8 +91,10 @@ class SplitSamples:
         lo, hi = split_ranges(dataset.num_documents, split)[split_name]
         self._cache = cache_directory(dataset.prefix, cache_dir)
         self._key = {
+            # the files' sizes and modification time: re-preprocessing the same prefix invalidates the cache
             "prefix": os.path.realpath(dataset.prefix), "idx_bytes": os.path.getsize(idx_path(dataset.prefix)),
-            "docs": dataset.num_documents, "sequences": len(dataset), "split": split, "split_name": split_name,
+            "bin_bytes": os.path.getsize(bin_path(dataset.prefix)),
+            "idx_mtime_ns": os.stat(idx_path(dataset.prefix)).st_mtime_ns, "docs": dataset.num_documents, "sequences": len(dataset), "split": split, "split_name": split_name,
             "mode": mode, "seq_len": seq_len if mode == "packed" else None, "seed": seed if mode == "packed" else None,
         }
         self._name = f"{os.path.basename(dataset.prefix)}_{split_name}_{mode}_{parameter_key(self._key)}"
@@ -118,7 +122,8 @@ class SplitSamples:
         else computed once per dataset and cached (sentence-level data)."""
         if dataset.one_sequence_per_document():
             return dataset.sequence_pointers, dataset.sequence_lengths
-        key = parameter_key({k: self._key[k] for k in ("prefix", "idx_bytes", "docs", "sequences")})
+        key = parameter_key({k: self._key[k] for k in ("prefix", "idx_bytes", "bin_bytes", "idx_mtime_ns", "docs",
+                                                       "sequences")})
         base = self._cache / f"{os.path.basename(dataset.prefix)}_{key}"
         spans = None
 
@@ -143,7 +148,12 @@ class SplitSamples:
         return cached_array(self._cache / f"{self._name}_{what}.npy", build)
 
     def epoch_permutation(self, epoch: int) -> np.ndarray:
-        """Sample order of one epoch, from (seed, dataset index, epoch); cached on disk, last one in memory."""
+        """Sample order of one epoch, from (seed, dataset index, epoch); the current epoch's is kept in memory.
+
+        Large splits (>= CACHE_PERMUTATION_MIN samples, where drawing takes seconds and ranks on a node would
+        each hold a copy) are cached on disk and memory-mapped; small ones are redrawn, which costs less than
+        a file per epoch.
+        """
         if epoch != self._perm_epoch:
             n = self.num_samples
 
@@ -152,7 +162,10 @@ class SplitSamples:
                 return np.random.default_rng([self.seed, self.dataset_index, epoch]).permutation(
                     np.arange(n, dtype=dtype))
 
-            self._perm = self._cached(f"shuffle_seed{self.seed}_ds{self.dataset_index}_epoch{epoch}", build)
+            if n >= CACHE_PERMUTATION_MIN:
+                self._perm = self._cached(f"shuffle_seed{self.seed}_ds{self.dataset_index}_epoch{epoch}", build)
+            else:
+                self._perm = build()
             self._perm_epoch = epoch
         return self._perm
 

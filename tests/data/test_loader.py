@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from megabert.config import DataConfig
-from megabert.data import IGNORE_INDEX, IndexedDataset, build_mlm_data, load_tokenizer
-from megabert.data.samples import BlendIndex, SplitSamples, split_ranges
+from megabert.data import IGNORE_INDEX, IndexedDataset, build_mlm_data
+from megabert.data.samples import BlendIndex, split_ranges
 
 from .conftest import preprocess, write_jsonl
 
 
 def _cfg(prefixes, vocab_file, tmp_path, **kw):
     return DataConfig(data_path=list(prefixes), vocab_file=vocab_file, cache_dir=str(tmp_path / "cache"),
-                      num_workers=0, seq_len=kw.pop("seq_len", 64), **kw)
+                      num_workers=kw.pop("num_workers", 0), seq_len=kw.pop("seq_len", 64), **kw)
 
 
 def _unmask(batch):
@@ -118,6 +118,9 @@ def test_splits_are_disjoint_document_ranges(tmp_path, sample_prefix, vocab_file
 
 
 def test_sample_indices_are_cached_by_parameters_and_reused(tmp_path, sample_prefix, vocab_file, monkeypatch):
+    from megabert.data import samples
+
+    monkeypatch.setattr(samples, "CACHE_PERMUTATION_MIN", 1000)  # cache this small split's epoch permutations
     cfg = _cfg([sample_prefix], vocab_file, tmp_path, sample_mode="packed")
     first = build_mlm_data(cfg, seed=5, micro_batch_size=8)
     next(first.train_batches())
@@ -132,6 +135,7 @@ def test_sample_indices_are_cached_by_parameters_and_reused(tmp_path, sample_pre
     cached = build_mlm_data(cfg, seed=5, micro_batch_size=8)
     assert torch.equal(next(cached.train_batches())["labels"], next(first.train_batches())["labels"])
     monkeypatch.undo()
+    monkeypatch.setattr(samples, "CACHE_PERMUTATION_MIN", 1000)
     build_mlm_data(_cfg([sample_prefix], vocab_file, tmp_path, sample_mode="packed", seq_len=32), seed=5,
                    micro_batch_size=8)
     assert len(list((tmp_path / "cache").iterdir())) > len(files)  # another seq_len: another key
@@ -211,3 +215,37 @@ def test_pickled_loader_state_is_small_and_builds_the_same_batches(tmp_path, sam
     blob = pickle.dumps(batches)
     clone = pickle.loads(blob)
     assert all(torch.equal(batches[3][k], clone[3][k]) for k in batches[3])
+
+
+def test_workers_survive_stop_signals_meant_for_the_trainer(tmp_path, sample_prefix, vocab_file):
+    """SLURM preemption signals the whole process group: workers must leave SIGTERM to the trainer."""
+    import os
+    import signal
+
+    cfg = _cfg([sample_prefix], vocab_file, tmp_path, num_workers=1)
+    data = build_mlm_data(cfg, seed=3, micro_batch_size=8)
+    it = data.train_batches()
+    first = _take(it, 2)
+    for worker in it._workers:  # the DataLoader iterator's worker processes
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGUSR1)
+    later = _take(it, 12)  # more than the prefetched batches: the workers must still be producing
+    cfg.num_workers = 0
+    want = _take(build_mlm_data(cfg, seed=3, micro_batch_size=8).train_batches(), 14)
+    for a, b in zip(first + later, want):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+
+
+def test_re_preprocessing_a_prefix_invalidates_its_cached_indices(tmp_path, sample_texts, vocab_file):
+    """Same documents, other lengths (here: --append-eod): cached packed offsets must not be reused."""
+    src = write_jsonl(tmp_path / "a.json", [{"text": t} for t in sample_texts[:40]])
+    args = ["--input", str(src), "--output-prefix", str(tmp_path / "a"), "--tokenizer-type",
+            "BertWordPieceLowerCase", "--vocab-file", vocab_file]
+    preprocess(args)
+    cfg = _cfg([str(tmp_path / "a_text_document")], vocab_file, tmp_path, sample_mode="packed", split="1,0,0")
+    before = build_mlm_data(cfg, seed=1, micro_batch_size=4).train_splits[0].num_samples
+    preprocess(args + ["--append-eod"])
+    split = build_mlm_data(cfg, seed=1, micro_batch_size=4).train_splits[0]
+    ds = IndexedDataset(tmp_path / "a_text_document")
+    assert split.stream_end[-1] == sum(len(ds.document(d)) + 1 for d in range(ds.num_documents))
+    assert split.num_samples >= before

@@ -88,3 +88,17 @@ def test_mask_depends_only_on_the_sample_key_not_on_the_batch(tok, spec):
     assert not np.array_equal(mask_tokens(ids, other, 0.3, spec)[1], labels)
     next_epoch = sample_keys(11, 1, np.zeros(64, np.int64), np.arange(64) + 1000)  # same doc, later epoch
     assert not np.array_equal(mask_tokens(ids, next_epoch, 0.3, spec)[1], labels)
+
+
+def test_whole_word_groups_stop_at_special_tokens(tok, spec):
+    """A continuation piece right after [SEP] starts its own word instead of joining the previous document's."""
+    cont = int(np.flatnonzero(spec.is_continuation)[0])
+    word = int(np.flatnonzero(~spec.is_continuation & ~spec.is_special)[10])
+    row = [tok.cls_id, word] + [cont] * 3 + [tok.sep_id] + [cont] * 3 + [tok.sep_id]
+    ids = np.array([row] * 4000, dtype=np.int64)
+    keys = sample_keys(9, 1, np.zeros(len(ids), np.int64), np.arange(len(ids)))
+    _, labels = mask_tokens(ids, keys, 0.5, spec, whole_word=True)
+    selected = labels != IGNORE_INDEX
+    assert (selected[:, 1:5] == selected[:, [1]]).all() and (selected[:, 6:9] == selected[:, [6]]).all()
+    both = (selected[:, 1] == selected[:, 6]).mean()
+    assert 0.4 < both < 0.6  # independent draws for the two words (0.5 expected), not one shared draw

@@ -147,3 +147,11 @@ def test_merge_concatenates_shards(tmp_path, sample_texts, vocab_file):
     assert merged.num_documents == 30
     for j in (0, 9, 10, 29):
         assert merged.document(j).tolist() == tok.encode(sample_texts[j])
+
+
+def test_sentence_splitter_keeps_abbreviations_and_numbers_together():
+    from megabert.data.sentences import split_sentences
+
+    text = 'Dr. Smith left at 3.30 p.m. yesterday. He said "Hello!" Then left.\nSee e.g. Fig. 3? Yes.'
+    assert split_sentences(text) == ["Dr. Smith left at 3.30 p.m. yesterday.", 'He said "Hello!"', "Then left.",
+                                     "See e.g. Fig. 3?", "Yes."]

@@ -49,3 +49,18 @@ def test_missing_files_and_flags_are_named(tmp_path):
     (tmp_path / "v.txt").write_text("a\nb\n[UNK]\n")
     with pytest.raises(TokenizerError, match="no pad token"):
         load_tokenizer("BertWordPieceLowerCase", str(tmp_path / "v.txt"))
+
+
+def test_byte_level_bpe_tokenizer_json_maps_roberta_specials_and_word_starts(tmp_path, sample_texts):
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(sample_texts[:200], vocab_size=600, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer("HuggingFaceTokenizer", tokenizer_model=str(tmp_path))  # a directory works too
+    assert (tok.cls_id, tok.pad_id, tok.sep_id, tok.unk_id, tok.mask_id) == (0, 1, 2, 3, 4)
+    ids = tok.encode("databases store tables")
+    pieces = [tok.id_to_token(i) for i in ids]
+    assert [not p.startswith("Ġ") for p in pieces[1:]] == tok.word_continuation[ids[1:]].tolist()
+    assert tok.decode(ids) == "databases store tables"
