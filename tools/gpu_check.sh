@@ -28,8 +28,8 @@ for section in "${SECTIONS[@]}"; do
   case $section in
     tests) run gpu_tests 100 python3 -m pytest -q -m gpu tests/ops -p no:cacheprovider ;;
     attention) run bench_attention 90 python3 tools/bench_attention.py ;;
-    base) run bench_throughput_base 180 python3 tools/bench_throughput.py --models base \
-            --dists c4-128 c4-512 --systems megabert hf-sdpa hf-eager hf-compile --warmup 3 ;;
+    base) run bench_throughput_base 230 python3 tools/bench_throughput.py --models base \
+            --dists c4-128 c4-512 --systems megabert megabert-compile hf-sdpa hf-eager hf-compile --warmup 3 ;;
     profile) run bench_profile 40 python3 tools/bench_profile.py --model base --dist c4-128 ;;
     ablation) run bench_ablation 120 python3 tools/bench_throughput.py --models base --systems \
                 --ablation --ablation-dists c4-128 c4-512 --warmup 2 --steps 10 ;;

@@ -118,13 +118,22 @@ def varlen_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _load(name: str):
-    if name not in _BACKEND_MODULES:
-        return None
+def _import_optional(path: str):
     try:
-        return importlib.import_module(_BACKEND_MODULES[name])
+        return importlib.import_module(path)
     except ImportError:
         return None
+
+
+_loaded: dict[str, object] = {}
+
+
+def _load(name: str):
+    """The backend module, or None. Imported once at the end of this file (not lazily), so torch.compile never
+    traces importlib (a graph break)."""
+    if name not in _loaded and name in _BACKEND_MODULES:
+        _loaded[name] = _import_optional(_BACKEND_MODULES[name])
+    return _loaded.get(name)
 
 
 def backend_available(name: str, example: torch.Tensor) -> bool:
@@ -148,7 +157,7 @@ def resolve_backend(requested: str, example: torch.Tensor) -> str:
     else:
         raise ValueError(f"unknown attention backend {requested!r}; choose from auto, {', '.join(AUTO_ORDER)}")
     key = f"{requested}->{chosen}@{example.device.type}"
-    if key not in _announced:
+    if not torch.compiler.is_compiling() and key not in _announced:  # logging inside a traced graph would break it
         _announced.add(key)
         log.info("attention backend: %s (requested %s, device %s)", chosen, requested, example.device.type)
     return chosen
@@ -172,3 +181,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         return _backend_fn(backend)(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale, dropout_p)
     name = resolve_backend(backend, q)
     return _backend_fn(name)(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+
+
+# Import the optional backends now (after everything they import from this module is defined): a missing package
+# only removes its backend, and no import happens later inside a torch.compile trace.
+for _name in _BACKEND_MODULES:
+    _load(_name)
