@@ -1,8 +1,11 @@
 """Bidirectional attention with ALiBi on unpadded ("varlen") tokens, behind one interface.
 
     varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes=None, backend="auto") -> out
+    varlen_attention_qkvpacked(qkv, cu_seqlens, max_seqlen, alibi_slopes=None, backend="auto") -> out
 
 q, k, v, out: [T, heads, head_dim] -- the tokens of all sequences in the batch, concatenated, no padding.
+qkv:          [T, 3, heads, head_dim] -- a fused projection; a backend with a packed variant returns its gradient
+              as one tensor (no stack of dq, dk, dv).
 cu_seqlens:   int32 [B + 1], cumulative sequence lengths (sequence b owns tokens cu_seqlens[b]:cu_seqlens[b+1]).
 max_seqlen:   python int, the longest sequence (kernels size their grids from it without a device sync).
 alibi_slopes: fp32 [heads] or None; adds -slope_h * |i - j| to the scores of head h.
@@ -14,6 +17,7 @@ Backends, fastest first (`auto` picks the first that runs on the tensors' device
   eager       the fp32 reference: softmax(q k^T * scale + bias) v, one sequence at a time
 
 A backend module exposes `is_available(tensor) -> bool` and `varlen_attention(q, k, v, cu_seqlens, max_seqlen,
+alibi_slopes, softmax_scale)`, and optionally `varlen_attention_qkvpacked(qkv, cu_seqlens, max_seqlen,
 alibi_slopes, softmax_scale)`. The fused backends implement attention dropout 0.0 only: MosaicBERT uses none.
 """
 
@@ -181,6 +185,19 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         return _backend_fn(backend)(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale, dropout_p)
     name = resolve_backend(backend, q)
     return _backend_fn(name)(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+
+
+def varlen_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                               alibi_slopes: Optional[torch.Tensor] = None, backend: str = "auto",
+                               softmax_scale: Optional[float] = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """varlen_attention on qkv [T, 3, heads, head_dim]; uses the backend's packed variant where it has one."""
+    q, k, v = qkv.unbind(1)  # each [T, heads, head_dim]
+    if dropout_p == 0.0:
+        module = _load(resolve_backend(backend, q))
+        packed = getattr(module, "varlen_attention_qkvpacked", None) if module is not None else None
+        if packed is not None:
+            return packed(qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+    return varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, backend, softmax_scale, dropout_p)
 
 
 # Import the optional backends now (after everything they import from this module is defined): a missing package
