@@ -283,8 +283,16 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
 
 
 def _prepare(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Last dim contiguous; fp32 under the interpreter (its bf16/fp16 dot is not exact)."""
+    """Last dim contiguous; fp32 under the interpreter (its bf16/fp16 dot is not exact).
+
+    The kernels index tokens with 32-bit offsets (token x stride); a batch past that range is refused with a
+    clear error rather than read out of bounds. The gradient buffer [T, 3, heads, head_dim] is the largest."""
     tensors = tuple(x if x.stride(-1) == 1 else x.contiguous() for x in tensors)
+    total, heads, head_dim = tensors[0].shape
+    largest = max([3 * heads * head_dim] + [x.stride(0) for x in tensors]) * total
+    if largest >= 2 ** 31:
+        raise ValueError(f"{total} tokens x {heads} heads x {head_dim} exceed the Triton attention kernel's 32-bit "
+                         f"offsets; use a micro-batch of fewer tokens (or attention_backend 'sdpa')")
     if _interpreting():
         tensors = tuple(x.float() for x in tensors)
     return tensors

@@ -118,6 +118,14 @@ def test_rejects_unsupported_head_dim():
     assert not fa.is_available(q)
 
 
+def test_rejects_batches_past_32bit_offsets():
+    from megabert.ops import flash_attention_triton as fa
+
+    huge = torch.empty(2 ** 31 // (3 * 8 * 32) + 1, 8, 32, dtype=torch.bfloat16, device="meta")
+    with pytest.raises(ValueError, match="32-bit"):
+        fa._prepare((huge, huge, huge))
+
+
 def test_auto_backend_on_cpu_is_sdpa():
     assert resolve_backend("auto", torch.zeros(2, 2, 64)) == "sdpa"
 
