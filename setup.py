@@ -40,5 +40,6 @@ setup(
             "mpich>=4.1",
         ],
         "gpu": ["triton>=3.0"],
+        "flash": ["flash-attn>=2.4"],  # optional attention backend (varlen with alibi_slopes since 2.4)
     },
 )

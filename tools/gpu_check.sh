@@ -4,13 +4,17 @@
 #   tools/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large (default: all)
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
-# H200; each section has its own time limit so one slow part cannot eat the others.
+# H200; each section has its own time limit so one slow part cannot eat the others. Environment knobs for a shorter
+# run: BASE_SYSTEMS, LARGE_DISTS, ABLATION_DISTS (space-separated lists).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT="${OUT:-$PWD/gpu_logs}"
 mkdir -p "$OUT"
 SECTIONS=("$@")
+BASE_SYSTEMS=${BASE_SYSTEMS:-megabert megabert-compile hf-sdpa hf-eager hf-compile}
+LARGE_DISTS=${LARGE_DISTS:-c4-128 c4-512}
+ABLATION_DISTS=${ABLATION_DISTS:-c4-128 c4-512}
 [ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(tests attention base profile ablation large)
 
 run() {  # run NAME SECONDS CMD...: tee the output to $OUT/NAME.log, report the exit status
@@ -28,13 +32,13 @@ for section in "${SECTIONS[@]}"; do
   case $section in
     tests) run gpu_tests 100 python3 -m pytest -q -m gpu tests/ops -p no:cacheprovider ;;
     attention) run bench_attention 90 python3 tools/bench_attention.py ;;
-    base) run bench_throughput_base 180 python3 tools/bench_throughput.py --models base \
-            --dists c4-128 c4-512 --systems megabert hf-sdpa hf-eager hf-compile --warmup 3 ;;
+    base) run bench_throughput_base 230 python3 tools/bench_throughput.py --models base \
+            --dists c4-128 c4-512 --systems $BASE_SYSTEMS --warmup 3 --steps 15 ;;
     profile) run bench_profile 40 python3 tools/bench_profile.py --model base --dist c4-128 ;;
     ablation) run bench_ablation 120 python3 tools/bench_throughput.py --models base --systems \
-                --ablation --ablation-dists c4-128 c4-512 --warmup 2 --steps 10 ;;
+                --ablation --ablation-dists $ABLATION_DISTS --warmup 2 --steps 10 ;;
     large) run bench_throughput_large 90 python3 tools/bench_throughput.py --models large \
-             --dists c4-128 c4-512 --systems megabert hf-sdpa --warmup 3 --steps 15 ;;
+             --dists $LARGE_DISTS --systems megabert hf-sdpa --warmup 3 --steps 15 ;;
     *) echo "unknown section $section (tests attention base profile ablation large)"; exit 2 ;;
   esac
 done

@@ -8,7 +8,7 @@ import torch.nn as nn
 from megabert.config import ModelConfig
 from megabert.model.layout import TokenLayout
 from megabert.ops.alibi import alibi_slopes
-from megabert.ops.attention import padded_attention, varlen_attention
+from megabert.ops.attention import padded_attention, varlen_attention_qkvpacked
 
 
 class SelfAttention(nn.Module):
@@ -34,9 +34,9 @@ class SelfAttention(nn.Module):
         dropout_p = self.attention_dropout if self.training else 0.0
         if layout.is_unpadded:
             u = layout.unpadded
-            q, k, v = qkv.view(-1, 3, heads, self.head_dim).unbind(1)  # each [T, heads, head_dim]
-            context = varlen_attention(q, k, v, u.cu_seqlens, u.max_seqlen, self.alibi_slopes, self.backend,
-                                       dropout_p=dropout_p)  # [T, heads, head_dim]
+            packed = qkv.view(-1, 3, heads, self.head_dim)  # [T, 3, heads, head_dim]
+            context = varlen_attention_qkvpacked(packed, u.cu_seqlens, u.max_seqlen, self.alibi_slopes,
+                                                 self.backend, dropout_p=dropout_p)  # [T, heads, head_dim]
             context = context.reshape(-1, heads * self.head_dim)  # [T, heads * head_dim]
         else:
             batch, seq = hidden.shape[:2]

@@ -24,8 +24,9 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        hidden = self.attention_norm.add_norm(self.dropout(self.attention(hidden, layout)), hidden)
-        return self.mlp_norm.add_norm(self.dropout(self.mlp(hidden)), hidden)
+        drop = self.dropout.p if self.training else 0.0  # applied inside add_norm (fused on CUDA)
+        hidden = self.attention_norm.add_norm(self.attention(hidden, layout), hidden, drop)
+        return self.mlp_norm.add_norm(self.mlp(hidden), hidden, drop)
 
 
 class Encoder(nn.Module):

@@ -2,8 +2,9 @@
 
 Under autocast PyTorch upcasts layer_norm to fp32. MosaicBERT's low-precision LayerNorm runs it in bf16
 instead: half the memory traffic for an op that is purely memory bound, with no measurable loss in quality.
-`add_norm(x, residual)` is the post-LN step norm(x + residual); on CUDA in a 16-bit dtype it runs the fused
-Triton kernel of megabert.ops.add_layernorm (one read of each input, one write, fp32 statistics).
+`add_norm(x, residual, dropout_p)` is the post-LN step norm(dropout(x) + residual); on CUDA in a 16-bit dtype it
+runs the fused Triton kernel of megabert.ops.add_layernorm (one read of each input, one write, fp32 statistics,
+dropout mask regenerated in the backward instead of stored).
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ class LayerNorm(nn.LayerNorm):
             return autocast_dtype if self.low_precision and autocast_dtype != torch.float32 else None
         return x.dtype if x.dtype in (torch.float16, torch.bfloat16) else None
 
-    def add_norm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """norm(x + residual): fused on CUDA in bf16/fp16, the same eager ops elsewhere."""
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+        """norm(dropout(x) + residual): one fused kernel on CUDA in bf16/fp16, the same eager ops elsewhere.
+
+        dropout_p is the caller's training-time rate (0.0 in eval)."""
         dtype = self._compute_dtype(x)
         if dtype is None or not fused_add_layernorm.is_available(x) or not x.is_cuda:
+            if dropout_p > 0.0:
+                x = F.dropout(x, dropout_p, training=True)
             return self(x + residual)
         # The fused op runs no autocast-eligible aten op, so no autocast(enabled=False) region is needed.
-        return fused_add_layernorm.add_layernorm(x.to(dtype), residual.to(dtype), self.weight, self.bias, self.eps)
+        return fused_add_layernorm.add_layernorm(x.to(dtype), residual.to(dtype), self.weight, self.bias, self.eps,
+                                                 dropout_p)

@@ -1,11 +1,12 @@
-"""Fused residual add + LayerNorm: y = LayerNorm(x + residual) over the last dim, statistics in fp32.
+"""Fused dropout + residual add + LayerNorm: y = LayerNorm(dropout(x) + residual) over the last dim, fp32 stats.
 
-    add_layernorm(x, residual, weight, bias, eps) -> y      x, residual, y: [..., H] (same dtype)
+    add_layernorm(x, residual, weight, bias, eps, dropout_p=0.0) -> y      x, residual, y: [..., H] (same dtype)
 
 A post-LN layer ends every sub-block with norm(hidden + sublayer(hidden)). Eager PyTorch writes the sum, reads
-it back for the norm and saves it for the backward; the fused kernel reads both inputs once and writes y, keeping
-only per-row mean and 1/std (fp32) for the backward, which recomputes the normalised row from y's inputs. The
-backward returns the same gradient to x and residual. The output stays in the input dtype (bf16 under autocast),
+it back for the norm and saves it for the backward, and dropout before it is two more passes plus a stored mask;
+the fused kernel reads both inputs once and writes y, keeping only per-row mean and 1/std (fp32) for the backward,
+which recomputes the normalised row -- and regenerates the dropout mask from its seed -- from the inputs.
+The output stays in the input dtype (bf16 under autocast),
 i.e. this is MosaicBERT's low-precision LayerNorm, with fp32 accumulation inside the kernel.
 """
 
@@ -16,6 +17,8 @@ import os
 
 import torch
 import torch.nn.functional as F
+
+from megabert.ops import fused_ops_enabled
 
 try:
     import triton
@@ -42,11 +45,24 @@ def add_layernorm_reference(x: torch.Tensor, residual: torch.Tensor, weight: tor
 if triton is not None:
 
     @triton.jit
-    def _fwd_kernel(X, R, W, B, Y, MEAN, RSTD, n_cols, eps, BLOCK: tl.constexpr):
+    def _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT: tl.constexpr):
+        """Per-element factor keep / (1 - p) from a counter-based RNG (Philox) keyed on (seed, element index):
+        the backward regenerates the same mask instead of storing it."""
+        if HAS_DROPOUT:
+            offsets = (row * n_cols + cols).to(tl.int32)  # wraps past 2^31 elements: masks repeat, still valid
+            keep = tl.rand(seed, offsets) >= p
+            return tl.where(keep, 1.0 / (1.0 - p), 0.0)
+        else:
+            return 1.0
+
+    @triton.jit
+    def _fwd_kernel(X, R, W, B, Y, MEAN, RSTD, n_cols, eps, seed, p, HAS_DROPOUT: tl.constexpr,
+                    BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         ok = cols < n_cols
-        s = (tl.load(X + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
+        drop = _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT)
+        s = (tl.load(X + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32) * drop
              + tl.load(R + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32))
         mean = tl.sum(s, 0) / n_cols
         centered = tl.where(ok, s - mean, 0.0)
@@ -58,9 +74,10 @@ if triton is not None:
         tl.store(RSTD + row, rstd)
 
     @triton.jit
-    def _bwd_kernel(X, R, W, DY, DX, MEAN, RSTD, DW_PARTIAL, DB_PARTIAL, n_rows, n_cols, rows_per_program,
-                    BLOCK: tl.constexpr):
-        """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)); dw, db summed per program into partials."""
+    def _bwd_kernel(X, R, W, DY, DX, DR, MEAN, RSTD, DW_PARTIAL, DB_PARTIAL, n_rows, n_cols, rows_per_program, seed,
+                    p, HAS_DROPOUT: tl.constexpr, BLOCK: tl.constexpr):
+        """ds = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)) is d(residual); d(x) = ds * dropout factor
+        (written only with dropout: without it, d(x) is d(residual)); dw, db summed per program into partials."""
         pid = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         ok = cols < n_cols
@@ -71,7 +88,8 @@ if triton is not None:
         for i in range(0, rows_per_program):
             row = (first + i).to(tl.int64)
             if row < n_rows:
-                s = (tl.load(X + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
+                drop = _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT)
+                s = (tl.load(X + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32) * drop
                      + tl.load(R + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32))
                 dy = tl.load(DY + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
                 mean = tl.load(MEAN + row)
@@ -80,8 +98,10 @@ if triton is not None:
                 wdy = w * dy
                 c1 = tl.sum(xhat * wdy, 0) / n_cols
                 c2 = tl.sum(wdy, 0) / n_cols
-                dx = (wdy - (xhat * c1 + c2)) * rstd
-                tl.store(DX + row * n_cols + cols, dx.to(DX.dtype.element_ty), mask=ok)
+                ds = (wdy - (xhat * c1 + c2)) * rstd
+                tl.store(DR + row * n_cols + cols, ds.to(DR.dtype.element_ty), mask=ok)
+                if HAS_DROPOUT:
+                    tl.store(DX + row * n_cols + cols, (ds * drop).to(DX.dtype.element_ty), mask=ok)
                 dw += dy * xhat
                 db += dy
         tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=ok)
@@ -102,8 +122,8 @@ def _warps(block: int) -> int:
 
 
 def add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y (x's dtype, x's shape), per-row mean and 1/std (fp32)."""
+               eps: float, dropout_p: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y (x's dtype, x's shape), per-row mean and 1/std (fp32). dropout_p > 0 drops x (not residual)."""
     n_cols = x.shape[-1]
     x2, r2 = x.reshape(-1, n_cols).contiguous(), residual.reshape(-1, n_cols).contiguous()
     n_rows = x2.shape[0]
@@ -112,30 +132,33 @@ def add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bi
     rstd = torch.empty_like(mean)
     if n_rows:
         block = _block(n_cols)
-        _fwd_kernel[(n_rows,)](x2, r2, weight, bias, y, mean, rstd, n_cols, eps, BLOCK=block,
-                               num_warps=_warps(block))
+        _fwd_kernel[(n_rows,)](x2, r2, weight, bias, y, mean, rstd, n_cols, eps, seed, dropout_p,
+                               HAS_DROPOUT=dropout_p > 0.0, BLOCK=block, num_warps=_warps(block))
     return y.view(x.shape), mean, rstd
 
 
 def add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-               mean: torch.Tensor, rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """d(x + residual) (the gradient of both x and residual), dweight, dbias."""
+               mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float = 0.0, seed: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dx, dresidual, dweight, dbias. Without dropout dx and dresidual are the same tensor."""
     n_cols = x.shape[-1]
     x2, r2 = x.reshape(-1, n_cols).contiguous(), residual.reshape(-1, n_cols).contiguous()
     dy = grad_y.reshape(-1, n_cols).contiguous()
     n_rows = x2.shape[0]
-    dx = torch.empty_like(x2)
+    dres = torch.empty_like(x2)
+    dx = torch.empty_like(x2) if dropout_p > 0.0 else dres
     programs = max(1, min(n_rows, 4 * _sm_count(x.device)))
     rows_per_program = triton.cdiv(max(n_rows, 1), programs)
     partials = torch.empty(2, programs, n_cols, dtype=torch.float32, device=x.device)  # [dw | db] per program
     if n_rows:
         block = _block(n_cols)
-        _bwd_kernel[(programs,)](x2, r2, weight, dy, dx, mean, rstd, partials[0], partials[1], n_rows, n_cols,
-                                 rows_per_program, BLOCK=block, num_warps=_warps(block))
+        _bwd_kernel[(programs,)](x2, r2, weight, dy, dx, dres, mean, rstd, partials[0], partials[1], n_rows,
+                                 n_cols, rows_per_program, seed, dropout_p, HAS_DROPOUT=dropout_p > 0.0, BLOCK=block,
+                                 num_warps=_warps(block))
     else:
         partials.zero_()
     dw, db = partials.sum(1).to(weight.dtype).unbind(0)
-    return dx.view(x.shape), dw, db
+    return dx.view(x.shape), dres.view(x.shape), dw, db
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,16 +180,17 @@ def _sm_count(device: torch.device) -> int:
 
 class AddLayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps):
-        y, mean, rstd = add_ln_fwd(x, residual, weight, bias, eps)
+    def forward(ctx, x, residual, weight, bias, eps, dropout_p, seed):
+        y, mean, rstd = add_ln_fwd(x, residual, weight, bias, eps, dropout_p, seed)
         ctx.save_for_backward(x, residual, weight, mean, rstd)
+        ctx.dropout_p, ctx.seed = dropout_p, seed
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, residual, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = add_ln_bwd(grad_y, x, residual, weight, mean, rstd)
-        return dx, dx, dw, db, None
+        dx, dres, dw, db = add_ln_bwd(grad_y, x, residual, weight, mean, rstd, ctx.dropout_p, ctx.seed)
+        return dx, dres, dw, db, None, None, None
 
 
 @torch.library.custom_op("megabert::add_layernorm_fwd", mutates_args=())
@@ -184,7 +208,7 @@ def _(x, residual, weight, bias, eps):
 @torch.library.custom_op("megabert::add_layernorm_bwd", mutates_args=())
 def _add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                 mean: torch.Tensor, rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = add_ln_bwd(grad_y, x, residual, weight, mean, rstd)
+    dx, _, dw, db = add_ln_bwd(grad_y, x, residual, weight, mean, rstd)
     return dx, dw.clone(), db.clone()  # custom ops may not return views of one buffer
 
 
@@ -214,11 +238,6 @@ _add_ln_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def fused_ops_enabled() -> bool:
-    """MEGABERT_FUSED_OPS=0 turns the fused GeGLU and add+LayerNorm kernels off (ablations, debugging)."""
-    return os.environ.get("MEGABERT_FUSED_OPS", "1") != "0"
-
-
 def is_available(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernels run: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests), H <= 16384."""
     return (fused_ops_enabled() and triton is not None and tensor.shape[-1] <= 16384
@@ -226,13 +245,22 @@ def is_available(tensor: torch.Tensor) -> bool:
 
 
 def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                  eps: float) -> torch.Tensor:
-    """LayerNorm(x + residual) in x's dtype (fp32 statistics); fused on CUDA, eager elsewhere."""
+                  eps: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """LayerNorm(dropout(x) + residual) in x's dtype (fp32 statistics); fused on CUDA, eager elsewhere.
+
+    dropout_p > 0 (training) drops elements of x with a mask drawn in the kernel from a seed taken from torch's
+    CPU generator, so torch.manual_seed makes it reproducible; the mask differs from F.dropout's for that seed.
+    """
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if x.shape != residual.shape or x.dtype != residual.dtype:
         raise ValueError(f"add_layernorm needs x and residual of one shape and dtype, got {tuple(x.shape)} "
                          f"{x.dtype} and {tuple(residual.shape)} {residual.dtype}")
-    if not is_available(x):
-        return add_layernorm_reference(x, residual, weight, bias, eps)
-    if torch.compiler.is_compiling():
-        return _add_ln_fwd(x, residual, weight, bias, eps)[0]
-    return AddLayerNormFunction.apply(x, residual, weight, bias, eps)
+    if not is_available(x) or torch.compiler.is_compiling():
+        if dropout_p > 0.0:
+            x = F.dropout(x, dropout_p, training=True)
+        if not is_available(x):
+            return add_layernorm_reference(x, residual, weight, bias, eps)
+        return _add_ln_fwd(x, residual, weight, bias, eps)[0]  # one opaque node under torch.compile
+    seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item()) if dropout_p > 0.0 else 0  # CPU generator: no sync
+    return AddLayerNormFunction.apply(x, residual, weight, bias, eps, dropout_p, seed)

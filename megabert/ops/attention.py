@@ -1,8 +1,11 @@
 """Bidirectional attention with ALiBi on unpadded ("varlen") tokens, behind one interface.
 
     varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes=None, backend="auto") -> out
+    varlen_attention_qkvpacked(qkv, cu_seqlens, max_seqlen, alibi_slopes=None, backend="auto") -> out
 
 q, k, v, out: [T, heads, head_dim] -- the tokens of all sequences in the batch, concatenated, no padding.
+qkv:          [T, 3, heads, head_dim] -- a fused projection; a backend with a packed variant returns its gradient
+              as one tensor (no stack of dq, dk, dv).
 cu_seqlens:   int32 [B + 1], cumulative sequence lengths (sequence b owns tokens cu_seqlens[b]:cu_seqlens[b+1]).
 max_seqlen:   python int, the longest sequence (kernels size their grids from it without a device sync).
 alibi_slopes: fp32 [heads] or None; adds -slope_h * |i - j| to the scores of head h.
@@ -14,6 +17,7 @@ Backends, fastest first (`auto` picks the first that runs on the tensors' device
   eager       the fp32 reference: softmax(q k^T * scale + bias) v, one sequence at a time
 
 A backend module exposes `is_available(tensor) -> bool` and `varlen_attention(q, k, v, cu_seqlens, max_seqlen,
+alibi_slopes, softmax_scale)`, and optionally `varlen_attention_qkvpacked(qkv, cu_seqlens, max_seqlen,
 alibi_slopes, softmax_scale)`. The fused backends implement attention dropout 0.0 only: MosaicBERT uses none.
 """
 
@@ -118,13 +122,22 @@ def varlen_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _load(name: str):
-    if name not in _BACKEND_MODULES:
-        return None
+def _import_optional(path: str):
     try:
-        return importlib.import_module(_BACKEND_MODULES[name])
+        return importlib.import_module(path)
     except ImportError:
         return None
+
+
+_loaded: dict[str, object] = {}
+
+
+def _load(name: str):
+    """The backend module, or None. Imported once at the end of this file (not lazily), so torch.compile never
+    traces importlib (a graph break)."""
+    if name not in _loaded and name in _BACKEND_MODULES:
+        _loaded[name] = _import_optional(_BACKEND_MODULES[name])
+    return _loaded.get(name)
 
 
 def backend_available(name: str, example: torch.Tensor) -> bool:
@@ -148,7 +161,7 @@ def resolve_backend(requested: str, example: torch.Tensor) -> str:
     else:
         raise ValueError(f"unknown attention backend {requested!r}; choose from auto, {', '.join(AUTO_ORDER)}")
     key = f"{requested}->{chosen}@{example.device.type}"
-    if key not in _announced:
+    if not torch.compiler.is_compiling() and key not in _announced:  # logging inside a traced graph would break it
         _announced.add(key)
         log.info("attention backend: %s (requested %s, device %s)", chosen, requested, example.device.type)
     return chosen
@@ -172,3 +185,22 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         return _backend_fn(backend)(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale, dropout_p)
     name = resolve_backend(backend, q)
     return _backend_fn(name)(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+
+
+def varlen_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                               alibi_slopes: Optional[torch.Tensor] = None, backend: str = "auto",
+                               softmax_scale: Optional[float] = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """varlen_attention on qkv [T, 3, heads, head_dim]; uses the backend's packed variant where it has one."""
+    q, k, v = qkv.unbind(1)  # each [T, heads, head_dim]
+    if dropout_p == 0.0:
+        module = _load(resolve_backend(backend, q))
+        packed = getattr(module, "varlen_attention_qkvpacked", None) if module is not None else None
+        if packed is not None:
+            return packed(qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+    return varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, backend, softmax_scale, dropout_p)
+
+
+# Import the optional backends now (after everything they import from this module is defined): a missing package
+# only removes its backend, and no import happens later inside a torch.compile trace.
+for _name in _BACKEND_MODULES:
+    _load(_name)

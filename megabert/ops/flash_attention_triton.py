@@ -1,9 +1,11 @@
 """FlashAttention (forward and backward) in Triton on unpadded tokens, with ALiBi computed inside the kernel.
 
     varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes=None, softmax_scale=None) -> out
+    varlen_attention_qkvpacked(qkv, cu_seqlens, max_seqlen, alibi_slopes=None, softmax_scale=None) -> out
 
 q, k, v, out: [T, heads, head_dim] (fp16 or bf16; head_dim 32, 64 or 128; the last dim contiguous, the token and
-head strides free, so views of a fused QKV projection go in without a copy). cu_seqlens: int32 [B + 1].
+head strides free, so views of a fused QKV projection go in without a copy; qkv: [T, 3, heads, head_dim], whose
+gradient then comes back as one tensor). cu_seqlens: int32 [B + 1].
 max_seqlen: python int (sizes the grid without a device sync). alibi_slopes: fp32 [heads] or None; head h adds
 -slope_h * |i - j| to its scores (MosaicBERT's symmetric, non-causal ALiBi). Attention dropout is NOT supported:
 MosaicBERT trains with attention dropout 0.0, so the kernels compute exact softmax attention only.
@@ -41,7 +43,8 @@ except ImportError:  # the module still imports; is_available() says False
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 LOG2E = 1.4426950408889634
 
-__all__ = ["is_available", "varlen_attention", "varlen_attention_reference", "SUPPORTED_HEAD_DIMS"]
+__all__ = ["is_available", "varlen_attention", "varlen_attention_qkvpacked", "varlen_attention_reference",
+           "SUPPORTED_HEAD_DIMS"]
 
 
 def _interpreting() -> bool:
@@ -280,8 +283,16 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
 
 
 def _prepare(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Last dim contiguous; fp32 under the interpreter (its bf16/fp16 dot is not exact)."""
+    """Last dim contiguous; fp32 under the interpreter (its bf16/fp16 dot is not exact).
+
+    The kernels index tokens with 32-bit offsets (token x stride); a batch past that range is refused with a
+    clear error rather than read out of bounds. The gradient buffer [T, 3, heads, head_dim] is the largest."""
     tensors = tuple(x if x.stride(-1) == 1 else x.contiguous() for x in tensors)
+    total, heads, head_dim = tensors[0].shape
+    largest = max([3 * heads * head_dim] + [x.stride(0) for x in tensors]) * total
+    if largest >= 2 ** 31:
+        raise ValueError(f"{total} tokens x {heads} heads x {head_dim} exceed the Triton attention kernel's 32-bit "
+                         f"offsets; use a micro-batch of fewer tokens (or attention_backend 'sdpa')")
     if _interpreting():
         tensors = tuple(x.float() for x in tensors)
     return tensors
@@ -314,8 +325,11 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
 
 def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
               lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, alibi_slopes: Optional[torch.Tensor],
-              softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns dq, dk, dv, each [T, heads, head_dim] in q's dtype. One kernel launch."""
+              softmax_scale: float) -> torch.Tensor:
+    """Returns dqkv [T, 3, heads, head_dim] in q's dtype (dq, dk, dv = dqkv.unbind(1)). One kernel launch.
+
+    One buffer, so a caller whose q, k, v are the slices of one packed projection gets its gradient without the
+    copy that autograd's unbind/stack would make."""
     dtype = q.dtype
     grad_out, q, k, v, out = _prepare((grad_out, q, k, v, out))
     total, heads, head_dim = q.shape
@@ -324,8 +338,7 @@ def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     dq, dk, dv = grads.unbind(1)
     batch = cu_seqlens.numel() - 1
     if total == 0 or batch == 0 or max_seqlen == 0:
-        grads.zero_()
-        return dq.to(dtype), dk.to(dtype), dv.to(dtype)
+        return grads.zero_().to(dtype)
     has_alibi = alibi_slopes is not None
     slopes = alibi_slopes if has_alibi else lse
     args = (q, k, v, out, grad_out, lse, dq, dk, dv, cu_seqlens, slopes, softmax_scale * LOG2E, softmax_scale,
@@ -335,7 +348,7 @@ def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     _launch("bwd", _bwd_kernel, _bwd_tuned, head_dim,
             lambda m: triton.cdiv(max_seqlen, m["BLOCK_N"]) + triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads,
             args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
-    return dq.to(dtype), dk.to(dtype), dv.to(dtype)
+    return grads.to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -356,8 +369,27 @@ class FlashAttentionFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, lse, cu_seqlens, alibi_slopes = ctx.saved_tensors
         dq, dk, dv = flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, alibi_slopes,
-                               ctx.softmax_scale)
+                               ctx.softmax_scale).unbind(1)
         return dq, dk, dv, None, None, None, None
+
+
+class FlashAttentionQKVPackedFunction(torch.autograd.Function):
+    """Takes the packed projection qkv [T, 3, heads, head_dim] and returns its gradient as one tensor."""
+
+    @staticmethod
+    def forward(ctx, qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+        q, k, v = qkv.unbind(1)  # strided views [T, heads, head_dim]
+        out, lse = flash_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+        ctx.save_for_backward(qkv, out, lse, cu_seqlens, alibi_slopes)
+        ctx.max_seqlen, ctx.softmax_scale = max_seqlen, softmax_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qkv, out, lse, cu_seqlens, alibi_slopes = ctx.saved_tensors
+        q, k, v = qkv.unbind(1)
+        dqkv = flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, alibi_slopes, ctx.softmax_scale)
+        return dqkv, None, None, None, None
 
 
 @torch.library.custom_op("megabert::flash_attn_varlen_fwd", mutates_args=())
@@ -377,8 +409,8 @@ def _flash_bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
                   lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                   alibi_slopes: Optional[torch.Tensor], softmax_scale: float
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(g.clone() for g in flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes,
-                                              softmax_scale))  # custom ops may not return views of one buffer
+    dqkv = flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+    return tuple(g.clone() for g in dqkv.unbind(1))  # custom ops may not return views of one buffer
 
 
 @_flash_bwd_op.register_fake
@@ -428,9 +460,34 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         raise RuntimeError("the Triton attention backend needs the `triton` package")
     _check_inputs(q, k, v, cu_seqlens)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if alibi_slopes is not None and (alibi_slopes.dtype != torch.float32 or not alibi_slopes.is_contiguous()):
-        alibi_slopes = alibi_slopes.float().contiguous()
+    alibi_slopes = _fp32_slopes(alibi_slopes)
     if torch.compiler.is_compiling():
         out, _ = _flash_fwd_op(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
         return out
     return FlashAttentionFunction.apply(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
+
+
+def varlen_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                               alibi_slopes: Optional[torch.Tensor] = None,
+                               softmax_scale: Optional[float] = None) -> torch.Tensor:
+    """varlen_attention on a packed qkv [T, 3, heads, head_dim] (the fused projection viewed as such).
+
+    Same result; the backward writes d(qkv) as one tensor instead of dq, dk, dv that autograd would then stack
+    into a fresh buffer (a full extra read and write of d(qkv) per layer).
+    """
+    if qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"qkv must be [T, 3, heads, head_dim], got {tuple(qkv.shape)}")
+    q, k, v = qkv.unbind(1)
+    if torch.compiler.is_compiling():
+        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+    if triton is None:
+        raise RuntimeError("the Triton attention backend needs the `triton` package")
+    _check_inputs(q, k, v, cu_seqlens)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return FlashAttentionQKVPackedFunction.apply(qkv, cu_seqlens, int(max_seqlen), _fp32_slopes(alibi_slopes), scale)
+
+
+def _fp32_slopes(alibi_slopes: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if alibi_slopes is not None and (alibi_slopes.dtype != torch.float32 or not alibi_slopes.is_contiguous()):
+        return alibi_slopes.float().contiguous()
+    return alibi_slopes

@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 
 try:  # optional dependency: `pip install flash-attn` on a CUDA machine
-    from flash_attn import flash_attn_varlen_func
+    from flash_attn import flash_attn_varlen_func, flash_attn_varlen_qkvpacked_func
 except ImportError:  # also covers a flash-attn built against another torch (an ImportError from its .so)
-    flash_attn_varlen_func = None
+    flash_attn_varlen_func = flash_attn_varlen_qkvpacked_func = None
 
 SUPPORTED_HEAD_DIMS = tuple(range(8, 257, 8))
 
@@ -37,3 +37,15 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     slopes = alibi_slopes.to(device=q.device, dtype=torch.float32).contiguous() if alibi_slopes is not None else None
     return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p=0.0,
                                   softmax_scale=scale, causal=False, alibi_slopes=slopes)
+
+
+def varlen_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                               alibi_slopes: Optional[torch.Tensor] = None,
+                               softmax_scale: Optional[float] = None) -> torch.Tensor:
+    """The same on qkv [T, 3, heads, head_dim]; flash-attn returns d(qkv) as one tensor."""
+    if flash_attn_varlen_qkvpacked_func is None:
+        raise RuntimeError("the flash_attn backend needs the `flash-attn` package (pip install flash-attn)")
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(qkv.shape[-1])
+    slopes = alibi_slopes.to(device=qkv.device, dtype=torch.float32).contiguous() if alibi_slopes is not None else None
+    return flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=scale,
+                                            causal=False, alibi_slopes=slopes)

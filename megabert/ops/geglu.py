@@ -15,6 +15,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from megabert.ops import fused_ops_enabled
+
 try:
     import triton
     import triton.language as tl
@@ -157,11 +159,6 @@ _geglu_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------------------------------
 # Functional API
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def fused_ops_enabled() -> bool:
-    """MEGABERT_FUSED_OPS=0 turns the fused GeGLU and add+LayerNorm kernels off (ablations, debugging)."""
-    return os.environ.get("MEGABERT_FUSED_OPS", "1") != "0"
 
 
 def is_available(tensor: torch.Tensor) -> bool:

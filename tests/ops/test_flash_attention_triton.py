@@ -41,7 +41,34 @@ def forward_backward(fn, q, k, v, cu_seqlens, max_seqlen, slopes, grad_out):
 def check_matches_reference(cases: list[dict]) -> None:
     """Runs inside one interpreter subprocess (each start costs seconds) over several cases."""
     for case in cases:
-        _check_case(**case)
+        if case.pop("packed", False):
+            _check_packed(**case)
+        else:
+            _check_case(**case)
+
+
+def _packed_vs_reference(packed_fn, lengths, heads, head_dim, dtype, device, alibi=True):
+    """d(qkv) from a packed-qkv attention function against the fp32 reference on its unbound slices."""
+    gen = torch.Generator().manual_seed(3)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    qkv = torch.randn(sum(lengths), 3, heads, head_dim, generator=gen).to(device, dtype).requires_grad_()
+    slopes = alibi_slopes(heads).to(device) if alibi else None
+    grad_out = torch.randn(sum(lengths), heads, head_dim, generator=gen).to(device, dtype)
+    out = packed_fn(qkv, cu, max(lengths), slopes)
+    (dqkv,) = torch.autograd.grad(out, qkv, grad_out)
+    qkv32 = qkv.detach().float().requires_grad_()
+    ref = varlen_attention_reference(*qkv32.unbind(1), cu, max(lengths), slopes)
+    (dqkv_ref,) = torch.autograd.grad(ref, qkv32, grad_out.float())
+    return out, dqkv, ref, dqkv_ref
+
+
+def _check_packed(lengths: list[int], heads: int, head_dim: int) -> None:
+    from megabert.ops import flash_attention_triton as fa
+
+    out, dqkv, ref, dqkv_ref = _packed_vs_reference(fa.varlen_attention_qkvpacked, lengths, heads, head_dim,
+                                                    torch.float32, "cpu")
+    assert rel_error(out, ref) < 1e-5 and rel_error(dqkv, dqkv_ref) < 1e-5, (rel_error(out, ref),
+                                                                               rel_error(dqkv, dqkv_ref))
 
 
 def _check_case(lengths: list[int], heads: int, head_dim: int, alibi: bool, fused_qkv: bool = False,
@@ -77,7 +104,9 @@ def test_interpreted_kernel_matches_reference_fwd_and_grads():
 
 def test_interpreted_kernel_accepts_strided_fused_qkv_views_and_bf16():
     run_interpreted(__name__, "check_matches_reference", cases=[
-        dict(lengths=[9, 20], heads=2, head_dim=32, alibi=True, fused_qkv=True, dtype="bfloat16")])
+        dict(lengths=[9, 20], heads=2, head_dim=32, alibi=True, fused_qkv=True, dtype="bfloat16"),
+        dict(lengths=[3, 18], heads=2, head_dim=32, packed=True),  # qkv [T, 3, heads, d] in, d(qkv) out
+    ])
 
 
 def test_rejects_unsupported_head_dim():
@@ -87,6 +116,14 @@ def test_rejects_unsupported_head_dim():
     with pytest.raises(ValueError, match="head_dim 48"):
         fa.varlen_attention(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4)
     assert not fa.is_available(q)
+
+
+def test_rejects_batches_past_32bit_offsets():
+    from megabert.ops import flash_attention_triton as fa
+
+    huge = torch.empty(2 ** 31 // (3 * 8 * 32) + 1, 8, 32, dtype=torch.bfloat16, device="meta")
+    with pytest.raises(ValueError, match="32-bit"):
+        fa._prepare((huge, huge, huge))
 
 
 def test_auto_backend_on_cpu_is_sdpa():
@@ -132,6 +169,16 @@ def test_gpu_triton_fused_qkv_views():
     from megabert.ops import flash_attention_triton as fa
 
     _gpu_case([5, 128, 77], 12, 64, torch.bfloat16, True, fa.varlen_attention, fused_qkv=True)
+
+
+@pytest.mark.gpu
+def test_gpu_triton_qkvpacked_matches_reference():
+    from megabert.ops import flash_attention_triton as fa
+
+    out, dqkv, ref, dqkv_ref = _packed_vs_reference(fa.varlen_attention_qkvpacked, [1, 7, 129, 513], 12, 64,
+                                                    torch.bfloat16, "cuda")
+    assert rel_error(out, ref) < 1e-2 and rel_error(dqkv, dqkv_ref) < 1e-2, (rel_error(out, ref),
+                                                                             rel_error(dqkv, dqkv_ref))
 
 
 @pytest.mark.gpu
