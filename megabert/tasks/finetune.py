@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +57,6 @@ class Job:
     save_model: bool = False
     device: str = "auto"
     """'auto' (cuda if available), 'cuda' or 'cpu'."""
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
