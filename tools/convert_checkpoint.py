@@ -288,8 +288,7 @@ def from_hf(args: argparse.Namespace) -> int:
         hidden_dropout=config.get("hidden_dropout_prob", 0.1),
         attention_dropout=config.get("attention_probs_dropout_prob", 0.1),
         layer_norm_eps=config.get("layer_norm_eps", 1e-12), initializer_range=config.get("initializer_range", 0.02),
-        pad_token_id=config.get("pad_token_id") or 0, position_embedding="learned", mlp_type="gelu",
-        attention_backend="sdpa" if config.get("attention_probs_dropout_prob", 0.1) > 0 else "auto")
+        pad_token_id=config.get("pad_token_id") or 0, position_embedding="learned", mlp_type="gelu")
     if "cls.predictions.transform.dense.weight" not in state:
         log.warning("%s has no MLM head (a BertModel checkpoint): a fresh head is initialised", source)
         state.update(_fresh_mlm_head(cfg))

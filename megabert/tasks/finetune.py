@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +57,6 @@ class Job:
     save_model: bool = False
     device: str = "auto"
     """'auto' (cuda if available), 'cuda' or 'cpu'."""
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -116,7 +115,22 @@ def build_model(job: Job, num_labels: int) -> tuple[MosaicBertForSequenceClassif
                         f"is it a megabert model dir of this architecture?")
     # The classifier (and, from a pretrained MLM model, the pooler) starts fresh: its shape is the task's.
     model.load_state_dict(wanted, strict=False)
+    for head in (model.pooler, model.classifier):
+        _run_in_fp32(head)
     return model, cfg
+
+
+def _run_in_fp32(module: nn.Module) -> None:
+    """Runs `module` outside autocast. For the pooler and classifier: bf16 keeps 8 bits of mantissa, too few for
+    regression outputs (STS-B scores collapse onto a few values; MosaicBERT runs STS-B in fp32) and cheap to
+    avoid for a [B, H] head. Overrides the instance's forward, so parameter names stay the same."""
+    inner = module.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return inner(x.float())
+
+    module.forward = forward
 
 
 def _architecture(cfg: ModelConfig) -> tuple:

@@ -2,8 +2,8 @@
 
 A task's metrics are keyed 'accuracy' or, with several eval splits, 'matched/accuracy'. Its score is the mean
 of its median metrics x 100 (GLUE: MNLI averages matched and mismatched, QQP/MRPC accuracy and F1, STS-B
-Pearson and Spearman). The GLUE average is the mean score over the GLUE tasks present; it is labelled a
-partial average unless all eight ran.
+Pearson and Spearman; a nan correlation, from constant predictions, counts as 0). The GLUE average is the
+mean score over the GLUE tasks present; it is labelled a partial average unless all eight ran.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def summarize(results: list[dict]) -> dict:
     for task in order:
         runs = sorted(by_task[task], key=lambda r: r["seed"])
         flat = [flatten_metrics(r["metrics"]) for r in runs]
-        medians = {key: float(np.median([f[key] for f in flat])) for key in flat[0]}
+        # nan (a correlation of constant predictions) counts as no correlation, so one seed cannot void a task.
+        medians = {key: float(np.median(np.nan_to_num([f[key] for f in flat], nan=0.0))) for key in flat[0]}
         tasks[task] = {
             "metrics": medians,
             "score": 100.0 * float(np.mean(list(medians.values()))),

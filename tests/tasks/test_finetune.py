@@ -130,3 +130,16 @@ def test_parallel_runner_pins_one_job_per_slot(model_dir, tmp_path):
     results = run_parallel(jobs, slots=["", ""])  # CPU stand-ins for two GPUs
     assert [r["seed"] for r in results] == [1, 2]
     assert all(json.loads((tmp_path / f"seed_{s}" / "job.json").read_text())["seed"] == s for s in (1, 2))
+
+
+def test_classifier_head_runs_in_fp32_under_bf16_autocast(model_dir, tmp_path):
+    """bf16 regression outputs would collapse onto a few values; the [B, H] head stays fp32."""
+    import torch
+
+    job = Job(task={}, recipe=FAST.to_dict(), seed=0, model_dir=str(model_dir), output_dir=str(tmp_path))
+    model, _ = build_model(job, num_labels=1)
+    ids = torch.randint(5, 100, (4, 10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, torch.ones_like(ids), None, torch.rand(4))
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert "classifier.weight" in model.state_dict()  # parameter names unchanged

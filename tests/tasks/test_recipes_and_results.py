@@ -71,3 +71,9 @@ def test_optimizer_decay_is_decoupled_and_schedule_is_linear():
         torch.testing.assert_close(param.detach(), before * (1 - recipe.weight_decay * lrs[-1] / recipe.lr))
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
     assert lrs[-1] == pytest.approx(1e-3 / 90) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_nan_correlation_counts_as_zero_in_the_median():
+    results = [_run("stsb", s, {"dev": {"pearson": p, "spearman": 0.5}}) for s, p in
+               [(1, float("nan")), (2, 0.8), (3, 0.9)]]
+    assert summarize(results)["tasks"]["stsb"]["metrics"]["pearson"] == pytest.approx(0.8)

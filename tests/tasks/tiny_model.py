@@ -6,6 +6,7 @@ import glob
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from megabert.config import ModelConfig
@@ -67,3 +68,22 @@ def load_tool(name: str):
     sys.modules[module_name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+# Fixtures, imported by tests/tasks/conftest.py and tests/tools/conftest.py.
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """torch on one thread: the CPU runners are shared, and two threads contend badly on tiny ops."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def vocab_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    build_vocab(path)
+    return path

@@ -94,7 +94,7 @@ def test_from_hf_pads_vocab_and_accepts_transformers_checkpoints(tmp_path):
     hf.save_pretrained(tmp_path / "hf")
     assert convert.main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "mb")]) == 0
     cfg = load_model_config(tmp_path / "mb")
-    assert cfg.vocab_size == 128 and cfg.attention_dropout == 0.1 and cfg.attention_backend == "sdpa"
+    assert cfg.vocab_size == 128 and cfg.attention_dropout == 0.1  # BERT's; training routes it through SDPA
     ids, mask, types = batch(100)
     with torch.no_grad():
         theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits

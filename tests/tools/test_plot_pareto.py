@@ -73,3 +73,20 @@ def test_throughput_bars_from_bench_markdown_and_json(tmp_path):
     assert _png_size(tmp_path / "j.png")[1] > 500
     assert plot.main(["throughput", str(SAMPLES / "throughput.md"), "--section", "nope", "--output",
                       str(tmp_path / "x.png")]) == 2
+
+
+def test_finetune_point_is_timed_at_the_pretraining_step_of_its_model(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model": {}, "step": 100}))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"model_dir": str(model_dir), "glue_average": 70.0,
+                                   "tasks": {"rte": {"score": 60.0}}}))
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("\n".join(json.dumps({"step": s, "time": 1000.0 + 2 * s, "train/loss": 1.0})
+                             for s in (0, 50, 100, 150)))
+    assert plot.finetune_score(results) == (70.0, 100)
+    assert plot.finetune_score(results, "task:rte") == (60.0, 100)
+    assert plot.run_time_at(log, 100) == 200.0
+    with pytest.raises(plot.PlotError, match="has no task 'cola'"):
+        plot.finetune_score(results, "task:cola")
