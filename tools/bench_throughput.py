@@ -33,6 +33,7 @@ from bench_common import (DISTRIBUTIONS, environment_line, make_mlm_batches, med
 
 from megabert.config import ModelConfig  # noqa: E402
 from megabert.model.bert import MosaicBertForMaskedLM  # noqa: E402
+from megabert.model.inputs import prepare_inputs  # noqa: E402
 from megabert.ops.attention import resolve_backend  # noqa: E402
 from megabert.utils.flops import measure_matmul_tflops, training_step_flops  # noqa: E402
 
@@ -119,12 +120,19 @@ def run_one(build: Callable[[], tuple[torch.nn.Module, ModelConfig]], is_hf: boo
     else:
         step_model = torch.compile(model) if compile_model else model
     batch = BATCH[(size, dist)]
-    batches = make_mlm_batches(dist, batch, 8, 30528, device)
+    # Batches start in pinned host memory, as a DataLoader delivers them: each step pays its own copy to the GPU.
+    batches = make_mlm_batches(dist, batch, 8, 30528, torch.device("cpu"))
+    host = [{"input_ids": b.input_ids.pin_memory(), "attention_mask": b.attention_mask.pin_memory(),
+             "labels": b.labels.pin_memory()} for b in batches]
 
     def step(i: int) -> None:
-        b = batches[i % len(batches)]
+        b = host[i % len(host)]
+        if is_hf:
+            inputs = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+        else:  # unpadding and masked-token bookkeeping on the CPU: no device sync in the step
+            inputs = prepare_inputs(b, model.cfg, device)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = step_model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels)
+            out = step_model(**inputs)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -139,7 +147,7 @@ def run_one(build: Callable[[], tuple[torch.nn.Module, ModelConfig]], is_hf: boo
     real = sum(sum(b.lengths) for b in batches) / len(batches)
     padded = batch * DISTRIBUTIONS[dist][0]
     flops = sum(training_step_flops(flops_cfg, b.lengths, b.masked_tokens) for b in batches) / len(batches)
-    del model, opt, step_model, batches
+    del model, opt, step_model, batches, host
     gc.collect()
     torch.cuda.empty_cache()
     torch._dynamo.reset()

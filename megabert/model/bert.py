@@ -21,7 +21,7 @@ from megabert.model.embeddings import Embeddings
 from megabert.model.encoder import Encoder
 from megabert.model.layernorm import LayerNorm
 from megabert.model.layout import TokenLayout
-from megabert.ops.padding import unpad_info
+from megabert.ops.padding import Unpadded, unpad_info
 
 IGNORE_INDEX = -100
 
@@ -53,14 +53,17 @@ class MosaicBertModel(nn.Module):
         self.encoder = Encoder(cfg)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                token_type_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, TokenLayout]:
+                token_type_ids: Optional[torch.Tensor] = None,
+                unpadded: Optional[Unpadded] = None) -> tuple[torch.Tensor, TokenLayout]:
+        """`unpadded`: the unpadding bookkeeping precomputed on the CPU (megabert.model.inputs.prepare_inputs);
+        computed here from attention_mask when absent (which synchronises a GPU once)."""
         batch, seq = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if self.cfg.unpad:
-            info = unpad_info(attention_mask)
+            info = unpadded if unpadded is not None else unpad_info(attention_mask)
             flat = lambda x: x.reshape(-1)[info.indices]  # [B, S] -> [T]
             positions = info.indices % seq if self.embeddings.position_embeddings is not None else None
             hidden = self.embeddings(flat(input_ids), flat(token_type_ids), positions)  # [T, H]
@@ -108,15 +111,20 @@ class MosaicBertForMaskedLM(nn.Module):
         self.apply(lambda m: init_weights(m, cfg.initializer_range))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                token_type_ids: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> MaskedLMOutput:
-        hidden, layout = self.bert(input_ids, attention_mask, token_type_ids)
+                token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                unpadded: Optional[Unpadded] = None,
+                masked_token_index: Optional[torch.Tensor] = None) -> MaskedLMOutput:
+        """masked_token_index: rows of the encoder output that carry a label (precomputed on the CPU by
+        prepare_inputs); found here with a device-synchronising nonzero when absent."""
+        hidden, layout = self.bert(input_ids, attention_mask, token_type_ids, unpadded)
         decoder_weight = self.bert.embeddings.word_embeddings.weight
         if labels is not None and self.cfg.sparse_mlm_head:
-            token_labels = layout.select(labels)  # [T] or [B, S], aligned with hidden's rows
-            masked = token_labels != IGNORE_INDEX
-            logits = self.head(hidden[masked], decoder_weight)  # [M, V]: the head never sees unmasked tokens
-            labels = token_labels[masked]  # [M]
+            token_labels = layout.select(labels).reshape(-1)  # [T] or [B * S], aligned with hidden's rows
+            if masked_token_index is None:
+                masked_token_index = torch.nonzero(token_labels != IGNORE_INDEX).flatten()
+            rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_token_index)  # [M, H]
+            logits = self.head(rows, decoder_weight)  # [M, V]: the head never sees unmasked tokens
+            labels = token_labels.index_select(0, masked_token_index)  # [M]
         else:
             logits = layout.to_padded(self.head(hidden, decoder_weight))  # [B, S, V]
         loss = self.loss_fn(logits, labels) if labels is not None else None
@@ -151,9 +159,9 @@ class MosaicBertForSequenceClassification(nn.Module):
         self.apply(lambda m: init_weights(m, cfg.initializer_range))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                token_type_ids: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> SequenceClassifierOutput:
-        hidden, layout = self.bert(input_ids, attention_mask, token_type_ids)
+                token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                unpadded: Optional[Unpadded] = None) -> SequenceClassifierOutput:
+        hidden, layout = self.bert(input_ids, attention_mask, token_type_ids, unpadded)
         pooled = torch.tanh(self.pooler(layout.first_tokens(hidden)))  # [B, H]
         logits = self.classifier(self.dropout(pooled))  # [B, num_labels]
         loss = None

@@ -21,6 +21,12 @@ class Unpadded(NamedTuple):
     batch: int
     seq_len: int  # padded length S
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Unpadded":
+        """The same bookkeeping on `device`. Computed on the CPU copy of a batch and moved with the batch, it
+        costs the GPU no synchronisation (no nonzero, no .item() on device tensors)."""
+        return self._replace(indices=self.indices.to(device, non_blocking=non_blocking),
+                             cu_seqlens=self.cu_seqlens.to(device, non_blocking=non_blocking))
+
 
 def unpad_info(attention_mask: torch.Tensor) -> Unpadded:
     """Index bookkeeping for `attention_mask` [B, S] (1 on real tokens, anywhere in the row)."""
