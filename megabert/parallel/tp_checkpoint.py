@@ -94,21 +94,28 @@ def merge_state_dicts(shards: list[dict[str, torch.Tensor]], mlp_type: str = "ge
 def gather_full_state_dict(model: nn.Module, group, mlp_type: str = "geglu") -> dict[str, torch.Tensor]:
     """The full (TP = 1) state dict of a parallelized model, assembled on every rank of its TP group, on CPU.
 
-    Collective over `group` (call it on every TP rank): one all-gather per sharded tensor. For exporting a
-    tensor-parallel run to a plain model directory.
+    Collective over `group` (call it on every TP rank). For exporting a tensor-parallel run to a plain model
+    directory.
     """
+    return gather_full_tensors(model.state_dict(), group, mlp_type)
+
+
+def gather_full_tensors(local: dict[str, torch.Tensor], group, mlp_type: str = "geglu") -> dict[str, torch.Tensor]:
+    """Like gather_full_state_dict for any {parameter name: this rank's tensor} (gradients, say): one all-gather
+    per sharded tensor, results on CPU."""
     import torch.distributed as dist
 
     size = 1 if group is None else dist.get_world_size(group)
     full = {}
-    for key, local in model.state_dict().items():
+    for key, tensor in local.items():
         spec = shard_spec(key, mlp_type)
+        tensor = tensor.detach()
         if spec is None or size == 1:
-            full[key] = local.detach().cpu().clone()
+            full[key] = tensor.cpu().clone()
             continue
-        local = local.detach().contiguous()
-        parts = [torch.empty_like(local) for _ in range(size)]
-        dist.all_gather(parts, local, group=group)
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(size)]
+        dist.all_gather(parts, tensor, group=group)
         full[key] = merge_tensors([p.cpu() for p in parts], spec)
     return full
 
