@@ -48,15 +48,20 @@ def split_state_dict(state: dict[str, torch.Tensor], tp_size: int, mlp_type: str
     """A full (TP = 1) state dict -> tp_size state dicts, one per TP rank (replicated tensors are shared)."""
     if tp_size < 1:
         raise ValueError(f"tp_size must be >= 1, got {tp_size}")
-    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp_size)]
+    return [split_state_dict_for_rank(state, tp_size, rank, mlp_type) for rank in range(tp_size)]
+
+
+def split_state_dict_for_rank(state: dict[str, torch.Tensor], tp_size: int, tp_rank: int,
+                              mlp_type: str = "geglu") -> dict[str, torch.Tensor]:
+    """TP rank `tp_rank`'s part of split_state_dict (without materialising the other ranks' shards)."""
+    out = {}
     for key, tensor in state.items():
         spec = shard_spec(key, mlp_type)
-        for rank in range(tp_size):
-            try:
-                shards[rank][key] = tensor if spec is None else split_tensor(tensor, spec, tp_size, rank)
-            except ValueError as e:
-                raise ValueError(f"cannot split {key} {tuple(tensor.shape)} into {tp_size} shards: {e}") from None
-    return shards
+        try:
+            out[key] = tensor if spec is None else split_tensor(tensor, spec, tp_size, tp_rank)
+        except ValueError as e:
+            raise ValueError(f"cannot split {key} {tuple(tensor.shape)} into {tp_size} shards: {e}") from None
+    return out
 
 
 def merge_state_dicts(shards: list[dict[str, torch.Tensor]], mlp_type: str = "geglu",
@@ -158,14 +163,6 @@ def write_config(directory: str | Path, model_cfg: ModelConfig, tp_size: int, ex
     (directory / CONFIG_NAME).write_text(json.dumps(content, indent=2) + "\n")
 
 
-def save_model_shard(model: nn.Module, directory: str | Path, tp_rank: int, tp_size: int,
-                     model_cfg: ModelConfig) -> None:
-    """Called on every rank of one data-parallel replica (dp_rank 0): each writes its shard, TP rank 0 the config."""
-    write_shard(model.state_dict(), directory, tp_rank, tp_size)
-    if tp_rank == 0:
-        write_config(directory, model_cfg, tp_size)
-
-
 def read_config(directory: str | Path) -> tuple[Optional[ModelConfig], dict]:
     """(ModelConfig or None, the whole config.json or {})."""
     path = Path(directory) / CONFIG_NAME
@@ -242,6 +239,23 @@ def _zero_fp32_master_weights(model_file: Path, optim_files: list[Path]) -> dict
             (tag / f.name).symlink_to(f.resolve())
         state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag="tp_rank")
     return {k: v.contiguous() for k, v in state.items()}
+
+
+def load_rank_state_dict(directory: str | Path, tp_size: int, tp_rank: int,
+                         mlp_type: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """TP rank `tp_rank`'s state dict for a run with `tp_size` ranks, from any directory read_shards understands,
+    whatever TP it was saved with (merged and re-split in memory when the sizes differ). For loading weights
+    into a parallelized model: `model.load_state_dict(load_rank_state_dict(d, groups.tp_size, groups.tp_rank))`.
+    """
+    cfg, _ = read_config(directory)
+    mlp_type = mlp_type or (cfg.mlp_type if cfg is not None else None)
+    if mlp_type is None:
+        raise ValueError(f"{directory} has no {CONFIG_NAME}: pass mlp_type ('geglu' or 'gelu')")
+    shards = read_shards(directory)
+    if len(shards) == tp_size:
+        return shards[tp_rank]
+    full = shards[0] if len(shards) == 1 else merge_state_dicts(shards, mlp_type)
+    return split_state_dict_for_rank(full, tp_size, tp_rank, mlp_type)
 
 
 def merge_checkpoint(src: str | Path, dst: str | Path, model_cfg: Optional[ModelConfig] = None,
