@@ -220,8 +220,8 @@ def _deepspeed_tag_dir(directory: Path) -> Optional[Path]:
         return directory
     tags = [d for d in sorted(directory.iterdir()) if d.is_dir() and has_files(d)]
     if len(tags) > 1:
-        raise FileNotFoundError(f"{directory} holds several DeepSpeed checkpoint tags ({', '.join(d.name for d in tags)})"
-                                f"; pass one of them")
+        names = ", ".join(d.name for d in tags)
+        raise FileNotFoundError(f"{directory} holds several DeepSpeed checkpoint tags ({names}); pass one of them")
     return tags[0] if tags else None
 
 

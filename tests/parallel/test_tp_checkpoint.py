@@ -76,7 +76,8 @@ def test_convert_checkpoint_split_tp_and_merge_tp_round_trip(tmp_path, convert, 
     assert sorted(p.name for p in (tmp_path / "tp2").iterdir()) == [
         "config.json", "model-tp00-of-02.safetensors", "model-tp01-of-02.safetensors"]
 
-    assert convert(["merge-tp", "--input", str(tmp_path / "tp2"), "--output", str(tmp_path / "merged"), "--strict"]) == 0
+    merge_args = ["merge-tp", "--input", str(tmp_path / "tp2"), "--output", str(tmp_path / "merged"), "--strict"]
+    assert convert(merge_args) == 0
     (merged,) = read_shards(tmp_path / "merged")
     state = model.state_dict()
     assert merged.keys() == state.keys()
