@@ -18,6 +18,7 @@ def _variants():
     return {
         "mosaic_mlm": (lambda: MosaicBertForMaskedLM(tiny_config())),
         "mosaic_mlm_dropout": (lambda: MosaicBertForMaskedLM(tiny_config(hidden_dropout=0.1))),
+        "mosaic_mlm_eager_attention": (lambda: MosaicBertForMaskedLM(tiny_config(attention_backend="eager"))),
         "plain_bert_mlm": (lambda: MosaicBertForMaskedLM(plain_bert_config())),
         "mosaic_classification": (lambda: MosaicBertForSequenceClassification(tiny_config(), num_labels=3)),
     }
