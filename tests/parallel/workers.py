@@ -67,7 +67,7 @@ def forward_backward_worker(rank: int, world_size: int) -> dict:
 # TP x DP training with DeepSpeed ZeRO, against a single process
 # ----------------------------------------------------------------------------------------------------------------
 
-ZERO_RUN = dict(steps=20, lr=2e-3, grad_clip=0.5, micro_batch_seed=1000)
+ZERO_RUN = dict(lr=2e-3, grad_clip=0.5, micro_batch_seed=1000)
 
 
 def _micro_batch(cfg, step: int, dp_rank: int) -> dict:
