@@ -369,12 +369,16 @@ def add_tensor_parallel_commands(commands) -> None:
         description="Reads a sharded megabert model directory (config.json + model-tpXX-of-NN.safetensors) or a "
                     "DeepSpeed checkpoint tag directory (mp_rank_XX_model_states.pt) and writes config.json + "
                     "model.safetensors. Exact: shards are concatenated, never recomputed.")
-    merge.add_argument("source", help="sharded model directory or DeepSpeed checkpoint tag directory")
+    merge.add_argument("source", help="sharded model directory, DeepSpeed checkpoint tag directory, "
+                                                      "or a trainer checkpoint step_N/ (holding one tag directory)")
     merge.add_argument("output", help="model directory to write")
-    merge.add_argument("--model-config", help="JSON with a 'model' section (needed when --input has no config.json, "
+    merge.add_argument("--model-config", help="JSON with a 'model' section (needed when the source has no config.json, "
                                               "e.g. a DeepSpeed tag: pass the run's resolved config)")
     merge.add_argument("--strict", action="store_true",
                        help="fail (instead of warn) when a replicated tensor differs between TP ranks")
+    merge.add_argument("--module-weights", action="store_true",
+                       help="DeepSpeed input: take the module weights as saved (bf16 in a bf16 run) instead of the "
+                            "fp32 master weights consolidated from the ZeRO optimizer files")
     merge.set_defaults(run=_merge_tp)
 
     split = commands.add_parser(
@@ -383,7 +387,7 @@ def add_tensor_parallel_commands(commands) -> None:
     split.add_argument("source", help="model directory (config.json + model.safetensors)")
     split.add_argument("output", help="sharded model directory to write")
     split.add_argument("--tp", type=int, required=True, help="tensor-parallel size")
-    split.add_argument("--model-config", help="JSON with a 'model' section, if --input has no config.json")
+    split.add_argument("--model-config", help="JSON with a 'model' section, if the source has no config.json")
     split.set_defaults(run=_split_tp)
 
 
@@ -400,7 +404,8 @@ def _model_config_arg(path: str | None):
 def _merge_tp(args: argparse.Namespace) -> int:
     from megabert.parallel.tp_checkpoint import merge_checkpoint
 
-    out = merge_checkpoint(args.source, args.output, _model_config_arg(args.model_config), args.strict)
+    out = merge_checkpoint(args.source, args.output, _model_config_arg(args.model_config), args.strict,
+                           fp32_master=not args.module_weights)
     print(f"merged {args.source} -> {out}")
     return 0
 

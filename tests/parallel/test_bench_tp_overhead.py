@@ -1,18 +1,17 @@
 """tools/bench_tp_overhead.py runs end to end (tiny model, CPU, few steps) and reports what the lead needs."""
 
+import importlib.util
 import json
-import subprocess
-import sys
 
 
-def test_bench_tp_overhead_smoke(tmp_path, repo_root):
+def test_bench_tp_overhead_smoke(tmp_path, repo_root, capsys):
+    spec = importlib.util.spec_from_file_location("bench_tp_overhead", repo_root / "tools" / "bench_tp_overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # in-process: a subprocess would re-import torch
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "tools/bench_tp_overhead.py", "--tiny", "--device", "cpu", "--batch-size", "4",
-         "--seq-len", "16", "--steps", "2", "--warmup", "1", "--rounds", "1", "--json-out", str(out)],
-        cwd=repo_root, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "TP code path overhead at TP=1" in result.stdout
+    bench.main(["--tiny", "--device", "cpu", "--batch-size", "4", "--seq-len", "16", "--steps", "2", "--warmup", "1",
+                "--rounds", "1", "--json-out", str(out)])
+    assert "TP code path overhead at TP=1" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["steps_timed_per_model"] == 2
     assert set(report["median_step_ms"]) == {"plain", "tp1"}

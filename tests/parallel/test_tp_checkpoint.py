@@ -1,7 +1,6 @@
 """Merging TP shards and splitting full checkpoints is exact, in memory and through tools/convert_checkpoint.py."""
 
-import subprocess
-import sys
+import importlib.util
 
 import pytest
 import torch
@@ -9,7 +8,8 @@ import torch
 from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 from megabert.model.pretrained import save_pretrained
 from megabert.parallel.sharding import ShardSpec, merge_tensors, split_tensor
-from megabert.parallel.tp_checkpoint import merge_state_dicts, read_shards, split_state_dict
+from megabert.parallel.tp_checkpoint import (load_rank_state_dict, merge_state_dicts, read_shards, save_sharded,
+                                             split_state_dict)
 from tests.parallel.tiny import plain_bert_config, tiny_config
 
 MODELS = {
@@ -58,36 +58,51 @@ def test_merge_flags_diverged_replicated_tensors():
         merge_state_dicts(shards, strict_replicated=True)
 
 
-def _convert(*args):
-    return subprocess.run([sys.executable, "tools/convert_checkpoint.py", *args], capture_output=True, text=True)
+@pytest.fixture
+def convert(repo_root):
+    """tools/convert_checkpoint.py's main(argv), loaded in-process (a subprocess would re-import torch)."""
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", repo_root / "tools" / "convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
-def test_convert_checkpoint_split_tp_and_merge_tp_round_trip(tmp_path, repo_root, monkeypatch):
-    monkeypatch.chdir(repo_root)
+def test_convert_checkpoint_split_tp_and_merge_tp_round_trip(tmp_path, convert, capsys):
     torch.manual_seed(0)
     model = MosaicBertForMaskedLM(tiny_config())
     save_pretrained(model, tmp_path / "full", model.cfg)
 
-    split = _convert("split-tp", str(tmp_path / "full"), str(tmp_path / "tp2"), "--tp", "2")
-    assert split.returncode == 0, split.stderr
+    assert convert(["split-tp", str(tmp_path / "full"), str(tmp_path / "tp2"), "--tp", "2"]) == 0
     assert sorted(p.name for p in (tmp_path / "tp2").iterdir()) == [
         "config.json", "model-tp00-of-02.safetensors", "model-tp01-of-02.safetensors"]
 
-    merge = _convert("merge-tp", str(tmp_path / "tp2"), str(tmp_path / "merged"), "--strict")
-    assert merge.returncode == 0, merge.stderr
+    merge_args = ["merge-tp", str(tmp_path / "tp2"), str(tmp_path / "merged"), "--strict"]
+    assert convert(merge_args) == 0
     (merged,) = read_shards(tmp_path / "merged")
     state = model.state_dict()
     assert merged.keys() == state.keys()
     assert all(torch.equal(merged[k], state[k]) for k in state)
 
-    again = _convert("split-tp", str(tmp_path / "tp2"), str(tmp_path / "x"), "--tp", "2")
-    assert again.returncode == 2 and "already split into 2 TP shards" in again.stderr
+    capsys.readouterr()
+    assert convert(["split-tp", str(tmp_path / "tp2"), str(tmp_path / "x"), "--tp", "2"]) == 2
+    assert "already split into 2 TP shards" in capsys.readouterr().err
 
 
-def test_convert_checkpoint_split_tp_rejects_sizes_that_do_not_split(tmp_path, repo_root, monkeypatch):
-    monkeypatch.chdir(repo_root)
+def test_convert_checkpoint_split_tp_rejects_sizes_that_do_not_split(tmp_path, convert, capsys):
     model = MosaicBertForMaskedLM(tiny_config())
     save_pretrained(model, tmp_path / "full", model.cfg)
-    result = _convert("split-tp", str(tmp_path / "full"), str(tmp_path / "tp3"), "--tp", "3")
-    assert result.returncode == 2
-    assert "model.num_heads (4) is not divisible by tensor_parallel_size (3)" in result.stderr
+    assert convert(["split-tp", str(tmp_path / "full"), str(tmp_path / "tp3"), "--tp", "3"]) == 2
+    assert "model.num_heads (4) is not divisible by tensor_parallel_size (3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("saved_tp,run_tp", [(1, 2), (2, 2), (2, 4), (4, 2), (2, 1)])
+def test_a_rank_loads_its_shard_whatever_tp_the_checkpoint_has(tmp_path, saved_tp, run_tp):
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(plain_bert_config())
+    state = model.state_dict()
+    save_sharded(split_state_dict(state, saved_tp, "gelu"), tmp_path / "saved", model.cfg)
+    expected = split_state_dict(state, run_tp, "gelu")
+    for rank in range(run_tp):
+        loaded = load_rank_state_dict(tmp_path / "saved", run_tp, rank)
+        assert loaded.keys() == state.keys()
+        assert all(torch.equal(loaded[k], expected[rank][k]) for k in state)
