@@ -193,10 +193,11 @@ class Trainer:
         self.writer = M.MetricsWriter(out, cfg.logging.tensorboard, cfg.logging.wandb_project, to_dict(cfg),
                                       enabled=self.is_main)
         self.peak_flops = M.measure_peak_flops(self.device)
-        log.info("world %d (data parallel %d x tensor parallel %d), micro batch %d x %d accumulation = global %d; "
-                 "device %s, ZeRO %d, %s; peak matmul %.4g TFLOP/s per device", self.world_size, self.dp_size,
-                 cfg.parallel.tensor_parallel_size, cfg.micro_batch_size, self.accum, cfg.global_batch_size,
-                 self.device, cfg.parallel.zero_stage, cfg.parallel.precision, self.peak_flops / 1e12)
+        log.info("launcher %s: world %d (data parallel %d x tensor parallel %d), micro batch %d x %d "
+                 "accumulation = global %d; device %s, ZeRO %d, %s; peak matmul %.4g TFLOP/s per device",
+                 env.launcher, self.world_size, self.dp_size, cfg.parallel.tensor_parallel_size,
+                 cfg.micro_batch_size, self.accum, cfg.global_batch_size, self.device, cfg.parallel.zero_stage,
+                 cfg.parallel.precision, self.peak_flops / 1e12)
 
     def _build_data(self):
         """Rank 0 builds (and caches) the sample indices first; the others then read the cache."""

@@ -83,7 +83,7 @@ def test_multi_node_script_trains_two_ranks_and_requeues_on_preemption(tmp_path)
     log = (tmp_path / "slurm.log").read_text()
     assert "srun 2 tasks" in log and "requeue 31337" in log
     assert "rendezvous 127.0.0.1:" + str(20000 + 31337 % 20000) in done.stdout
-    assert "world 2 (data parallel 2" in done.stderr  # both ranks found each other through SLURM's variables
+    assert "launcher slurm: world 2 (data parallel 2" in done.stderr  # both ranks found each other through SLURM's variables
     saved = latest_checkpoint(tmp_path / "run" / "ckpt")
     assert saved is not None and len(list((saved / "rng").iterdir())) == 2
     assert json.loads((saved / "trainer_state.json").read_text())["step"] >= 2
