@@ -151,10 +151,11 @@ class Trainer:
         self.mpu, self.dp_rank, self.dp_size = None, env.rank, env.world_size
         if cfg.parallel.tensor_parallel_size > 1:
             ParallelGroups, parallelize_model = tensor_parallel_api()
-            self.mpu = ParallelGroups(tensor_parallel_size=cfg.parallel.tensor_parallel_size)
+            self.mpu = ParallelGroups(tensor_parallel_size=cfg.parallel.tensor_parallel_size, model_cfg=cfg.model)
             model = parallelize_model(model, self.mpu)
             self.dp_rank, self.dp_size = self.mpu.get_data_parallel_rank(), self.mpu.get_data_parallel_world_size()
-        _seed_everything(cfg.seed + 1 + env.rank)  # dropout differs across ranks
+        # Dropout differs across data-parallel replicas; the ranks of one tensor-parallel group share a stream.
+        _seed_everything(cfg.seed + 1 + self.dp_rank)
 
         self.accum = cfg.grad_accumulation_steps(self.dp_size)
         self.data = self._build_data()
@@ -228,7 +229,7 @@ class Trainer:
         batches = self.data.train_batches(consumed_samples=st.consumed_samples)
         progress = _ProgressBar(total, st.step, enabled=self.is_main)
         window = _Window()
-        run = _Window()  # whole-run throughput after the first log window (warm-up excluded)
+        clock = _RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
         nonfinite_in_a_row, last_saved, summary = 0, -1, {}
         self.engine.train()
         try:
@@ -256,11 +257,10 @@ class Trainer:
 
                 if st.step % cfg.logging.log_interval == 0 or st.step == total:
                     summary = self._log(window, progress)
-                    if run.steps or st.step > cfg.logging.log_interval or st.step == total:
-                        run.merge(window)
+                    clock.add(window)
                     window = _Window()
                 if cfg.logging.eval_interval and st.step % cfg.logging.eval_interval == 0 and st.step < total:
-                    self._evaluate()
+                    clock.exclude(self._evaluate()["eval_seconds"])
                 if stop:
                     log.warning("signal %s received: saving a checkpoint at step %d and exiting",
                                 signal.Signals(stop).name if stop in signal.Signals._value2member_map_ else stop,
@@ -272,8 +272,9 @@ class Trainer:
                     last_saved = self._save()
             if last_saved != st.step:
                 self._save()
+            summary.update(self._run_summary(clock))
             summary.update(self._evaluate() if cfg.logging.eval_interval else {})
-            summary.update(self._run_summary(run), step=st.step, stopped_by_signal=False)
+            summary.update(step=st.step, stopped_by_signal=False)
             self._export()
             if self.is_main:
                 self.writer.write(st.step, {f"final/{k}": v for k, v in summary.items()})
@@ -323,7 +324,7 @@ class Trainer:
         totals = window.reduced(self.device, cfg.parallel.tensor_parallel_size)
         tokens_per_s = totals["real_tokens"] / max(window.seconds, 1e-9)
         metrics = {
-            "train/loss": totals["loss_sum"] / max(totals["loss_count"], 1),
+            "train/loss": totals["loss_sum"] / totals["loss_count"] if totals["loss_count"] else None,
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": _as_float(self.engine.get_global_grad_norm()),
             "train/samples_per_s": totals["samples"] / max(window.seconds, 1e-9),
@@ -364,13 +365,16 @@ class Trainer:
             selected = labels != -100
             n = selected.sum()
             sums[0] += out.loss.double() * n
-            if out.logits.shape[-1] == self.cfg.model.vocab_size:
+            if out.logits.shape[-1] == self.cfg.model.vocab_size:  # vocab-parallel logits: no accuracy
                 sums[1] += (out.logits.argmax(-1)[selected] == labels[selected]).sum()
+            else:
+                sums[1] = float("nan")
             sums[2] += n
         if self.world_size > 1:
             dist.all_reduce(sums)
         loss_sum, correct, count = sums.tolist()
-        result = {"eval/loss": loss_sum / max(count, 1), "eval/accuracy": correct / max(count, 1),
+        result = {"eval/loss": loss_sum / max(count, 1),
+                  "eval/accuracy": correct / max(count, 1) if correct == correct else None,
                   "eval/masked_tokens": count, "eval/seconds": time.perf_counter() - start}
         result["eval/perplexity"] = math.exp(min(result["eval/loss"], 50.0))
         self.engine.train()
@@ -405,12 +409,15 @@ class Trainer:
             log.info("exported the final model to %s", out)
         barrier()
 
-    def _run_summary(self, run: "_Window") -> dict[str, float]:
-        if not run.steps:
+    def _run_summary(self, clock: "_RunClock") -> dict[str, float]:
+        """Throughput over wall-clock time from the end of the first log window to the end of the final save:
+        data loading, logging and checkpointing included (evaluation excluded)."""
+        if not clock.steps:
             return {}
-        return {"run_tokens_per_s": run.totals_real_tokens / max(run.seconds, 1e-9),
-                "run_mfu": run.totals_flops / max(run.seconds, 1e-9) / (self.peak_flops * self.world_size),
-                "run_steps_measured": run.steps}
+        seconds = clock.seconds()
+        return {"run_tokens_per_s": clock.real_tokens / seconds,
+                "run_mfu": clock.flops / seconds / (self.peak_flops * self.world_size),
+                "run_steps_measured": clock.steps, "run_seconds_measured": seconds}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -464,11 +471,29 @@ class _Window:
         self.totals_real_tokens, self.totals_flops = out["real_tokens"], out["flops"]
         return out
 
-    def merge(self, other: "_Window") -> None:
-        self.steps += other.steps
-        self.seconds += other.seconds
-        self.totals_real_tokens += other.totals_real_tokens
-        self.totals_flops += other.totals_flops
+
+
+class _RunClock:
+    """Wall clock and work since the first log window ended; evaluation time can be taken out."""
+
+    def __init__(self) -> None:
+        self.start: Optional[float] = None
+        self.steps, self.real_tokens, self.flops, self.excluded = 0, 0.0, 0.0, 0.0
+
+    def add(self, window: _Window) -> None:
+        if self.start is None:  # the first window holds start-up and warm-up: the clock starts after it
+            self.start = time.perf_counter()
+            return
+        self.steps += window.steps
+        self.real_tokens += window.totals_real_tokens
+        self.flops += window.totals_flops
+
+    def exclude(self, seconds: float) -> None:
+        if self.start is not None:
+            self.excluded += seconds
+
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self.start - self.excluded, 1e-9)
 
 
 class _ProgressBar:
@@ -487,7 +512,7 @@ class _ProgressBar:
             self.bar.update(1)
 
     def report(self, step: int, m: dict[str, Any]) -> None:
-        parts = {"loss": f"{m['train/loss']:.4f}", "lr": f"{m['train/lr']:.2e}",
+        parts = {"loss": "n/a" if m["train/loss"] is None else f"{m['train/loss']:.4f}", "lr": f"{m['train/lr']:.2e}",
                  "tok/s": f"{m['train/tokens_per_s']:,.0f}", "mfu": f"{100 * m['train/mfu']:.1f}%",
                  "eta": _hms(m["train/eta_seconds"])}
         if "train/cost_usd" in m:

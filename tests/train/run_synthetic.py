@@ -8,6 +8,7 @@ launch (one DeepSpeed start) covers several cases. Each run's summary is printed
 MEGABERT_TEST_KILL_AT_PUBLISH=N makes rank 0 SIGKILL itself while publishing the checkpoint of step N, after the
 engine state is on disk but before the rename (the worst moment for a crash).
 MEGABERT_TEST_SIGTERM_AT_STEP=N makes every rank send itself SIGTERM right after step N (as SLURM would).
+MEGABERT_TEST_NAN=R:S,... makes rank R's loss NaN during step S (every micro-batch of it).
 """
 
 from __future__ import annotations
@@ -59,6 +60,29 @@ def main(argv: list[str]) -> None:
             return train_step(self, *args)
 
         Trainer._train_step = train_step_then_signal
+
+    nan_at = {tuple(int(x) for x in item.split(":")) for item in os.environ.get("MEGABERT_TEST_NAN", "").split(",")
+              if item}
+    if nan_at:
+        from megabert.model.bert import MosaicBertForMaskedLM
+
+        where = {}
+        train_step_before_nan = Trainer._train_step
+
+        def train_step_noting_step(self, *args):
+            where.update(rank=self.rank, step=self.state.step + 1)
+            return train_step_before_nan(self, *args)
+
+        forward = MosaicBertForMaskedLM.forward
+
+        def forward_with_nan(self, *args, **kwargs):
+            out = forward(self, *args, **kwargs)
+            if self.training and (where.get("rank"), where.get("step")) in nan_at:
+                out.loss = out.loss * float("nan")
+            return out
+
+        Trainer._train_step = train_step_noting_step
+        MosaicBertForMaskedLM.forward = forward_with_nan
 
     base = load_config(config_path, overrides)
     runs = [(None, base)]
