@@ -380,8 +380,9 @@ class Trainer:
         self.engine.train()
         if self.is_main:
             self.writer.write(self.state.step, result)
-            log.info("step %d eval: loss %.4f, accuracy %.4f (%d masked tokens)", self.state.step,
-                     result["eval/loss"], result["eval/accuracy"], count)
+            accuracy = result["eval/accuracy"]
+            log.info("step %d eval: loss %.4f, accuracy %s (%d masked tokens)", self.state.step, result["eval/loss"],
+                     "n/a" if accuracy is None else f"{accuracy:.4f}", count)
         return {k.replace("/", "_"): v for k, v in result.items()}
 
     def _save(self) -> int:
