@@ -44,7 +44,8 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
         path = found
     run = json.loads((path / "config.json").read_text())
     if run["parallel"]["tensor_parallel_size"] > 1:
-        raise ValueError(f"{path} is tensor-parallel; merge it first: tools/convert_checkpoint.py merge-tp")
+        raise ValueError(f"{path} is tensor-parallel; export it with: python tools/convert_checkpoint.py merge-tp "
+                         f"--input {path}/{ENGINE_TAG} --output OUT --model-config {path}/config.json")
     model_cfg = from_dict(ModelConfig, run["model"], "model.")
     model = MosaicBertForMaskedLM(model_cfg)
     missing, unexpected = model.load_state_dict(consolidated_state_dict(path, run["parallel"]["zero_stage"]),

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from megabert.config import ConfigError, TrainConfig, to_dict
 from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.train import metrics as M
-from megabert.train.checkpoint import CheckpointManager, resolve_resume
+from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_dir_name
 from megabert.utils.distributed import DistEnv, barrier, discover_env, init_distributed
 from megabert.utils.logging import get_logger, setup_logging
 from megabert.utils.timers import Timers
@@ -401,7 +401,9 @@ class Trainer:
 
     def _export(self) -> None:
         if self.cfg.parallel.tensor_parallel_size > 1:
-            log.info("tensor-parallel run: export with tools/convert_checkpoint.py merge-tp")
+            ckpt = Path(self.cfg.checkpoint.dir) / step_dir_name(self.state.step)
+            log.info("tensor-parallel run: export with python tools/convert_checkpoint.py merge-tp --input %s/ds "
+                     "--output %s/model --model-config %s/config.json", ckpt, self.cfg.output_dir, ckpt)
             return
         if self.is_main:
             from megabert.train.export import export_checkpoint
