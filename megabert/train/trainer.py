@@ -227,7 +227,7 @@ class Trainer:
         total = cfg.schedule.total_steps
         previous_handlers = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
         batches = self.data.train_batches(consumed_samples=st.consumed_samples)
-        progress = _ProgressBar(total, st.step, enabled=self.is_main)
+        progress = _ProgressBar(total, st.step, enabled=self.is_main, show_mfu=self.device.type == "cuda")
         window = _Window()
         clock = _RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
         nonfinite_in_a_row, last_saved, summary = 0, -1, {}
@@ -502,8 +502,8 @@ class _RunClock:
 class _ProgressBar:
     """tqdm on rank 0 when stderr is a terminal; otherwise one log line per log interval."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, total: int, initial: int, enabled: bool, show_mfu: bool = True):
+        self.enabled, self.show_mfu = enabled, show_mfu
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -518,6 +518,8 @@ class _ProgressBar:
         parts = {"loss": "n/a" if m["train/loss"] is None else f"{m['train/loss']:.4f}", "lr": f"{m['train/lr']:.2e}",
                  "tok/s": f"{m['train/tokens_per_s']:,.0f}", "mfu": f"{100 * m['train/mfu']:.1f}%",
                  "eta": _hms(m["train/eta_seconds"])}
+        if not self.show_mfu:  # a shared CPU's matmul peak is too noisy for a meaningful MFU
+            del parts["mfu"]
         if "train/cost_usd" in m:
             parts["cost"] = f"${m['train/cost_usd']:.2f}/${m['train/projected_cost_usd']:.2f}"
         if self.bar is not None:
