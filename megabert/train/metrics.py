@@ -2,8 +2,8 @@
 
 FLOPs follow docs' benchmark protocol (shared/DESIGN.md): 6 x matmul parameters x real tokens, the MLM head
 counted on the tokens it runs on (masked ones with the sparse head), plus attention 12 x layers x hidden x
-sum(s_i^2). This is a private estimate used for the trainer's MFU column: it counts useful work, not the
-kernels' work, so padding and recomputation never raise it.
+sum(s_i^2). The parameter counts come from megabert/utils/flops.py when it is installed (else an identical
+private copy). It counts useful work, not the kernels' work, so padding and recomputation never raise it.
 """
 
 from __future__ import annotations
@@ -21,16 +21,19 @@ from megabert.utils.logging import get_logger
 log = get_logger(__name__)
 
 
-def encoder_matmul_params(cfg: ModelConfig) -> int:
-    """Weights of the matrix multiplies every real token goes through (embedding lookups are not matmuls)."""
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    mlp_in = 2 * i * h if cfg.mlp_type == "geglu" else i * h
-    return cfg.num_layers * (4 * h * h + mlp_in + i * h)
+try:  # the project's FLOP counter (kernels' megabert/utils/flops.py) when present: one formula everywhere
+    from megabert.utils.flops import encoder_matmul_params, head_matmul_params
+except ImportError:  # the same formula, private to the trainer
 
+    def encoder_matmul_params(cfg: ModelConfig) -> int:
+        """Weights of the matrix multiplies every real token goes through (embedding lookups are not matmuls)."""
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        mlp_in = 2 * i * h if cfg.mlp_type == "geglu" else i * h
+        return cfg.num_layers * (4 * h * h + mlp_in + i * h)
 
-def head_matmul_params(cfg: ModelConfig) -> int:
-    """The MLM head: transform (H x H) and tied decoder (V x H)."""
-    return cfg.hidden_size * cfg.hidden_size + cfg.vocab_size * cfg.hidden_size
+    def head_matmul_params(cfg: ModelConfig) -> int:
+        """The MLM head: transform (H x H) and tied decoder (V x H)."""
+        return cfg.hidden_size * cfg.hidden_size + cfg.vocab_size * cfg.hidden_size
 
 
 def batch_counts(batch: dict[str, torch.Tensor], sparse_head: bool = True) -> dict[str, int]:
