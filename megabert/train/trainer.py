@@ -25,7 +25,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -120,7 +120,6 @@ class TrainState:
     consumed_samples: int = 0
     elapsed_seconds: float = 0.0
     skipped_steps: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
