@@ -12,11 +12,16 @@ from tests.train.launch import explain, losses, run_trainer, summaries, tiny_con
 @pytest.mark.slow
 def test_sigterm_then_sigkill_mid_save_then_resume_equals_uninterrupted(tmp_path):
     straight = tiny_config(tmp_path / "straight")
+    straight["logging"].update(tensorboard=True, gpu_hour_price=2.5)  # logging only: the losses are unchanged
     proc = run_trainer(straight, tmp_path)
     assert proc.returncode == 0, explain(proc)
     reference = losses(tmp_path / "straight")
     assert sorted(reference) == list(range(1, 13))
     assert (tmp_path / "straight" / "model" / "model.safetensors").is_file()  # exported at the end
+    assert list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
+    last = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < last["final/cost_usd"] <= last["final/projected_cost_usd"] + 1e-12
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["logging"]["gpu_hour_price"] == 2.5
 
     interrupted = tiny_config(tmp_path / "interrupted")
     ckpt = tmp_path / "interrupted" / "ckpt"
