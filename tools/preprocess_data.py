@@ -152,21 +152,19 @@ def _init_worker(args: argparse.Namespace) -> None:
     _ENCODER = ChunkEncoder(args)
 
 
-def _encode_in_worker(job: tuple[list[bytes], int]) -> ChunkResult:
+def _encode_in_worker(lines: list[bytes]) -> ChunkResult:
     assert _ENCODER is not None
-    return _ENCODER.encode(job[0])
+    return _ENCODER.encode(lines)
 
 
 def _jobs(files: list[str], chunk_lines: int, progress, state: dict):
-    """(lines, first line number) chunks of every file in order; notes truncated gzips in ``state``."""
+    """(path, first line number, lines) chunks of every file in order; notes truncated gzips in ``state``."""
     for path in files:
         size = os.path.getsize(path)
         line_no, last = 1, 0
         for lines, position, error in read_lines(path, chunk_lines):
-            state["path"], state["first_line"] = path, line_no
             if lines:
-                state.setdefault("chunks", []).append((path, line_no))
-                yield lines, line_no
+                yield path, line_no, lines
             line_no += len(lines)
             if progress is not None:
                 progress.update(position - last)
@@ -180,12 +178,14 @@ def _jobs(files: list[str], chunk_lines: int, progress, state: dict):
 def _ordered_map(pool, jobs, window: int):
     """pool.imap with back-pressure: at most ``window`` chunks in flight (imap would read the whole input)."""
     pending: collections.deque = collections.deque()
-    for job in jobs:
-        pending.append(pool.apply_async(_encode_in_worker, (job,)))
+    for path, line_no, lines in jobs:
+        pending.append((path, line_no, pool.apply_async(_encode_in_worker, (lines,))))
         if len(pending) >= window:
-            yield pending.popleft().get()
+            path, line_no, result = pending.popleft()
+            yield path, line_no, result.get()
     while pending:
-        yield pending.popleft().get()
+        path, line_no, result = pending.popleft()
+        yield path, line_no, result.get()
 
 
 def output_prefixes(prefix: str, keys: list[str], split_sentences: bool) -> list[str]:
@@ -217,10 +217,9 @@ def run(args: argparse.Namespace) -> dict:
             pool = ctx.Pool(args.workers, initializer=_init_worker, initargs=(args,))
             results = _ordered_map(pool, jobs, window=4 * args.workers)
         else:
-            results = (encoder.encode(lines) for lines, _ in jobs)
+            results = ((path, line_no, encoder.encode(lines)) for path, line_no, lines in jobs)
         reported = 0
-        for index, result in enumerate(results):
-            path, first_line = state["chunks"][index]
+        for path, first_line, result in results:
             if result.first_error and args.on_error == "fail":
                 offset, reason, detail = result.first_error
                 where = f"{path}:{first_line + offset}" if offset >= 0 else f"{path} (lines from {first_line})"
@@ -261,7 +260,7 @@ def run(args: argparse.Namespace) -> dict:
     elapsed = time.perf_counter() - start
     summary = {
         "outputs": prefixes, "files": len(files), "documents": documents, "tokens": tokens,
-        "text_mb": round(text_bytes / 1e6, 3), "seconds": round(elapsed, 3),
+        "input_mb": round(text_bytes / 1e6, 3), "seconds": round(elapsed, 3),
         "docs_per_s": round(documents / elapsed, 1), "mb_per_s": round(text_bytes / 1e6 / elapsed, 3),
         "skipped": {r: skipped.get(r, 0) for r in SKIP_REASONS}, "dtype": str(encoder.dtype),
     }
@@ -303,7 +302,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"preprocess_data.py: error: {err}", file=sys.stderr)
         return 1
     skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items())
-    print(f"documents {summary['documents']:,}  tokens {summary['tokens']:,}  text {summary['text_mb']} MB  "
+    print(f"documents {summary['documents']:,}  tokens {summary['tokens']:,}  input {summary['input_mb']} MB  "
           f"{summary['seconds']} s ({summary['docs_per_s']:,} docs/s, {summary['mb_per_s']} MB/s)")
     print(f"skipped: {skipped}")
     for prefix in summary["outputs"]:

@@ -6,14 +6,24 @@ Public entry points::
     data = build_mlm_data(data_cfg, seed, micro_batch_size, dp_rank, dp_size, train_samples)
     it = data.train_batches(consumed_samples)   # infinite, this rank's micro-batches
     vit = data.valid_batches()                   # one deterministic pass over the validation split
+
+Names are imported lazily, so the preprocessing tools (numpy + tokenizers only) never pay for importing torch.
 """
 
-from megabert.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter, optimal_dtype
-from megabert.data.loader import MLMData, build_mlm_data
-from megabert.data.masking import IGNORE_INDEX, MaskingSpec, mask_tokens
-from megabert.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from __future__ import annotations
 
-__all__ = [
-    "IGNORE_INDEX", "IndexedDataset", "IndexedDatasetWriter", "MLMData", "MaskingSpec", "Tokenizer",
-    "build_mlm_data", "build_tokenizer", "load_tokenizer", "mask_tokens", "optimal_dtype",
-]
+import importlib
+
+_EXPORTS = {
+    "IndexedDataset": "indexed_dataset", "IndexedDatasetWriter": "indexed_dataset", "optimal_dtype": "indexed_dataset",
+    "MLMData": "loader", "build_mlm_data": "loader",
+    "IGNORE_INDEX": "masking", "MaskingSpec": "masking", "mask_tokens": "masking",
+    "Tokenizer": "tokenizer", "build_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"megabert.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'megabert.data' has no attribute {name!r}")

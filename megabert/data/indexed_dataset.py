@@ -24,6 +24,7 @@ killed run never leaves a dataset that opens.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import struct
@@ -100,7 +101,8 @@ class IndexedDataset:
         if size < expected:
             raise IndexedDatasetError(f"{ipath!r} is truncated: {size} bytes, the header promises {expected}")
         self.dtype = np.dtype(DTYPE_CODES[code])
-        self._idx_map = np.memmap(ipath, dtype=np.uint8, mode="r")
+        with open(ipath, "rb") as f:
+            self._idx_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         buf = self._idx_map
         offset = HEADER_BYTES
         self.sequence_lengths = np.frombuffer(buf, dtype=np.int32, count=n_seq, offset=offset)
@@ -112,9 +114,14 @@ class IndexedDataset:
         need = int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize if n_seq else 0
         if bin_bytes < need:
             raise IndexedDatasetError(f"{bpath!r} is truncated: {bin_bytes} bytes, the index needs {need}")
-        # np.memmap cannot map an empty file; an empty dataset gets an empty array.
-        self.tokens = (np.memmap(bpath, dtype=self.dtype, mode="r") if bin_bytes
-                       else np.zeros(0, dtype=self.dtype))
+        # Plain ndarray views of mmap objects: slicing them is cheaper than slicing np.memmap. An empty file
+        # cannot be mapped; an empty dataset gets an empty array.
+        self._bin_map = None
+        if bin_bytes:
+            with open(bpath, "rb") as f:
+                self._bin_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.tokens = (np.frombuffer(self._bin_map, dtype=self.dtype, count=bin_bytes // self.dtype.itemsize)
+                       if self._bin_map is not None else np.zeros(0, dtype=self.dtype))
 
     def __getstate__(self) -> dict:
         return {"prefix": self.prefix}
@@ -138,6 +145,16 @@ class IndexedDataset:
         """Tokens [offset, offset + length) of sequence i (a view)."""
         seq = self[i]
         return seq[offset:] if length is None else seq[offset:offset + length]
+
+    def one_sequence_per_document(self, chunk: int = 1 << 22) -> bool:
+        """True when every document is exactly one sequence (no sentence splitting), checked in chunks."""
+        if len(self) != self.num_documents:
+            return False
+        for lo in range(0, self.num_documents, chunk):
+            hi = min(lo + chunk, self.num_documents)
+            if not np.array_equal(self.document_indices[lo + 1:hi + 1], np.arange(lo + 1, hi + 1)):
+                return False
+        return True
 
     def document_token_spans(self) -> tuple[np.ndarray, np.ndarray]:
         """(start element, token count) of every document in .bin; a document's sequences are contiguous."""

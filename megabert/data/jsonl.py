@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import io
 import os
 import zlib
 from typing import Iterator
@@ -40,9 +39,9 @@ def open_binary(path: str):
 
 def read_lines(path: str, chunk_lines: int = 1024) -> Iterator[tuple[list[bytes], int, str | None]]:
     """Yields (lines, compressed bytes read so far, error) chunks; a truncated/corrupt gzip ends the file with
-    error 'truncated_gzip' after every complete line before the damage."""
+    error 'truncated_gzip' after the lines decoded before the damage (all but at most a few KB)."""
     raw, stream = open_binary(path)
-    reader = io.BufferedReader(stream, buffer_size=1 << 20) if stream is not raw else stream
+    reader = stream  # GzipFile buffers small blocks itself, so little is lost before a damaged spot
     try:
         chunk: list[bytes] = []
         while True:

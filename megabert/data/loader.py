@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -53,6 +54,9 @@ class _BatchRecipe:
             block = rows[sel]
             self.splits[int(d)].fill_rows(sample_ids[sel], block, self.cls_id, self.sep_id)
             rows[sel] = block
+        if rows.max() >= len(self.spec.is_special):
+            raise ValueError(f"a batch holds token id {rows.max()} >= the tokenizer's vocabulary "
+                             f"({len(self.spec.is_special)}); was the data preprocessed with another tokenizer?")
         attention_mask = (rows != self.pad_id).astype(np.int64)
         keys = sample_keys(self.seed, self.stream, dataset_of, numbers)
         input_ids, labels = mask_tokens(rows, keys, self.mask_prob, self.spec, self.whole_word)
@@ -120,9 +124,7 @@ class MLMData:
         prefixes, weights = parse_data_path(data_cfg.data_path)
         datasets = [IndexedDataset(p) for p in prefixes]
         for ds in datasets:
-            if len(ds) and int(ds.tokens.max(initial=0)) >= tokenizer.vocab_size:
-                raise ValueError(f"{ds.prefix!r} holds token ids >= the tokenizer's vocabulary "
-                                 f"({tokenizer.vocab_size}); was it preprocessed with another tokenizer?")
+            _check_token_range(ds, tokenizer.vocab_size)
 
         def splits(name: str) -> list[SplitSamples]:
             return [SplitSamples(ds, data_cfg.split, name, data_cfg.sample_mode, data_cfg.seq_len, seed, i,
@@ -168,7 +170,8 @@ class MLMData:
         if workers == 0:
             return (dataset[t] for t in indices)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=indices, num_workers=workers,
-                                             prefetch_factor=4, persistent_workers=False)
+                                             prefetch_factor=4, persistent_workers=False,
+                                             worker_init_fn=_ignore_stop_signals)
         return iter(loader)
 
     def train_batches(self, consumed_samples: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -181,7 +184,7 @@ class MLMData:
 
     def valid_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """One deterministic pass over the validation split (``eval_mask_prob``, fixed masks): every rank yields
-        the same number of micro-batches, ``max(1, valid samples // (micro x dp))``."""
+        the same number of micro-batches, ``max(1, valid samples // (micro x dp))``. Call again to start over."""
         owners = np.concatenate([np.full(s.num_samples, i, dtype=np.int64) for i, s in enumerate(self.valid_splits)])
         ids = np.concatenate([np.arange(s.num_samples, dtype=np.int64) for s in self.valid_splits])
         if len(ids) == 0:
@@ -189,7 +192,24 @@ class MLMData:
         order = np.random.default_rng([self.seed, 0x7A11D]).permutation(len(ids))
         dataset = _ValidBatches(self._valid_recipe, owners[order], ids[order], self.micro_batch_size,
                                 self.dp_rank, self.dp_size)
-        return self._loader(dataset, range(len(dataset)))
+        # Built in this process: an evaluation reads a few batches, less than worker start-up would cost.
+        return (dataset[t] for t in range(len(dataset)))
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGUSR1/SIGINT to the training process. SLURM preemption and `timeout` signal the
+    whole process group; a worker dying of it would make the DataLoader raise inside the training step before
+    the trainer could save its checkpoint. The DataLoader still ends its workers when the trainer exits."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _check_token_range(ds: IndexedDataset, vocab_size: int, probe: int = 1 << 20) -> None:
+    """Catches data tokenized with another vocabulary early, reading only the first ``probe`` tokens."""
+    head = ds.tokens[:probe]
+    if head.size and int(head.max()) >= vocab_size:
+        raise ValueError(f"{ds.prefix!r} holds token id {int(head.max())} >= the tokenizer's vocabulary "
+                         f"({vocab_size}); was it preprocessed with another tokenizer?")
 
 
 class _Counter(torch.utils.data.Sampler):

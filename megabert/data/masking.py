@@ -76,9 +76,12 @@ def mask_tokens(input_ids: np.ndarray, keys: np.ndarray, mask_prob: float, spec:
     select_bits = _uniform(keys, seq_len, _STREAM_SELECT)
     select_u = (select_bits >> np.uint64(11)).astype(np.float64) * _TWO_POW_MINUS_53  # [B, S] in [0, 1)
     if whole_word:
-        # Each continuation token takes the draw of its word's head: the last eligible non-continuation token at
-        # or before it. A continuation with no head in the row keeps its own draw.
-        head = eligible & ~spec.is_continuation[input_ids]
+        # Each continuation token takes the draw of its word's head: the last head at or before it. A head is an
+        # eligible token that starts a word, or any eligible token right after a special one ([CLS], [SEP]),
+        # since a document's first word carries no word-start marker in byte-level BPE vocabularies.
+        after_special = np.ones_like(eligible)
+        after_special[:, 1:] = ~eligible[:, :-1]
+        head = eligible & (~spec.is_continuation[input_ids] | after_special)
         positions = np.arange(seq_len)[None, :]
         head_pos = np.maximum.accumulate(np.where(head, positions, -1), axis=1)  # [B, S]
         take = np.where(head_pos >= 0, head_pos, positions)
