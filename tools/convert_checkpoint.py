@@ -44,12 +44,16 @@ def add_tensor_parallel_commands(commands) -> None:
         description="Reads a sharded megabert model directory (config.json + model-tpXX-of-NN.safetensors) or a "
                     "DeepSpeed checkpoint tag directory (mp_rank_XX_model_states.pt) and writes config.json + "
                     "model.safetensors. Exact: shards are concatenated, never recomputed.")
-    merge.add_argument("--input", required=True, help="sharded model directory or DeepSpeed checkpoint tag directory")
+    merge.add_argument("--input", required=True, help="sharded model directory, DeepSpeed checkpoint tag directory, "
+                                                      "or a trainer checkpoint step_N/ (holding one tag directory)")
     merge.add_argument("--output", required=True, help="model directory to write")
     merge.add_argument("--model-config", help="JSON with a 'model' section (needed when --input has no config.json, "
                                               "e.g. a DeepSpeed tag: pass the run's resolved config)")
     merge.add_argument("--strict", action="store_true",
                        help="fail (instead of warn) when a replicated tensor differs between TP ranks")
+    merge.add_argument("--module-weights", action="store_true",
+                       help="DeepSpeed input: take the module weights as saved (bf16 in a bf16 run) instead of the "
+                            "fp32 master weights consolidated from the ZeRO optimizer files")
     merge.set_defaults(run=_merge_tp)
 
     split = commands.add_parser(
@@ -75,7 +79,8 @@ def _model_config_arg(path: str | None):
 def _merge_tp(args: argparse.Namespace) -> int:
     from megabert.parallel.tp_checkpoint import merge_checkpoint
 
-    out = merge_checkpoint(args.input, args.output, _model_config_arg(args.model_config), args.strict)
+    out = merge_checkpoint(args.input, args.output, _model_config_arg(args.model_config), args.strict,
+                           fp32_master=not args.module_weights)
     print(f"merged {args.input} -> {out}")
     return 0
 

@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from megabert.parallel.mappings import copy_to_tensor_parallel, reduce_from_tensor_parallel
 
 
+def _is_parallel(group) -> bool:
+    """Decided once at construction: with one TP rank the layers are plain F.linear / F.embedding calls."""
+    return group is not None and dist.get_world_size(group) > 1
+
+
 class ColumnParallelLinear(nn.Module):
     """y_r = x W_r^T + b_r: this rank's slice of the output features; the input is the full, replicated x."""
 
@@ -25,9 +30,12 @@ class ColumnParallelLinear(nn.Module):
         self.weight = nn.Parameter(weight)  # [out / tp, in]
         self.bias = nn.Parameter(bias) if bias is not None else None  # [out / tp]
         self.group = group
+        self.parallel = _is_parallel(group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(copy_to_tensor_parallel(x, self.group), self.weight, self.bias)
+        if self.parallel:
+            x = copy_to_tensor_parallel(x, self.group)
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"local_out={self.weight.shape[0]}, in={self.weight.shape[1]}, bias={self.bias is not None}"
@@ -42,7 +50,7 @@ class RowParallelLinear(nn.Module):
         self.weight = nn.Parameter(weight)  # [out, in / tp]
         self.bias = nn.Parameter(bias) if bias is not None else None  # [out], replicated
         self.group = group
-        self.parallel = group is not None and dist.get_world_size(group) > 1
+        self.parallel = _is_parallel(group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.parallel:
@@ -68,7 +76,7 @@ class VocabParallelEmbedding(nn.Module):
         owns_padding = padding_idx is not None and self.vocab_start <= padding_idx < self.vocab_end
         self.padding_idx = padding_idx - vocab_start if owns_padding else None
         self.group = group
-        self.parallel = group is not None and dist.get_world_size(group) > 1
+        self.parallel = _is_parallel(group)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.parallel:

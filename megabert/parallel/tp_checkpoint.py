@@ -48,15 +48,20 @@ def split_state_dict(state: dict[str, torch.Tensor], tp_size: int, mlp_type: str
     """A full (TP = 1) state dict -> tp_size state dicts, one per TP rank (replicated tensors are shared)."""
     if tp_size < 1:
         raise ValueError(f"tp_size must be >= 1, got {tp_size}")
-    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp_size)]
+    return [split_state_dict_for_rank(state, tp_size, rank, mlp_type) for rank in range(tp_size)]
+
+
+def split_state_dict_for_rank(state: dict[str, torch.Tensor], tp_size: int, tp_rank: int,
+                              mlp_type: str = "geglu") -> dict[str, torch.Tensor]:
+    """TP rank `tp_rank`'s part of split_state_dict (without materialising the other ranks' shards)."""
+    out = {}
     for key, tensor in state.items():
         spec = shard_spec(key, mlp_type)
-        for rank in range(tp_size):
-            try:
-                shards[rank][key] = tensor if spec is None else split_tensor(tensor, spec, tp_size, rank)
-            except ValueError as e:
-                raise ValueError(f"cannot split {key} {tuple(tensor.shape)} into {tp_size} shards: {e}") from None
-    return shards
+        try:
+            out[key] = tensor if spec is None else split_tensor(tensor, spec, tp_size, tp_rank)
+        except ValueError as e:
+            raise ValueError(f"cannot split {key} {tuple(tensor.shape)} into {tp_size} shards: {e}") from None
+    return out
 
 
 def merge_state_dicts(shards: list[dict[str, torch.Tensor]], mlp_type: str = "geglu",
@@ -158,14 +163,6 @@ def write_config(directory: str | Path, model_cfg: ModelConfig, tp_size: int, ex
     (directory / CONFIG_NAME).write_text(json.dumps(content, indent=2) + "\n")
 
 
-def save_model_shard(model: nn.Module, directory: str | Path, tp_rank: int, tp_size: int,
-                     model_cfg: ModelConfig) -> None:
-    """Called on every rank of one data-parallel replica (dp_rank 0): each writes its shard, TP rank 0 the config."""
-    write_shard(model.state_dict(), directory, tp_rank, tp_size)
-    if tp_rank == 0:
-        write_config(directory, model_cfg, tp_size)
-
-
 def read_config(directory: str | Path) -> tuple[Optional[ModelConfig], dict]:
     """(ModelConfig or None, the whole config.json or {})."""
     path = Path(directory) / CONFIG_NAME
@@ -175,9 +172,15 @@ def read_config(directory: str | Path) -> tuple[Optional[ModelConfig], dict]:
     return from_dict(ModelConfig, content["model"], "model."), content
 
 
-def read_shards(directory: str | Path) -> list[dict[str, torch.Tensor]]:
-    """The per-rank state dicts of a sharded model directory or of a DeepSpeed checkpoint tag directory
-    (a TP = 1 model directory reads as a single shard)."""
+def read_shards(directory: str | Path, fp32_master: bool = True) -> list[dict[str, torch.Tensor]]:
+    """The per-rank state dicts of a sharded model directory, of a DeepSpeed checkpoint tag directory, or of a
+    directory holding exactly one such tag directory (a trainer's step_N/); a TP = 1 model directory reads as a
+    single shard.
+
+    For DeepSpeed checkpoints with ZeRO optimizer files and `fp32_master`, each TP rank's fp32 master weights are
+    consolidated over its data-parallel partitions (DeepSpeed's zero_to_fp32, one TP rank at a time): the exact
+    weights of a bf16 run, not their bf16 copies. Otherwise the module weights as saved are used.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -193,28 +196,82 @@ def read_shards(directory: str | Path) -> list[dict[str, torch.Tensor]]:
         return [load_file(str(p)) for p in paths]
     if (directory / WEIGHTS_NAME).is_file():
         return [load_file(str(directory / WEIGHTS_NAME))]
-    deepspeed_files = sorted((int(m.group(1)), p) for p in directory.iterdir()
-                             if (m := _DEEPSPEED_SHARD.match(p.name)))
-    if deepspeed_files:
-        ranks = [r for r, _ in deepspeed_files]
-        if ranks != list(range(len(ranks))):
-            raise FileNotFoundError(f"{directory} has DeepSpeed model files for TP ranks {ranks}; expected 0..N-1")
-        return [torch.load(p, map_location="cpu", weights_only=False)["module"] for _, p in deepspeed_files]
-    raise FileNotFoundError(f"{directory} holds neither a megabert model ({CONFIG_NAME} + {WEIGHTS_NAME} or "
-                            f"{shard_file_name(0, 2)}...) nor DeepSpeed mp_rank_XX_model_states.pt files")
+    tag_dir = _deepspeed_tag_dir(directory)
+    if tag_dir is None:
+        raise FileNotFoundError(f"{directory} holds neither a megabert model ({CONFIG_NAME} + {WEIGHTS_NAME} or "
+                                f"{shard_file_name(0, 2)}...) nor DeepSpeed mp_rank_XX_model_states.pt files")
+    model_files = sorted((int(m.group(1)), p) for p in tag_dir.iterdir() if (m := _DEEPSPEED_SHARD.match(p.name)))
+    ranks = [r for r, _ in model_files]
+    if ranks != list(range(len(ranks))):
+        raise FileNotFoundError(f"{tag_dir} has DeepSpeed model files for TP ranks {ranks}; expected 0..N-1")
+    shards = []
+    for tp_rank, model_file in model_files:
+        optim_files = sorted(tag_dir.glob(f"*zero_pp_rank_*_mp_rank_{tp_rank:02d}_optim_states.pt"))
+        if fp32_master and optim_files:
+            shards.append(_zero_fp32_master_weights(model_file, optim_files))
+        else:
+            shards.append(torch.load(model_file, map_location="cpu", weights_only=False)["module"])
+    return shards
+
+
+def _deepspeed_tag_dir(directory: Path) -> Optional[Path]:
+    has_files = lambda d: any(_DEEPSPEED_SHARD.match(p.name) for p in d.iterdir())
+    if has_files(directory):
+        return directory
+    tags = [d for d in sorted(directory.iterdir()) if d.is_dir() and has_files(d)]
+    if len(tags) > 1:
+        names = ", ".join(d.name for d in tags)
+        raise FileNotFoundError(f"{directory} holds several DeepSpeed checkpoint tags ({names}); pass one of them")
+    return tags[0] if tags else None
+
+
+def _zero_fp32_master_weights(model_file: Path, optim_files: list[Path]) -> dict[str, torch.Tensor]:
+    """One TP rank's fp32 weights from its ZeRO 1/2 partitions. DeepSpeed's zero_to_fp32 reads every
+    *_model_states.pt / *_optim_states.pt of a tag directory, so it is shown only this rank's files."""
+    import tempfile
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tag = Path(tmp) / "tp_rank"
+        tag.mkdir()
+        for f in [model_file, *optim_files]:
+            (tag / f.name).symlink_to(f.resolve())
+        state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag="tp_rank")
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def load_rank_state_dict(directory: str | Path, tp_size: int, tp_rank: int,
+                         mlp_type: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """TP rank `tp_rank`'s state dict for a run with `tp_size` ranks, from any directory read_shards understands,
+    whatever TP it was saved with (merged and re-split in memory when the sizes differ). For loading weights
+    into a parallelized model: `model.load_state_dict(load_rank_state_dict(d, groups.tp_size, groups.tp_rank))`.
+    """
+    cfg, _ = read_config(directory)
+    mlp_type = mlp_type or (cfg.mlp_type if cfg is not None else None)
+    if mlp_type is None:
+        raise ValueError(f"{directory} has no {CONFIG_NAME}: pass mlp_type ('geglu' or 'gelu')")
+    shards = read_shards(directory)
+    if len(shards) == tp_size:
+        return shards[tp_rank]
+    full = shards[0] if len(shards) == 1 else merge_state_dicts(shards, mlp_type)
+    return split_state_dict_for_rank(full, tp_size, tp_rank, mlp_type)
 
 
 def merge_checkpoint(src: str | Path, dst: str | Path, model_cfg: Optional[ModelConfig] = None,
-                     strict_replicated: bool = False) -> Path:
-    """A TP = N checkpoint directory -> a TP = 1 model directory (config.json + model.safetensors)."""
+                     strict_replicated: bool = False, fp32_master: bool = True) -> Path:
+    """A TP = N checkpoint directory -> a TP = 1 model directory (config.json + model.safetensors).
+
+    `src`: a sharded model directory, a DeepSpeed tag directory or a trainer checkpoint (step_N/, whose
+    config.json is the run config). See read_shards for `fp32_master`.
+    """
     cfg, content = read_config(src)
     cfg = model_cfg or cfg
     if cfg is None:
         raise FileNotFoundError(f"{src} has no {CONFIG_NAME}; pass the model config (--model-config) explicitly")
-    shards = read_shards(src)
+    shards = read_shards(src, fp32_master)
     merged = merge_state_dicts(shards, cfg.mlp_type, strict_replicated)
-    extra = {k: v for k, v in content.items() if k not in ("model", TP_KEY)}
-    return save_sharded([merged], dst, cfg, extra)
+    return save_sharded([merged], dst, cfg, _model_dir_extras(content, src))
 
 
 def split_checkpoint(src: str | Path, dst: str | Path, tp_size: int,
@@ -230,5 +287,13 @@ def split_checkpoint(src: str | Path, dst: str | Path, tp_size: int,
     shards = read_shards(src)
     if len(shards) != 1:
         raise ValueError(f"{src} is already split into {len(shards)} TP shards; merge it first (merge-tp)")
-    extra = {k: v for k, v in content.items() if k not in ("model", TP_KEY)}
-    return save_sharded(split_state_dict(shards[0], tp_size, cfg.mlp_type), dst, cfg, extra)
+    return save_sharded(split_state_dict(shards[0], tp_size, cfg.mlp_type), dst, cfg,
+                        _model_dir_extras(content, src))
+
+
+def _model_dir_extras(content: dict, src: str | Path) -> dict:
+    """What a converted model directory keeps from its source's config.json: a model directory's extra keys;
+    of a whole run config (it has a 'parallel' section) only where it came from."""
+    if "parallel" in content:
+        return {"source_checkpoint": str(src)}
+    return {k: v for k, v in content.items() if k not in ("model", TP_KEY)}

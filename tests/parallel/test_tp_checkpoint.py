@@ -8,7 +8,8 @@ import torch
 from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 from megabert.model.pretrained import save_pretrained
 from megabert.parallel.sharding import ShardSpec, merge_tensors, split_tensor
-from megabert.parallel.tp_checkpoint import merge_state_dicts, read_shards, split_state_dict
+from megabert.parallel.tp_checkpoint import (load_rank_state_dict, merge_state_dicts, read_shards, save_sharded,
+                                             split_state_dict)
 from tests.parallel.tiny import plain_bert_config, tiny_config
 
 MODELS = {
@@ -75,7 +76,8 @@ def test_convert_checkpoint_split_tp_and_merge_tp_round_trip(tmp_path, convert, 
     assert sorted(p.name for p in (tmp_path / "tp2").iterdir()) == [
         "config.json", "model-tp00-of-02.safetensors", "model-tp01-of-02.safetensors"]
 
-    assert convert(["merge-tp", "--input", str(tmp_path / "tp2"), "--output", str(tmp_path / "merged"), "--strict"]) == 0
+    merge_args = ["merge-tp", "--input", str(tmp_path / "tp2"), "--output", str(tmp_path / "merged"), "--strict"]
+    assert convert(merge_args) == 0
     (merged,) = read_shards(tmp_path / "merged")
     state = model.state_dict()
     assert merged.keys() == state.keys()
@@ -91,3 +93,16 @@ def test_convert_checkpoint_split_tp_rejects_sizes_that_do_not_split(tmp_path, c
     save_pretrained(model, tmp_path / "full", model.cfg)
     assert convert(["split-tp", "--input", str(tmp_path / "full"), "--output", str(tmp_path / "tp3"), "--tp", "3"]) == 2
     assert "model.num_heads (4) is not divisible by tensor_parallel_size (3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("saved_tp,run_tp", [(1, 2), (2, 2), (2, 4), (4, 2), (2, 1)])
+def test_a_rank_loads_its_shard_whatever_tp_the_checkpoint_has(tmp_path, saved_tp, run_tp):
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(plain_bert_config())
+    state = model.state_dict()
+    save_sharded(split_state_dict(state, saved_tp, "gelu"), tmp_path / "saved", model.cfg)
+    expected = split_state_dict(state, run_tp, "gelu")
+    for rank in range(run_tp):
+        loaded = load_rank_state_dict(tmp_path / "saved", run_tp, rank)
+        assert loaded.keys() == state.keys()
+        assert all(torch.equal(loaded[k], expected[rank][k]) for k in state)

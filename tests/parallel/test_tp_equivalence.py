@@ -11,7 +11,7 @@ from tests.parallel.workers import forward_backward_worker
 pytestmark = pytest.mark.slow
 TP = 2
 TOL = dict(rtol=1e-5, atol=1e-6)
-MODELS = ("mosaic_mlm", "mosaic_mlm_dropout", "plain_bert_mlm", "mosaic_classification")
+MODELS = ("mosaic_mlm", "mosaic_mlm_dropout", "mosaic_mlm_eager_attention", "plain_bert_mlm", "mosaic_classification")
 
 
 @pytest.fixture(scope="module")

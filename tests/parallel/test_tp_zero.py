@@ -1,11 +1,15 @@
 """TP = 2 x DP = 2 (4 processes) through DeepSpeed ZeRO-1 and ZeRO-2 tracks a single process, clipping included."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from megabert.parallel.tp_checkpoint import merge_state_dicts, read_shards
+from megabert.config import TrainConfig, to_dict
+from megabert.parallel.tp_checkpoint import merge_checkpoint, merge_state_dicts, read_config, read_shards
 from tests.parallel.launch import run_on_processes
+from tests.parallel.tiny import tiny_config
 from tests.parallel.workers import single_process_reference, zero_tp_worker
 
 pytestmark = pytest.mark.slow
@@ -73,3 +77,31 @@ def test_deepspeed_checkpoint_is_sharded_by_tp_rank_and_merges(run):
     merged = merge_state_dicts(shards, strict_replicated=True)
     for key, tensor in reference["state"].items():
         torch.testing.assert_close(merged[key], tensor, rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+
+
+def test_bf16_run_merges_to_its_fp32_master_weights(run):
+    """A bf16 run's shards merge to the ZeRO fp32 master weights (consolidated per TP rank over DP partitions),
+    whose bf16 rounding is exactly the module's bf16 weights."""
+    _, _, ckpt = run
+    tag = ckpt / "run2" / "final"
+    master = merge_state_dicts(read_shards(tag), strict_replicated=True)
+    module = merge_state_dicts(read_shards(tag, fp32_master=False), strict_replicated=True)
+    assert master.keys() == module.keys()
+    assert all(t.dtype == torch.float32 for t in master.values())
+    assert all(t.dtype == torch.bfloat16 for t in module.values())
+    for key in master:
+        assert torch.equal(master[key].to(torch.bfloat16), module[key]), key
+    assert any(not torch.equal(master[k], module[k].float()) for k in master)  # more than bf16 precision
+
+
+def test_merge_tp_reads_a_trainer_step_directory(run, tmp_path):
+    """step_N/ = run config.json + one DeepSpeed tag directory: merge-tp needs no other argument."""
+    _, _, ckpt = run
+    step_dir = ckpt / "run0"  # holds the tag directory final/
+    (step_dir / "config.json").write_text(json.dumps(to_dict(TrainConfig(model=tiny_config()))))
+    out = merge_checkpoint(step_dir, tmp_path / "exported")
+    (merged,) = read_shards(out)
+    expected = merge_state_dicts(read_shards(step_dir / "final"))
+    assert merged.keys() == expected.keys() and all(torch.equal(merged[k], expected[k]) for k in merged)
+    cfg, content = read_config(out)
+    assert cfg == tiny_config() and set(content) == {"model", "source_checkpoint"}

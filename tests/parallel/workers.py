@@ -18,6 +18,7 @@ def _variants():
     return {
         "mosaic_mlm": (lambda: MosaicBertForMaskedLM(tiny_config())),
         "mosaic_mlm_dropout": (lambda: MosaicBertForMaskedLM(tiny_config(hidden_dropout=0.1))),
+        "mosaic_mlm_eager_attention": (lambda: MosaicBertForMaskedLM(tiny_config(attention_backend="eager"))),
         "plain_bert_mlm": (lambda: MosaicBertForMaskedLM(plain_bert_config())),
         "mosaic_classification": (lambda: MosaicBertForSequenceClassification(tiny_config(), num_labels=3)),
     }
@@ -66,7 +67,7 @@ def forward_backward_worker(rank: int, world_size: int) -> dict:
 # TP x DP training with DeepSpeed ZeRO, against a single process
 # ----------------------------------------------------------------------------------------------------------------
 
-ZERO_RUN = dict(steps=20, lr=2e-3, grad_clip=0.5, micro_batch_seed=1000)
+ZERO_RUN = dict(lr=2e-3, grad_clip=0.5, micro_batch_seed=1000)
 
 
 def _micro_batch(cfg, step: int, dp_rank: int) -> dict:
