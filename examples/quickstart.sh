@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine: install, preprocess the bundled sample corpus, pretrain the tiny MosaicBERT
-# for 300 steps (a few minutes on 2 CPU cores; a GPU is used when present), show the masked-LM loss falling on
+# for 500 steps (about 4 minutes on 2 idle CPU cores; a GPU is used when present), show the masked-LM loss falling on
 # the training and validation splits, and export the final checkpoint to a plain model directory.
 #
 #   bash examples/quickstart.sh                 # outputs under runs/quickstart (recreated on every call)
