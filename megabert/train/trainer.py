@@ -12,8 +12,9 @@ What happens, in order:
     MLM loss and accuracy; every save_interval and at the end: an atomic checkpoint; SIGTERM / SIGUSR1: save
     and exit cleanly. At the end the model is exported to output_dir/model.
 
-Only one host-device synchronisation per optimizer step (a 3-number all-reduce that carries the non-finite
-flag and the stop request); losses are summed on the device and read at log intervals.
+No host-device synchronisation in a step: the non-finite flag and the stop request are all-reduced on the device;
+fused Adam skips a non-finite update on the device by itself, and the host reads the flags one step later (when
+they are long computed) to warn, count and stop. Losses are summed on the device and read at log intervals.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ class Trainer:
         from megabert.train.optimizer import build_optimizer, build_scheduler
 
         model.to(self.device)
-        self.optimizer = build_optimizer(model, cfg.optim, fused=self.device.type == "cuda")
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self._pending_flags = None  # (step, device->host copy of [non-finite, stop], event) read one step late
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.engine = initialize(model, self.optimizer, self.scheduler, self.ds_config, mpu=self.mpu)
         if cfg.parallel.compile:
@@ -234,21 +236,10 @@ class Trainer:
         try:
             while st.step < total:
                 step_start = time.perf_counter()
-                nonfinite, stop = self._train_step(batches, window)
+                flag_step, nonfinite, stop = self._train_step(batches, window)
                 st.step += 1
                 st.consumed_samples += cfg.global_batch_size
-                if nonfinite:
-                    nonfinite_in_a_row += 1
-                    st.skipped_steps += 1
-                    log.warning("step %d: non-finite loss on %d micro-batch(es); update skipped (%d in a row)",
-                                st.step, nonfinite, nonfinite_in_a_row)
-                    if nonfinite_in_a_row >= cfg.logging.max_nonfinite_steps:
-                        raise FloatingPointError(
-                            f"{nonfinite_in_a_row} consecutive steps had a non-finite loss (logging."
-                            f"max_nonfinite_steps); lower optim.lr, check the data, or resume from an earlier "
-                            f"checkpoint")
-                else:
-                    nonfinite_in_a_row = 0
+                nonfinite_in_a_row = self._check_nonfinite(flag_step, nonfinite, nonfinite_in_a_row)
                 step_time = time.perf_counter() - step_start
                 st.elapsed_seconds += step_time
                 window.seconds += step_time
@@ -269,6 +260,8 @@ class Trainer:
                     return summary
                 if cfg.checkpoint.save_interval and st.step % cfg.checkpoint.save_interval == 0:
                     last_saved = self._save()
+            flag_step, nonfinite, _ = self._read_pending_flags()  # the last step's, when read one step late
+            self._check_nonfinite(flag_step, nonfinite, nonfinite_in_a_row)
             if last_saved != st.step:
                 self._save()
             summary.update(self._run_summary(clock))
@@ -284,10 +277,17 @@ class Trainer:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
 
-    def _train_step(self, batches: Iterator[dict], window: "_Window") -> tuple[int, int]:
-        """One optimizer step over `accum` micro-batches. Returns (non-finite micro-batches, stop signal)."""
-        engine, device = self.engine, self.device
-        flags = torch.zeros(3, device=device, dtype=torch.float32)  # [loss sum, non-finite count, stop]
+    def _train_step(self, batches: Iterator[dict], window: "_Window") -> tuple[int, int, int]:
+        """One optimizer step over `accum` micro-batches. Returns (step, non-finite flag, stop signal) for the
+        latest step whose flags the host knows: this one when the optimizer skips on the host, else the previous
+        one -- the device then skips a non-finite update by itself and the host reads the flags a step late, so
+        it never waits for the device (no bubble before the optimizer step)."""
+        engine, device, optimizer = self.engine, self.device, self.optimizer
+        step = self.state.step + 1
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        finite_count = torch.zeros((), device=device, dtype=torch.float32)
+        flags = torch.zeros(2, device=device, dtype=torch.float32)  # [non-finite (any rank), stop signal]
+        known = (step, 0, 0)
         for micro in range(self.accum):
             with self.timers("data"):
                 batch = next(batches)
@@ -296,23 +296,52 @@ class Trainer:
             loss = engine(**inputs).loss
             engine.backward(loss)
             finite = torch.isfinite(loss.detach())
-            flags[0] += torch.where(finite, loss.detach().float(), 0.0)
-            flags[1] += (~finite).float()
+            loss_sum += torch.where(finite, loss.detach().float(), 0.0)
+            finite_count += finite.float()
             if micro == self.accum - 1:
-                flags[2] = float(self._stop_signal or 0)
+                flags[0] = self.accum - finite_count
+                flags[1] = float(self._stop_signal or 0)
                 if self.world_size > 1:
-                    reduce_op = dist.ReduceOp.MAX
-                    both = flags[1:].clone()
-                    dist.all_reduce(both, op=reduce_op)
-                    flags[1:] = both
-                nonfinite, stop = (int(x) for x in flags[1:].tolist())  # the step's one sync
-                self.optimizer.skip_next_step = nonfinite > 0
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                if optimizer.skips_on_device:
+                    optimizer.nonfinite = (flags[0] > 0).float()
+                    known = self._read_pending_flags()
+                    self._pending_flags = (step, flags.to("cpu", non_blocking=True), _record_event(device))
+                else:
+                    nonfinite, stop = (int(x) for x in flags.tolist())  # the step's one sync
+                    optimizer.skip_next_step = nonfinite > 0
+                    known = (step, nonfinite, stop)
             engine.step()
-        self.optimizer.skip_next_step = False
-        window.loss_sum += flags[0]
-        window.loss_count += self.accum - nonfinite
+        optimizer.skip_next_step, optimizer.nonfinite = False, None
+        window.loss_sum = window.loss_sum + loss_sum
+        window.loss_count = window.loss_count + finite_count
         window.steps += 1
-        return nonfinite, stop
+        return known
+
+    def _read_pending_flags(self) -> tuple[int, int, int]:
+        """(step, non-finite, stop) copied to the host a step ago; its event finished long since."""
+        if self._pending_flags is None:
+            return self.state.step, 0, 0
+        step, host, event = self._pending_flags
+        self._pending_flags = None
+        if event is not None:
+            event.synchronize()
+        nonfinite, stop = (int(x) for x in host.tolist())
+        return step, nonfinite, stop
+
+    def _check_nonfinite(self, step: int, nonfinite: int, in_a_row: int) -> int:
+        """Warns about a skipped step; raises after logging.max_nonfinite_steps in a row. Returns the streak."""
+        if not nonfinite:
+            return 0
+        in_a_row += 1
+        self.state.skipped_steps += 1
+        log.warning("step %d: non-finite loss on %d micro-batch(es); update skipped (%d in a row)", step, nonfinite,
+                    in_a_row)
+        if in_a_row >= self.cfg.logging.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{in_a_row} consecutive steps had a non-finite loss (logging.max_nonfinite_steps); lower optim.lr, "
+                f"check the data, or resume from an earlier checkpoint")
+        return in_a_row
 
     def _on_stop_signal(self, signum: int, frame) -> None:
         self._stop_signal = signum
@@ -431,6 +460,14 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _record_event(device: torch.device):
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
 def _as_float(value) -> Optional[float]:
     if value is None:
         return None
@@ -442,8 +479,8 @@ class _Window:
 
     def __init__(self) -> None:
         self.steps, self.seconds = 0, 0.0
-        self.loss_sum: Any = 0.0
-        self.loss_count = 0
+        self.loss_sum: Any = 0.0  # device tensors once a step has run
+        self.loss_count: Any = 0.0
         self.counts = {"samples": 0, "real_tokens": 0, "padded_tokens": 0, "flops": 0.0}
         self.totals_real_tokens = 0.0  # after reduce, for the run summary
         self.totals_flops = 0.0
@@ -458,10 +495,10 @@ class _Window:
     def reduced(self, device: torch.device, tensor_parallel_size: int) -> dict[str, float]:
         """Sums over all ranks (one all-reduce). The tensor-parallel ranks of one replica see the same batch, so
         the world sum counts each replica's work tp times."""
-        loss = self.loss_sum if torch.is_tensor(self.loss_sum) else torch.tensor(float(self.loss_sum))
-        values = torch.stack([loss.to(device=device, dtype=torch.float64),
+        as_tensor = lambda x: torch.as_tensor(x, dtype=torch.float64).to(device)
+        values = torch.stack([as_tensor(self.loss_sum), as_tensor(self.loss_count),
                               *(torch.tensor(float(x), dtype=torch.float64, device=device)
-                                for x in (self.loss_count, self.counts["samples"], self.counts["real_tokens"],
+                                for x in (self.counts["samples"], self.counts["real_tokens"],
                                           self.counts["padded_tokens"], self.counts["flops"]))])
         world = dist.get_world_size() if dist.is_initialized() else 1
         if world > 1:

@@ -44,6 +44,21 @@ def test_skip_next_step_leaves_parameters_and_state_untouched():
     assert torch.equal(p.detach(), torch.ones(2)) and not opt.state
 
 
+def test_device_flag_skips_the_update_without_a_host_decision():
+    """Fused Adam with `nonfinite` = 1 leaves parameters, decay and step count untouched; 0 steps normally."""
+    p, q = nn.Parameter(torch.full((3,), 2.0)), nn.Parameter(torch.full((3,), 2.0))
+    flagged = DecoupledAdamW([p], lr=0.1, weight_decay=0.1, fused=True)
+    plain = DecoupledAdamW([q], lr=0.1, weight_decay=0.1, fused=True)
+    p.grad, q.grad = torch.ones(3), torch.ones(3)
+    flagged.nonfinite = torch.tensor(1.0)
+    flagged.step()
+    assert torch.equal(p.detach(), torch.full((3,), 2.0)) and flagged.state[p]["step"].item() == 0
+    flagged.nonfinite = torch.tensor(0.0)
+    flagged.step()
+    plain.step()
+    torch.testing.assert_close(p, q)
+
+
 def test_biases_and_layernorm_are_not_decayed():
     from megabert.model.bert import MosaicBertForMaskedLM
 
