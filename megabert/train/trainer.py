@@ -24,7 +24,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from megabert.config import ConfigError, TrainConfig, to_dict
 from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.train import metrics as M
 from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_dir_name
+from megabert.train.progress import ProgressBar, RunClock, Window
 from megabert.utils.distributed import DistEnv, barrier, discover_env, init_distributed
 from megabert.utils.logging import get_logger, setup_logging
 from megabert.utils.timers import Timers
@@ -228,9 +228,9 @@ class Trainer:
         total = cfg.schedule.total_steps
         previous_handlers = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
         batches = self.data.train_batches(consumed_samples=st.consumed_samples)
-        progress = _ProgressBar(total, st.step, enabled=self.is_main, show_mfu=self.device.type == "cuda")
-        window = _Window()
-        clock = _RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
+        progress = ProgressBar(total, st.step, enabled=self.is_main, show_mfu=self.device.type == "cuda")
+        window = Window()
+        clock = RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
         nonfinite_in_a_row, last_saved, summary = 0, -1, {}
         self.engine.train()
         try:
@@ -248,7 +248,7 @@ class Trainer:
                 if st.step % cfg.logging.log_interval == 0 or st.step == total:
                     summary = self._log(window, progress)
                     clock.add(window)
-                    window = _Window()
+                    window = Window()
                 if cfg.logging.eval_interval and st.step % cfg.logging.eval_interval == 0 and st.step < total:
                     clock.exclude(self._evaluate()["eval_seconds"])
                 if stop:
@@ -277,7 +277,7 @@ class Trainer:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
 
-    def _train_step(self, batches: Iterator[dict], window: "_Window") -> tuple[int, int, int]:
+    def _train_step(self, batches: Iterator[dict], window: Window) -> tuple[int, int, int]:
         """One optimizer step over `accum` micro-batches. Returns (step, non-finite flag, stop signal) for the
         latest step whose flags the host knows: this one when the optimizer skips on the host, else the previous
         one -- the device then skips a non-finite update by itself and the host reads the flags a step late, so
@@ -347,7 +347,7 @@ class Trainer:
         self._stop_signal = signum
 
     # ------------------------------------------------------------------------------------------------ reports
-    def _log(self, window: "_Window", progress: "_ProgressBar") -> dict[str, Any]:
+    def _log(self, window: Window, progress: ProgressBar) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         totals = window.reduced(self.device, cfg.parallel.tensor_parallel_size)
         tokens_per_s = totals["real_tokens"] / max(window.seconds, 1e-9)
@@ -440,7 +440,7 @@ class Trainer:
             log.info("exported the final model to %s", out)
         barrier()
 
-    def _run_summary(self, clock: "_RunClock") -> dict[str, float]:
+    def _run_summary(self, clock: RunClock) -> dict[str, float]:
         """Throughput over wall-clock time from the end of the first log window to the end of the final save:
         data loading, logging and checkpointing included (evaluation excluded)."""
         if not clock.steps:
@@ -472,102 +472,3 @@ def _as_float(value) -> Optional[float]:
     if value is None:
         return None
     return float(value.item() if torch.is_tensor(value) else value)
-
-
-class _Window:
-    """Accumulates one logging window: host-side counts per micro-batch, the loss sum on the device."""
-
-    def __init__(self) -> None:
-        self.steps, self.seconds = 0, 0.0
-        self.loss_sum: Any = 0.0  # device tensors once a step has run
-        self.loss_count: Any = 0.0
-        self.counts = {"samples": 0, "real_tokens": 0, "padded_tokens": 0, "flops": 0.0}
-        self.totals_real_tokens = 0.0  # after reduce, for the run summary
-        self.totals_flops = 0.0
-
-    def add_batch(self, batch: dict, cfg: TrainConfig) -> None:
-        c = M.batch_counts(batch, cfg.model.sparse_mlm_head)
-        self.counts["samples"] += c["samples"]
-        self.counts["real_tokens"] += c["real_tokens"]
-        self.counts["padded_tokens"] += c["padded_tokens"]
-        self.counts["flops"] += M.training_flops(cfg.model, c)
-
-    def reduced(self, device: torch.device, tensor_parallel_size: int) -> dict[str, float]:
-        """Sums over all ranks (one all-reduce). The tensor-parallel ranks of one replica see the same batch, so
-        the world sum counts each replica's work tp times."""
-        as_tensor = lambda x: torch.as_tensor(x, dtype=torch.float64).to(device)
-        values = torch.stack([as_tensor(self.loss_sum), as_tensor(self.loss_count),
-                              *(torch.tensor(float(x), dtype=torch.float64, device=device)
-                                for x in (self.counts["samples"], self.counts["real_tokens"],
-                                          self.counts["padded_tokens"], self.counts["flops"]))])
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        if world > 1:
-            dist.all_reduce(values)
-        loss_sum, loss_count, samples, real, padded, flops = values.tolist()
-        tp = tensor_parallel_size
-        out = {"loss_sum": loss_sum, "loss_count": loss_count, "samples": samples / tp, "real_tokens": real / tp,
-               "padded_tokens": padded / tp, "flops": flops / tp}
-        self.totals_real_tokens, self.totals_flops = out["real_tokens"], out["flops"]
-        return out
-
-
-
-class _RunClock:
-    """Wall clock and work since the first log window ended; evaluation time can be taken out."""
-
-    def __init__(self) -> None:
-        self.start: Optional[float] = None
-        self.steps, self.real_tokens, self.flops, self.excluded = 0, 0.0, 0.0, 0.0
-
-    def add(self, window: _Window) -> None:
-        if self.start is None:  # the first window holds start-up and warm-up: the clock starts after it
-            self.start = time.perf_counter()
-            return
-        self.steps += window.steps
-        self.real_tokens += window.totals_real_tokens
-        self.flops += window.totals_flops
-
-    def exclude(self, seconds: float) -> None:
-        if self.start is not None:
-            self.excluded += seconds
-
-    def seconds(self) -> float:
-        return max(time.perf_counter() - self.start - self.excluded, 1e-9)
-
-
-class _ProgressBar:
-    """tqdm on rank 0 when stderr is a terminal; otherwise one log line per log interval."""
-
-    def __init__(self, total: int, initial: int, enabled: bool, show_mfu: bool = True):
-        self.enabled, self.show_mfu = enabled, show_mfu
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, desc="pretrain")
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def report(self, step: int, m: dict[str, Any]) -> None:
-        parts = {"loss": "n/a" if m["train/loss"] is None else f"{m['train/loss']:.4f}", "lr": f"{m['train/lr']:.2e}",
-                 "tok/s": f"{m['train/tokens_per_s']:,.0f}", "mfu": f"{100 * m['train/mfu']:.1f}%",
-                 "eta": _hms(m["train/eta_seconds"])}
-        if not self.show_mfu:  # a shared CPU's matmul peak is too noisy for a meaningful MFU
-            del parts["mfu"]
-        if "train/cost_usd" in m:
-            parts["cost"] = f"${m['train/cost_usd']:.2f}/${m['train/projected_cost_usd']:.2f}"
-        if self.bar is not None:
-            self.bar.set_postfix(parts, refresh=False)
-        else:
-            log.info("step %d | %s", step, " | ".join(f"{k} {v}" for k, v in parts.items()))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
