@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--attention-backend", default="auto")
     p.add_argument("--no-autocast", action="store_true", help="fp32 instead of bf16 autocast")
+    p.add_argument("--compile", action="store_true", help="wrap both models in torch.compile")
     p.add_argument("--json-out", help="also write the result as JSON here")
     return p.parse_args(argv)
 
@@ -116,6 +117,8 @@ def main(argv=None) -> dict:
     tp = parallelize_model(MosaicBertForMaskedLM(cfg), groups).to(device)
     fused = device.type == "cuda"
     models = {"plain": plain, "tp1": tp}
+    if args.compile:
+        models = {k: torch.compile(m) for k, m in models.items()}
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=fused) for k, m in models.items()}
     batches = make_batches(cfg, args, 8, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.no_autocast)
@@ -159,6 +162,7 @@ def main(argv=None) -> dict:
         "model": "tiny" if args.tiny else "megabert-base",
         "batch": f"{args.batch_size}x{args.seq_len}", "mask_prob": args.mask_prob,
         "precision": "fp32" if args.no_autocast else "bf16 autocast",
+        "compiled": args.compile,
         "attention_backend": args.attention_backend,
         "steps_timed_per_model": args.steps * args.rounds,
         "median_step_ms": median,
@@ -168,6 +172,7 @@ def main(argv=None) -> dict:
         "tp_overhead_percent": 100.0 * (median["tp1"] / median["plain"] - 1.0),
     }
     print(f"{result['model']} on {result['device']}, batch {result['batch']}, {result['precision']}, "
+          f"{'torch.compile, ' if args.compile else ''}"
           f"{result['steps_timed_per_model']} timed steps per model")
     for name in models:
         print(f"  {name:6s} median step {median[name]:8.2f} ms  {result['real_tokens_per_s'][name]:12.0f} real tok/s"
