@@ -70,6 +70,11 @@ def build_deepspeed_config(parallel: ParallelConfig, optim: OptimConfig, global_
     }
     if parallel.precision == "bf16":
         config["bf16"] = {"enabled": True}
+        if parallel.zero_stage == 2:
+            # Accumulate micro-batch gradients in fp32, as MosaicBERT's fp32-master mixed precision does: summing
+            # 16+ micro-batches in bf16 loses low bits. (For ZeRO-1 this would switch DeepSpeed to its
+            # BF16_Optimizer, whose checkpoints zero_to_fp32 cannot read; add it there through deepspeed_extra.)
+            config["data_types"] = {"grad_accum_dtype": "fp32"}
     elif parallel.precision == "fp16":
         if not on_gpu:
             raise ConfigError("parallel.precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")

@@ -19,17 +19,32 @@ import torch
 from megabert.config import ModelConfig, from_dict
 from megabert.model.pretrained import save_pretrained
 from megabert.train.checkpoint import ENGINE_TAG, STATE_FILE, latest_checkpoint
+from megabert.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def module_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The module as DeepSpeed saved it (its training dtype), upcast to fp32."""
+    states = torch.load(checkpoint / ENGINE_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
+                        weights_only=False)
+    return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
 
 
 def consolidated_state_dict(checkpoint: Path, zero_stage: int) -> dict[str, torch.Tensor]:
-    """fp32 state dict of the whole model from a megabert checkpoint directory."""
+    """fp32 state dict of the whole model from a megabert checkpoint directory (fp32 master weights when the
+    checkpoint holds ZeRO partitions DeepSpeed's zero_to_fp32 can read, else the saved module)."""
     if zero_stage == 0:
-        states = torch.load(checkpoint / ENGINE_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
-                            weights_only=False)
-        return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+        return module_state_dict(checkpoint)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=ENGINE_TAG)
+    try:
+        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=ENGINE_TAG)
+    except ValueError as e:  # e.g. DeepSpeed's BF16_Optimizer partitions (bf16 + ZeRO-1 + fp32 accumulation)
+        if zero_stage == 3:
+            raise
+        log.warning("zero_to_fp32 cannot read %s (%s); exporting the saved module weights instead", checkpoint, e)
+        return module_state_dict(checkpoint)
 
 
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
@@ -44,7 +59,8 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
         path = found
     run = json.loads((path / "config.json").read_text())
     if run["parallel"]["tensor_parallel_size"] > 1:
-        raise ValueError(f"{path} is tensor-parallel; merge it first: tools/convert_checkpoint.py merge-tp")
+        raise ValueError(f"{path} is tensor-parallel; export it with: python tools/convert_checkpoint.py merge-tp "
+                         f"--input {path}/{ENGINE_TAG} --output OUT --model-config {path}/config.json")
     model_cfg = from_dict(ModelConfig, run["model"], "model.")
     model = MosaicBertForMaskedLM(model_cfg)
     missing, unexpected = model.load_state_dict(consolidated_state_dict(path, run["parallel"]["zero_stage"]),

@@ -21,8 +21,10 @@ class DecoupledAdamW(torch.optim.Adam):
     """Adam (torch's own, fused/foreach kernels) plus decoupled weight decay applied before the update.
 
     Param-group keys: `decoupled_weight_decay` (the per-step shrink at peak lr) and `peak_lr`. Adam's own
-    `weight_decay` (L2 added to the gradient) stays 0. Setting `skip_next_step = True` makes the next
-    `step()` a no-op: the trainer uses it to drop an update whose loss was not finite on some rank.
+    `weight_decay` (L2 added to the gradient) stays 0. Two ways to drop an update whose loss was not finite:
+      - `nonfinite`: a 0-d float tensor on the parameters' device (1 = skip). With fused Adam the skip happens on
+        the device (Adam's `found_inf`, the decay multiplied by 1 - flag): the host never waits for the device.
+      - `skip_next_step = True`: the next `step()` returns at once (the host already knows; non-fused Adam).
     """
 
     def __init__(self, params: Iterable, lr: float, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
@@ -35,17 +37,32 @@ class DecoupledAdamW(torch.optim.Adam):
             group.setdefault("peak_lr", lr)
         super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=0.0, **adam_kwargs)
         self.skip_next_step = False
+        self.nonfinite: torch.Tensor | None = None
+
+    @property
+    def skips_on_device(self) -> bool:
+        return bool(self.defaults.get("fused"))
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         if self.skip_next_step:
             return None
+        flag = self.nonfinite if self.skips_on_device else None
         for group in self.param_groups:
             decay = group["decoupled_weight_decay"] * group["lr"] / group["peak_lr"]
             params = [p for p in group["params"] if p.grad is not None]
             if decay and params:
-                torch._foreach_mul_(params, 1.0 - decay)
-        return super().step(closure)
+                if flag is None:
+                    torch._foreach_mul_(params, 1.0 - decay)
+                else:
+                    torch._foreach_mul_(params, 1.0 - decay * (1.0 - flag.to(params[0].device)))
+        if flag is None:
+            return super().step(closure)
+        self.found_inf = flag  # read by torch's fused Adam: no update, no step count, where it is 1
+        try:
+            return super().step(closure)
+        finally:
+            del self.found_inf
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -61,7 +78,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool = False) -> DecoupledAdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool = True) -> DecoupledAdamW:
+    """Fused Adam (CPU and GPU) by default: one kernel per group, and non-finite steps skip on the device."""
     kwargs = {"fused": True} if fused else {"foreach": True}
     return DecoupledAdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                           weight_decay=cfg.weight_decay, **kwargs)

@@ -12,8 +12,9 @@ What happens, in order:
     MLM loss and accuracy; every save_interval and at the end: an atomic checkpoint; SIGTERM / SIGUSR1: save
     and exit cleanly. At the end the model is exported to output_dir/model.
 
-Only one host-device synchronisation per optimizer step (a 3-number all-reduce that carries the non-finite
-flag and the stop request); losses are summed on the device and read at log intervals.
+No host-device synchronisation in a step: the non-finite flag and the stop request are all-reduced on the device;
+fused Adam skips a non-finite update on the device by itself, and the host reads the flags one step later (when
+they are long computed) to warn, count and stop. Losses are summed on the device and read at log intervals.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import math
 import os
 import random
 import signal
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -36,7 +36,8 @@ import torch.distributed as dist
 from megabert.config import ConfigError, TrainConfig, to_dict
 from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.train import metrics as M
-from megabert.train.checkpoint import CheckpointManager, resolve_resume
+from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_dir_name
+from megabert.train.progress import ProgressBar, RunClock, Window
 from megabert.utils.distributed import DistEnv, barrier, discover_env, init_distributed
 from megabert.utils.logging import get_logger, setup_logging
 from megabert.utils.timers import Timers
@@ -120,7 +121,6 @@ class TrainState:
     consumed_samples: int = 0
     elapsed_seconds: float = 0.0
     skipped_steps: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -151,10 +151,11 @@ class Trainer:
         self.mpu, self.dp_rank, self.dp_size = None, env.rank, env.world_size
         if cfg.parallel.tensor_parallel_size > 1:
             ParallelGroups, parallelize_model = tensor_parallel_api()
-            self.mpu = ParallelGroups(tensor_parallel_size=cfg.parallel.tensor_parallel_size)
+            self.mpu = ParallelGroups(tensor_parallel_size=cfg.parallel.tensor_parallel_size, model_cfg=cfg.model)
             model = parallelize_model(model, self.mpu)
             self.dp_rank, self.dp_size = self.mpu.get_data_parallel_rank(), self.mpu.get_data_parallel_world_size()
-        _seed_everything(cfg.seed + 1 + env.rank)  # dropout differs across ranks
+        # Dropout differs across data-parallel replicas; the ranks of one tensor-parallel group share a stream.
+        _seed_everything(cfg.seed + 1 + self.dp_rank)
 
         self.accum = cfg.grad_accumulation_steps(self.dp_size)
         self.data = self._build_data()
@@ -167,7 +168,8 @@ class Trainer:
         from megabert.train.optimizer import build_optimizer, build_scheduler
 
         model.to(self.device)
-        self.optimizer = build_optimizer(model, cfg.optim, fused=self.device.type == "cuda")
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self._pending_flags = None  # (step, device->host copy of [non-finite, stop], event) read one step late
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.engine = initialize(model, self.optimizer, self.scheduler, self.ds_config, mpu=self.mpu)
         if cfg.parallel.compile:
@@ -193,10 +195,11 @@ class Trainer:
         self.writer = M.MetricsWriter(out, cfg.logging.tensorboard, cfg.logging.wandb_project, to_dict(cfg),
                                       enabled=self.is_main)
         self.peak_flops = M.measure_peak_flops(self.device)
-        log.info("world %d (data parallel %d x tensor parallel %d), micro batch %d x %d accumulation = global %d; "
-                 "device %s, ZeRO %d, %s; peak matmul %.4g TFLOP/s per device", self.world_size, self.dp_size,
-                 cfg.parallel.tensor_parallel_size, cfg.micro_batch_size, self.accum, cfg.global_batch_size,
-                 self.device, cfg.parallel.zero_stage, cfg.parallel.precision, self.peak_flops / 1e12)
+        log.info("launcher %s: world %d (data parallel %d x tensor parallel %d), micro batch %d x %d "
+                 "accumulation = global %d; device %s, ZeRO %d, %s; peak matmul %.4g TFLOP/s per device",
+                 env.launcher, self.world_size, self.dp_size, cfg.parallel.tensor_parallel_size,
+                 cfg.micro_batch_size, self.accum, cfg.global_batch_size, self.device, cfg.parallel.zero_stage,
+                 cfg.parallel.precision, self.peak_flops / 1e12)
 
     def _build_data(self):
         """Rank 0 builds (and caches) the sample indices first; the others then read the cache."""
@@ -225,29 +228,18 @@ class Trainer:
         total = cfg.schedule.total_steps
         previous_handlers = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
         batches = self.data.train_batches(consumed_samples=st.consumed_samples)
-        progress = _ProgressBar(total, st.step, enabled=self.is_main)
-        window = _Window()
-        run = _Window()  # whole-run throughput after the first log window (warm-up excluded)
+        progress = ProgressBar(total, st.step, enabled=self.is_main, show_mfu=self.device.type == "cuda")
+        window = Window()
+        clock = RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
         nonfinite_in_a_row, last_saved, summary = 0, -1, {}
         self.engine.train()
         try:
             while st.step < total:
                 step_start = time.perf_counter()
-                nonfinite, stop = self._train_step(batches, window)
+                flag_step, nonfinite, stop = self._train_step(batches, window)
                 st.step += 1
                 st.consumed_samples += cfg.global_batch_size
-                if nonfinite:
-                    nonfinite_in_a_row += 1
-                    st.skipped_steps += 1
-                    log.warning("step %d: non-finite loss on %d micro-batch(es); update skipped (%d in a row)",
-                                st.step, nonfinite, nonfinite_in_a_row)
-                    if nonfinite_in_a_row >= cfg.logging.max_nonfinite_steps:
-                        raise FloatingPointError(
-                            f"{nonfinite_in_a_row} consecutive steps had a non-finite loss (logging."
-                            f"max_nonfinite_steps); lower optim.lr, check the data, or resume from an earlier "
-                            f"checkpoint")
-                else:
-                    nonfinite_in_a_row = 0
+                nonfinite_in_a_row = self._check_nonfinite(flag_step, nonfinite, nonfinite_in_a_row)
                 step_time = time.perf_counter() - step_start
                 st.elapsed_seconds += step_time
                 window.seconds += step_time
@@ -255,11 +247,10 @@ class Trainer:
 
                 if st.step % cfg.logging.log_interval == 0 or st.step == total:
                     summary = self._log(window, progress)
-                    if run.steps or st.step > cfg.logging.log_interval or st.step == total:
-                        run.merge(window)
-                    window = _Window()
+                    clock.add(window)
+                    window = Window()
                 if cfg.logging.eval_interval and st.step % cfg.logging.eval_interval == 0 and st.step < total:
-                    self._evaluate()
+                    clock.exclude(self._evaluate()["eval_seconds"])
                 if stop:
                     log.warning("signal %s received: saving a checkpoint at step %d and exiting",
                                 signal.Signals(stop).name if stop in signal.Signals._value2member_map_ else stop,
@@ -269,10 +260,13 @@ class Trainer:
                     return summary
                 if cfg.checkpoint.save_interval and st.step % cfg.checkpoint.save_interval == 0:
                     last_saved = self._save()
+            flag_step, nonfinite, _ = self._read_pending_flags()  # the last step's, when read one step late
+            self._check_nonfinite(flag_step, nonfinite, nonfinite_in_a_row)
             if last_saved != st.step:
                 self._save()
+            summary.update(self._run_summary(clock))
             summary.update(self._evaluate() if cfg.logging.eval_interval else {})
-            summary.update(self._run_summary(run), step=st.step, stopped_by_signal=False)
+            summary.update(step=st.step, stopped_by_signal=False)
             self._export()
             if self.is_main:
                 self.writer.write(st.step, {f"final/{k}": v for k, v in summary.items()})
@@ -283,10 +277,17 @@ class Trainer:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
 
-    def _train_step(self, batches: Iterator[dict], window: "_Window") -> tuple[int, int]:
-        """One optimizer step over `accum` micro-batches. Returns (non-finite micro-batches, stop signal)."""
-        engine, device = self.engine, self.device
-        flags = torch.zeros(3, device=device, dtype=torch.float32)  # [loss sum, non-finite count, stop]
+    def _train_step(self, batches: Iterator[dict], window: Window) -> tuple[int, int, int]:
+        """One optimizer step over `accum` micro-batches. Returns (step, non-finite flag, stop signal) for the
+        latest step whose flags the host knows: this one when the optimizer skips on the host, else the previous
+        one -- the device then skips a non-finite update by itself and the host reads the flags a step late, so
+        it never waits for the device (no bubble before the optimizer step)."""
+        engine, device, optimizer = self.engine, self.device, self.optimizer
+        step = self.state.step + 1
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        finite_count = torch.zeros((), device=device, dtype=torch.float32)
+        flags = torch.zeros(2, device=device, dtype=torch.float32)  # [non-finite (any rank), stop signal]
+        known = (step, 0, 0)
         for micro in range(self.accum):
             with self.timers("data"):
                 batch = next(batches)
@@ -295,34 +296,63 @@ class Trainer:
             loss = engine(**inputs).loss
             engine.backward(loss)
             finite = torch.isfinite(loss.detach())
-            flags[0] += torch.where(finite, loss.detach().float(), 0.0)
-            flags[1] += (~finite).float()
+            loss_sum += torch.where(finite, loss.detach().float(), 0.0)
+            finite_count += finite.float()
             if micro == self.accum - 1:
-                flags[2] = float(self._stop_signal or 0)
+                flags[0] = self.accum - finite_count
+                flags[1] = float(self._stop_signal or 0)
                 if self.world_size > 1:
-                    reduce_op = dist.ReduceOp.MAX
-                    both = flags[1:].clone()
-                    dist.all_reduce(both, op=reduce_op)
-                    flags[1:] = both
-                nonfinite, stop = (int(x) for x in flags[1:].tolist())  # the step's one sync
-                self.optimizer.skip_next_step = nonfinite > 0
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                if optimizer.skips_on_device:
+                    optimizer.nonfinite = (flags[0] > 0).float()
+                    known = self._read_pending_flags()
+                    self._pending_flags = (step, flags.to("cpu", non_blocking=True), _record_event(device))
+                else:
+                    nonfinite, stop = (int(x) for x in flags.tolist())  # the step's one sync
+                    optimizer.skip_next_step = nonfinite > 0
+                    known = (step, nonfinite, stop)
             engine.step()
-        self.optimizer.skip_next_step = False
-        window.loss_sum += flags[0]
-        window.loss_count += self.accum - nonfinite
+        optimizer.skip_next_step, optimizer.nonfinite = False, None
+        window.loss_sum = window.loss_sum + loss_sum
+        window.loss_count = window.loss_count + finite_count
         window.steps += 1
-        return nonfinite, stop
+        return known
+
+    def _read_pending_flags(self) -> tuple[int, int, int]:
+        """(step, non-finite, stop) copied to the host a step ago; its event finished long since."""
+        if self._pending_flags is None:
+            return self.state.step, 0, 0
+        step, host, event = self._pending_flags
+        self._pending_flags = None
+        if event is not None:
+            event.synchronize()
+        nonfinite, stop = (int(x) for x in host.tolist())
+        return step, nonfinite, stop
+
+    def _check_nonfinite(self, step: int, nonfinite: int, in_a_row: int) -> int:
+        """Warns about a skipped step; raises after logging.max_nonfinite_steps in a row. Returns the streak."""
+        if not nonfinite:
+            return 0
+        in_a_row += 1
+        self.state.skipped_steps += 1
+        log.warning("step %d: non-finite loss on %d micro-batch(es); update skipped (%d in a row)", step, nonfinite,
+                    in_a_row)
+        if in_a_row >= self.cfg.logging.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{in_a_row} consecutive steps had a non-finite loss (logging.max_nonfinite_steps); lower optim.lr, "
+                f"check the data, or resume from an earlier checkpoint")
+        return in_a_row
 
     def _on_stop_signal(self, signum: int, frame) -> None:
         self._stop_signal = signum
 
     # ------------------------------------------------------------------------------------------------ reports
-    def _log(self, window: "_Window", progress: "_ProgressBar") -> dict[str, Any]:
+    def _log(self, window: Window, progress: ProgressBar) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         totals = window.reduced(self.device, cfg.parallel.tensor_parallel_size)
         tokens_per_s = totals["real_tokens"] / max(window.seconds, 1e-9)
         metrics = {
-            "train/loss": totals["loss_sum"] / max(totals["loss_count"], 1),
+            "train/loss": totals["loss_sum"] / totals["loss_count"] if totals["loss_count"] else None,
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": _as_float(self.engine.get_global_grad_norm()),
             "train/samples_per_s": totals["samples"] / max(window.seconds, 1e-9),
@@ -363,20 +393,24 @@ class Trainer:
             selected = labels != -100
             n = selected.sum()
             sums[0] += out.loss.double() * n
-            if out.logits.shape[-1] == self.cfg.model.vocab_size:
+            if out.logits.shape[-1] == self.cfg.model.vocab_size:  # vocab-parallel logits: no accuracy
                 sums[1] += (out.logits.argmax(-1)[selected] == labels[selected]).sum()
+            else:
+                sums[1] = float("nan")
             sums[2] += n
         if self.world_size > 1:
             dist.all_reduce(sums)
         loss_sum, correct, count = sums.tolist()
-        result = {"eval/loss": loss_sum / max(count, 1), "eval/accuracy": correct / max(count, 1),
+        result = {"eval/loss": loss_sum / max(count, 1),
+                  "eval/accuracy": correct / max(count, 1) if correct == correct else None,
                   "eval/masked_tokens": count, "eval/seconds": time.perf_counter() - start}
         result["eval/perplexity"] = math.exp(min(result["eval/loss"], 50.0))
         self.engine.train()
         if self.is_main:
             self.writer.write(self.state.step, result)
-            log.info("step %d eval: loss %.4f, accuracy %.4f (%d masked tokens)", self.state.step,
-                     result["eval/loss"], result["eval/accuracy"], count)
+            accuracy = result["eval/accuracy"]
+            log.info("step %d eval: loss %.4f, accuracy %s (%d masked tokens)", self.state.step, result["eval/loss"],
+                     "n/a" if accuracy is None else f"{accuracy:.4f}", count)
         return {k.replace("/", "_"): v for k, v in result.items()}
 
     def _save(self) -> int:
@@ -395,7 +429,9 @@ class Trainer:
 
     def _export(self) -> None:
         if self.cfg.parallel.tensor_parallel_size > 1:
-            log.info("tensor-parallel run: export with tools/convert_checkpoint.py merge-tp")
+            ckpt = Path(self.cfg.checkpoint.dir) / step_dir_name(self.state.step)
+            log.info("tensor-parallel run: export with python tools/convert_checkpoint.py merge-tp --input %s/ds "
+                     "--output %s/model --model-config %s/config.json", ckpt, self.cfg.output_dir, ckpt)
             return
         if self.is_main:
             from megabert.train.export import export_checkpoint
@@ -404,12 +440,15 @@ class Trainer:
             log.info("exported the final model to %s", out)
         barrier()
 
-    def _run_summary(self, run: "_Window") -> dict[str, float]:
-        if not run.steps:
+    def _run_summary(self, clock: RunClock) -> dict[str, float]:
+        """Throughput over wall-clock time from the end of the first log window to the end of the final save:
+        data loading, logging and checkpointing included (evaluation excluded)."""
+        if not clock.steps:
             return {}
-        return {"run_tokens_per_s": run.totals_real_tokens / max(run.seconds, 1e-9),
-                "run_mfu": run.totals_flops / max(run.seconds, 1e-9) / (self.peak_flops * self.world_size),
-                "run_steps_measured": run.steps}
+        seconds = clock.seconds()
+        return {"run_tokens_per_s": clock.real_tokens / seconds,
+                "run_mfu": clock.flops / seconds / (self.peak_flops * self.world_size),
+                "run_steps_measured": clock.steps, "run_seconds_measured": seconds}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -421,86 +460,15 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _record_event(device: torch.device):
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
 def _as_float(value) -> Optional[float]:
     if value is None:
         return None
     return float(value.item() if torch.is_tensor(value) else value)
-
-
-class _Window:
-    """Accumulates one logging window: host-side counts per micro-batch, the loss sum on the device."""
-
-    def __init__(self) -> None:
-        self.steps, self.seconds = 0, 0.0
-        self.loss_sum: Any = 0.0
-        self.loss_count = 0
-        self.counts = {"samples": 0, "real_tokens": 0, "padded_tokens": 0, "flops": 0.0}
-        self.totals_real_tokens = 0.0  # after reduce, for the run summary
-        self.totals_flops = 0.0
-
-    def add_batch(self, batch: dict, cfg: TrainConfig) -> None:
-        c = M.batch_counts(batch, cfg.model.sparse_mlm_head)
-        self.counts["samples"] += c["samples"]
-        self.counts["real_tokens"] += c["real_tokens"]
-        self.counts["padded_tokens"] += c["padded_tokens"]
-        self.counts["flops"] += M.training_flops(cfg.model, c)
-
-    def reduced(self, device: torch.device, tensor_parallel_size: int) -> dict[str, float]:
-        """Sums over all ranks (one all-reduce). The tensor-parallel ranks of one replica see the same batch, so
-        the world sum counts each replica's work tp times."""
-        loss = self.loss_sum if torch.is_tensor(self.loss_sum) else torch.tensor(float(self.loss_sum))
-        values = torch.stack([loss.to(device=device, dtype=torch.float64),
-                              *(torch.tensor(float(x), dtype=torch.float64, device=device)
-                                for x in (self.loss_count, self.counts["samples"], self.counts["real_tokens"],
-                                          self.counts["padded_tokens"], self.counts["flops"]))])
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        if world > 1:
-            dist.all_reduce(values)
-        loss_sum, loss_count, samples, real, padded, flops = values.tolist()
-        tp = tensor_parallel_size
-        out = {"loss_sum": loss_sum, "loss_count": loss_count, "samples": samples / tp, "real_tokens": real / tp,
-               "padded_tokens": padded / tp, "flops": flops / tp}
-        self.totals_real_tokens, self.totals_flops = out["real_tokens"], out["flops"]
-        return out
-
-    def merge(self, other: "_Window") -> None:
-        self.steps += other.steps
-        self.seconds += other.seconds
-        self.totals_real_tokens += other.totals_real_tokens
-        self.totals_flops += other.totals_flops
-
-
-class _ProgressBar:
-    """tqdm on rank 0 when stderr is a terminal; otherwise one log line per log interval."""
-
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, desc="pretrain")
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def report(self, step: int, m: dict[str, Any]) -> None:
-        parts = {"loss": f"{m['train/loss']:.4f}", "lr": f"{m['train/lr']:.2e}",
-                 "tok/s": f"{m['train/tokens_per_s']:,.0f}", "mfu": f"{100 * m['train/mfu']:.1f}%",
-                 "eta": _hms(m["train/eta_seconds"])}
-        if "train/cost_usd" in m:
-            parts["cost"] = f"${m['train/cost_usd']:.2f}/${m['train/projected_cost_usd']:.2f}"
-        if self.bar is not None:
-            self.bar.set_postfix(parts, refresh=False)
-        else:
-            log.info("step %d | %s", step, " | ".join(f"{k} {v}" for k, v in parts.items()))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,12 +1,14 @@
 """Test launcher: pretrain_bert.py's main, on the synthetic data stand-in, optionally over several configs.
 
-    python tests/train/run_synthetic.py --config c.json [--sweep parallel.zero_stage=1,2,3] [overrides]
+    python tests/train/run_synthetic.py --config c.json [--sweep parallel.zero_stage=1,2,3] [--real-data] [overrides]
 
 With --sweep, the same processes train once per value (output_dir and checkpoint.dir get a /<value> suffix), so one
 launch (one DeepSpeed start) covers several cases. Each run's summary is printed as a JSON line on rank 0.
+--real-data trains on the config's data_path through megabert.data instead of the synthetic stand-in.
 MEGABERT_TEST_KILL_AT_PUBLISH=N makes rank 0 SIGKILL itself while publishing the checkpoint of step N, after the
 engine state is on disk but before the rename (the worst moment for a crash).
 MEGABERT_TEST_SIGTERM_AT_STEP=N makes every rank send itself SIGTERM right after step N (as SLURM would).
+MEGABERT_TEST_NAN=R:S,... makes rank R's loss NaN during step S (every micro-batch of it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def main(argv: list[str]) -> None:
     from megabert.train import checkpoint
     from megabert.train.trainer import Trainer
 
-    sweep = None
+    sweep, builder = None, synthetic_data.build
+    if "--real-data" in argv:
+        argv.remove("--real-data")
+        builder = None
     if "--sweep" in argv:
         i = argv.index("--sweep")
         sweep = argv[i + 1]
@@ -56,6 +61,29 @@ def main(argv: list[str]) -> None:
 
         Trainer._train_step = train_step_then_signal
 
+    nan_at = {tuple(int(x) for x in item.split(":")) for item in os.environ.get("MEGABERT_TEST_NAN", "").split(",")
+              if item}
+    if nan_at:
+        from megabert.model.bert import MosaicBertForMaskedLM
+
+        where = {}
+        train_step_before_nan = Trainer._train_step
+
+        def train_step_noting_step(self, *args):
+            where.update(rank=self.rank, step=self.state.step + 1)
+            return train_step_before_nan(self, *args)
+
+        forward = MosaicBertForMaskedLM.forward
+
+        def forward_with_nan(self, *args, **kwargs):
+            out = forward(self, *args, **kwargs)
+            if self.training and (where.get("rank"), where.get("step")) in nan_at:
+                out.loss = out.loss * float("nan")
+            return out
+
+        Trainer._train_step = train_step_noting_step
+        MosaicBertForMaskedLM.forward = forward_with_nan
+
     base = load_config(config_path, overrides)
     runs = [(None, base)]
     if sweep:
@@ -67,7 +95,7 @@ def main(argv: list[str]) -> None:
                                   ("checkpoint.dir", f"{base.checkpoint.dir}/{value}")])
             runs.append((value, cfg))
     for value, cfg in runs:
-        summary = Trainer(cfg, data_builder=synthetic_data.build).train()
+        summary = Trainer(cfg, data_builder=builder).train()
         if int(os.environ.get("RANK", "0")) == 0:
             print("SUMMARY " + json.dumps({"sweep": value, **summary}), flush=True)
 

@@ -18,6 +18,7 @@ def test_batch_precision_zero_and_clipping_are_derived():
     assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_clipping"] == 0.5
     assert "optimizer" not in ds and "scheduler" not in ds
     assert "bf16" not in build(precision="fp32") and "fp16" not in build(precision="fp32")
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"}  # ZeRO-2 bf16 sums micro-batch gradients in fp32
 
 
 def test_extra_keys_are_deep_merged():

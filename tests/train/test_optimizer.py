@@ -44,6 +44,21 @@ def test_skip_next_step_leaves_parameters_and_state_untouched():
     assert torch.equal(p.detach(), torch.ones(2)) and not opt.state
 
 
+def test_device_flag_skips_the_update_without_a_host_decision():
+    """Fused Adam with `nonfinite` = 1 leaves parameters, decay and step count untouched; 0 steps normally."""
+    p, q = nn.Parameter(torch.full((3,), 2.0)), nn.Parameter(torch.full((3,), 2.0))
+    flagged = DecoupledAdamW([p], lr=0.1, weight_decay=0.1, fused=True)
+    plain = DecoupledAdamW([q], lr=0.1, weight_decay=0.1, fused=True)
+    p.grad, q.grad = torch.ones(3), torch.ones(3)
+    flagged.nonfinite = torch.tensor(1.0)
+    flagged.step()
+    assert torch.equal(p.detach(), torch.full((3,), 2.0)) and flagged.state[p]["step"].item() == 0
+    flagged.nonfinite = torch.tensor(0.0)
+    flagged.step()
+    plain.step()
+    torch.testing.assert_close(p, q)
+
+
 def test_biases_and_layernorm_are_not_decayed():
     from megabert.model.bert import MosaicBertForMaskedLM
 
@@ -82,3 +97,21 @@ def test_scheduler_drives_optimizer_lr_and_restores_from_state_dict():
     sched2.load_state_dict(sched.state_dict())
     assert sched2.last_epoch == 15
     assert math.isclose(sched2.get_last_lr()[0], sched.get_last_lr()[0])
+
+
+def test_flop_count_of_bert_base_step():
+    """6 x params x tokens for the encoder, the head on masked tokens only, attention 12 L H sum(s^2)."""
+    from megabert.train.metrics import batch_counts, training_flops
+
+    cfg = ModelConfig()  # BERT-base shapes, GeGLU
+    mask = torch.zeros(2, 8, dtype=torch.long)
+    mask[0, :8], mask[1, :4] = 1, 1
+    labels = torch.full((2, 8), -100)
+    labels[0, 1] = labels[1, 2] = 7
+    counts = batch_counts({"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": mask,
+                           "labels": labels})
+    assert counts == {"samples": 2, "padded_tokens": 16, "real_tokens": 12, "masked_tokens": 2, "head_tokens": 2,
+                      "sum_sq_len": 64 + 16}
+    encoder = 12 * (4 * 768 ** 2 + 2 * 3072 * 768 + 3072 * 768)
+    head = 768 ** 2 + 30528 * 768
+    assert training_flops(cfg, counts) == 6 * encoder * 12 + 6 * head * 2 + 12 * 12 * 768 * 80
