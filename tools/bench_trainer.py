@@ -34,7 +34,8 @@ import torch  # noqa: E402
 
 from megabert.config import apply_overrides, load_config  # noqa: E402
 from megabert.train import metrics as M  # noqa: E402
-from megabert.train.trainer import MODEL_INPUTS, Trainer  # noqa: E402
+from megabert.model.inputs import prepare_inputs  # noqa: E402
+from megabert.train.trainer import Trainer  # noqa: E402
 
 SAMPLE_PREFIX = "data/sample/c4_sample_text_document"
 
@@ -59,7 +60,7 @@ def bare_step_throughput(trainer: Trainer, steps: int, warmup: int = 3) -> dict[
         counts["real_tokens"] += c["real_tokens"]
         counts["flops"] += M.training_flops(trainer.cfg.model, c)
         batches_cpu.append(batch)
-    resident = [{k: b[k].to(device) for k in MODEL_INPUTS} for b in batches_cpu]
+    resident = [prepare_inputs(b, trainer.cfg.model, device) for b in batches_cpu]  # no host work in the loop
 
     def step() -> None:
         for inputs in resident:

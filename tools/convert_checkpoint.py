@@ -19,7 +19,7 @@
     python tools/convert_checkpoint.py split-tp MODEL_DIR SHARDED_DIR --tp 4
 
 A megabert model dir is what megabert.model.pretrained.save_pretrained writes, with its tokenizer attached
-(megabert.tasks.tokenizer.attach_tokenizer); tools/run_glue.py fine-tunes it directly.
+(megabert.model.pretrained.attach_tokenizer); tools/run_glue.py fine-tunes it directly.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from megabert.model import mosaic_mapping  # noqa: E402
 from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification  # noqa: E402
 from megabert.model.hf_mapping import hf_bert_to_megabert, megabert_to_hf_bert  # noqa: E402
 from megabert.model.pretrained import load_model_config, load_state_dict, save_pretrained  # noqa: E402
-from megabert.tasks.tokenizer import WORDPIECE_TYPES, attach_tokenizer, resolve_tokenizer  # noqa: E402
+from megabert.model.pretrained import WORDPIECE_TYPES, attach_tokenizer  # noqa: E402
+from megabert.tasks.tokenizer import resolve_tokenizer  # noqa: E402
 
 log = logging.getLogger("convert_checkpoint")
 

@@ -28,7 +28,8 @@ from megabert.tasks.recipe import Recipe, glue_recipe, load_recipe  # noqa: E402
 from megabert.tasks.results import markdown_table, summarize, write_results  # noqa: E402
 from megabert.tasks.runner import run_tasks  # noqa: E402
 from megabert.tasks.task import TaskError, user_task  # noqa: E402
-from megabert.tasks.tokenizer import TokenizerError, attach_tokenizer, resolve_tokenizer  # noqa: E402
+from megabert.model.pretrained import TokenizerError, attach_tokenizer  # noqa: E402
+from megabert.tasks.tokenizer import resolve_tokenizer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERRIDABLE = ("lr", "epochs", "batch_size", "seq_len")

@@ -7,6 +7,7 @@ and what the Hugging Face / MosaicBERT converters read and write.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Optional, TypeVar
 
@@ -49,3 +50,51 @@ def load_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {directory} a megabert model directory?")
     return load_file(str(path))
+
+
+# The tokenizer travels inside the model directory (config.json's "tokenizer" entry names files copied beside the
+# weights), so fine-tuning and export find it without flags.
+
+WORDPIECE_TYPES = {"BertWordPieceLowerCase": True, "BertWordPieceCase": False}  # type -> lowercase
+MODEL_FILE_NAMES = {"HuggingFaceTokenizer": "tokenizer.json", "SentencePieceTokenizer": "tokenizer.model"}
+SUPPORTED_TYPES = (*WORDPIECE_TYPES, *MODEL_FILE_NAMES)
+
+
+class TokenizerError(ValueError):
+    """The model directory has no usable tokenizer; the message says which flag or file supplies one."""
+
+
+def attach_tokenizer(model_dir: str | Path, tokenizer_type: str, vocab_file: Optional[str] = None,
+                     tokenizer_model: Optional[str] = None) -> dict:
+    """Copies the tokenizer files into `model_dir` and records them in its config.json. Returns the entry."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise TokenizerError(f"{config_path} not found: save the model (save_pretrained) before its tokenizer")
+    if tokenizer_type in WORDPIECE_TYPES:
+        source, field, name = vocab_file, "vocab_file", "vocab.txt"
+    elif tokenizer_type in MODEL_FILE_NAMES:
+        source, field, name = tokenizer_model, "tokenizer_model", MODEL_FILE_NAMES[tokenizer_type]
+        if tokenizer_model and Path(tokenizer_model).is_dir():  # a Hugging Face tokenizer directory
+            source = str(Path(tokenizer_model) / "tokenizer.json")
+    else:
+        raise TokenizerError(f"tokenizer type {tokenizer_type!r} is not supported; use one of "
+                             f"{', '.join(SUPPORTED_TYPES)}")
+    if not source or not Path(source).is_file():
+        raise TokenizerError(f"tokenizer type {tokenizer_type} needs {field} pointing at an existing file, "
+                             f"got {source!r}")
+    if Path(source).resolve() != (model_dir / name).resolve():
+        shutil.copyfile(source, model_dir / name)
+    entry = {"tokenizer_type": tokenizer_type, field: name}
+    config = json.loads(config_path.read_text())
+    config["tokenizer"] = entry
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return entry
+
+
+def tokenizer_entry(model_dir: str | Path) -> Optional[dict]:
+    """The "tokenizer" entry of the model dir's config.json (file names relative to the dir), or None."""
+    config_path = Path(model_dir) / CONFIG_NAME
+    if not config_path.is_file():
+        return None
+    return json.loads(config_path.read_text()).get("tokenizer")

@@ -26,13 +26,12 @@ import torch.nn as nn
 
 from megabert.config import ModelConfig
 from megabert.model.bert import MosaicBertForSequenceClassification
-from megabert.model.pretrained import load_model_config, load_state_dict, save_pretrained
+from megabert.model.pretrained import attach_tokenizer, load_model_config, load_state_dict, save_pretrained
 from megabert.tasks.data import Examples, TaskData, load_task_data
 from megabert.tasks.metrics import compute_metrics
 from megabert.tasks.recipe import Recipe
 from megabert.tasks.task import TaskError, TaskSpec
-from megabert.tasks.tokenizer import (PairEncoder, attach_tokenizer, encode, load_tokenizer, resolve_tokenizer,
-                                     training_run_config)
+from megabert.tasks.tokenizer import PairEncoder, encode, load_tokenizer, resolve_tokenizer, training_run_config
 
 log = logging.getLogger(__name__)
 

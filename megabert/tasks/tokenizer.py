@@ -11,56 +11,10 @@ Text is split by megabert.data's tokenizer (the one pretraining used) and framed
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Optional
 
-from megabert.model.pretrained import CONFIG_NAME
-
-WORDPIECE_TYPES = {"BertWordPieceLowerCase": True, "BertWordPieceCase": False}  # type -> lowercase
-MODEL_FILE_NAMES = {"HuggingFaceTokenizer": "tokenizer.json", "SentencePieceTokenizer": "tokenizer.model"}
-SUPPORTED_TYPES = (*WORDPIECE_TYPES, *MODEL_FILE_NAMES)
-
-
-class TokenizerError(ValueError):
-    """The model directory has no usable tokenizer; the message says which flag or file supplies one."""
-
-
-def attach_tokenizer(model_dir: str | Path, tokenizer_type: str, vocab_file: Optional[str] = None,
-                     tokenizer_model: Optional[str] = None) -> dict:
-    """Copies the tokenizer files into `model_dir` and records them in its config.json. Returns the entry."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / CONFIG_NAME
-    if not config_path.is_file():
-        raise TokenizerError(f"{config_path} not found: save the model (save_pretrained) before its tokenizer")
-    if tokenizer_type in WORDPIECE_TYPES:
-        source, field, name = vocab_file, "vocab_file", "vocab.txt"
-    elif tokenizer_type in MODEL_FILE_NAMES:
-        source, field, name = tokenizer_model, "tokenizer_model", MODEL_FILE_NAMES[tokenizer_type]
-        if tokenizer_model and Path(tokenizer_model).is_dir():  # a Hugging Face tokenizer directory
-            source = str(Path(tokenizer_model) / "tokenizer.json")
-    else:
-        raise TokenizerError(f"tokenizer type {tokenizer_type!r} is not supported; use one of "
-                             f"{', '.join(SUPPORTED_TYPES)}")
-    if not source or not Path(source).is_file():
-        raise TokenizerError(f"tokenizer type {tokenizer_type} needs {field} pointing at an existing file, "
-                             f"got {source!r}")
-    if Path(source).resolve() != (model_dir / name).resolve():
-        shutil.copyfile(source, model_dir / name)
-    entry = {"tokenizer_type": tokenizer_type, field: name}
-    config = json.loads(config_path.read_text())
-    config["tokenizer"] = entry
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    return entry
-
-
-def tokenizer_entry(model_dir: str | Path) -> Optional[dict]:
-    """The "tokenizer" entry of the model dir's config.json (file names relative to the dir), or None."""
-    config_path = Path(model_dir) / CONFIG_NAME
-    if not config_path.is_file():
-        return None
-    return json.loads(config_path.read_text()).get("tokenizer")
-
+from megabert.model.pretrained import CONFIG_NAME, TokenizerError, tokenizer_entry
 
 def training_run_config(model_dir: str | Path) -> Optional[dict]:
     """The pretraining run's config for a model dir exported by megabert.train.export (it records the
@@ -134,7 +88,7 @@ def load_tokenizer(model_dir: str | Path, seq_len: int) -> PairEncoder:
     found = resolve_tokenizer(model_dir)
     if found is None:
         raise TokenizerError(
-            f"{model_dir} records no tokenizer; attach one with megabert.tasks.tokenizer.attach_tokenizer or pass "
+            f"{model_dir} records no tokenizer; attach one with megabert.model.pretrained.attach_tokenizer or pass "
             f"--vocab-file (WordPiece vocab.txt) / --tokenizer-json / --sentencepiece-model to tools/run_glue.py")
     return PairEncoder(load_data_tokenizer(**found), seq_len)
 

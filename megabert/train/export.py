@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from megabert.config import ModelConfig, from_dict
-from megabert.model.pretrained import save_pretrained
+from megabert.model.pretrained import TokenizerError, attach_tokenizer, save_pretrained
 from megabert.train.checkpoint import ENGINE_TAG, STATE_FILE, latest_checkpoint
 from megabert.utils.logging import get_logger
 
@@ -60,7 +60,7 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
     run = json.loads((path / "config.json").read_text())
     if run["parallel"]["tensor_parallel_size"] > 1:
         raise ValueError(f"{path} is tensor-parallel; export it with: python tools/convert_checkpoint.py merge-tp "
-                         f"--input {path}/{ENGINE_TAG} --output OUT --model-config {path}/config.json")
+                         f"{path} OUT")
     model_cfg = from_dict(ModelConfig, run["model"], "model.")
     model = MosaicBertForMaskedLM(model_cfg)
     missing, unexpected = model.load_state_dict(consolidated_state_dict(path, run["parallel"]["zero_stage"]),
@@ -68,9 +68,15 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
     state = json.loads((path / STATE_FILE).read_text())
-    return save_pretrained(model, output_dir, model_cfg,
-                           extra={"source_checkpoint": str(path), "step": state["step"],
-                                  "consumed_samples": state["consumed_samples"]})
+    out = save_pretrained(model, output_dir, model_cfg,
+                          extra={"source_checkpoint": str(path), "step": state["step"],
+                                 "consumed_samples": state["consumed_samples"]})
+    data = run["data"]
+    try:  # the tokenizer travels with the model, so fine-tuning and conversion need no flags
+        attach_tokenizer(out, data["tokenizer_type"], data.get("vocab_file"), data.get("tokenizer_model"))
+    except TokenizerError as e:
+        log.warning("exported %s without tokenizer files: %s", out, e)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from megabert.config import ConfigError, TrainConfig, to_dict
+from megabert.model.inputs import prepare_inputs
 from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.train import metrics as M
 from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_dir_name
@@ -44,7 +45,6 @@ from megabert.utils.timers import Timers
 
 log = get_logger(__name__)
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 # data_builder(cfg, dp_rank, dp_size, train_samples) -> object with train_batches(consumed_samples),
@@ -292,8 +292,7 @@ class Trainer:
             with self.timers("data"):
                 batch = next(batches)
             window.add_batch(batch, self.cfg)
-            inputs = {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS}
-            loss = engine(**inputs).loss
+            loss = engine(**prepare_inputs(batch, self.cfg.model, device)).loss
             engine.backward(loss)
             finite = torch.isfinite(loss.detach())
             loss_sum += torch.where(finite, loss.detach().float(), 0.0)
@@ -388,15 +387,12 @@ class Trainer:
                 batch = next(batches, None)
                 if batch is None:
                     raise RuntimeError("the validation split is empty; give data.split a non-zero valid weight")
-            out = self.engine(**{k: batch[k].to(self.device, non_blocking=True) for k in MODEL_INPUTS})
+            out = self.engine(**prepare_inputs(batch, self.cfg.model, self.device))
             labels = out.labels
             selected = labels != -100
             n = selected.sum()
             sums[0] += out.loss.double() * n
-            if out.logits.shape[-1] == self.cfg.model.vocab_size:  # vocab-parallel logits: no accuracy
-                sums[1] += (out.logits.argmax(-1)[selected] == labels[selected]).sum()
-            else:
-                sums[1] = float("nan")
+            sums[1] += (self._predictions(out.logits)[selected] == labels[selected]).sum()
             sums[2] += n
         if self.world_size > 1:
             dist.all_reduce(sums)
@@ -412,6 +408,14 @@ class Trainer:
             log.info("step %d eval: loss %.4f, accuracy %s (%d masked tokens)", self.state.step, result["eval/loss"],
                      "n/a" if accuracy is None else f"{accuracy:.4f}", count)
         return {k.replace("/", "_"): v for k, v in result.items()}
+
+    def _predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """Argmax over the vocabulary; under tensor parallelism each rank holds a vocabulary slice."""
+        if self.cfg.parallel.tensor_parallel_size > 1:
+            from megabert.parallel.cross_entropy import vocab_parallel_argmax
+
+            return vocab_parallel_argmax(logits, self.mpu.tp_group)
+        return logits.argmax(-1)
 
     def _save(self) -> int:
         start = time.perf_counter()
@@ -430,8 +434,8 @@ class Trainer:
     def _export(self) -> None:
         if self.cfg.parallel.tensor_parallel_size > 1:
             ckpt = Path(self.cfg.checkpoint.dir) / step_dir_name(self.state.step)
-            log.info("tensor-parallel run: export with python tools/convert_checkpoint.py merge-tp --input %s/ds "
-                     "--output %s/model --model-config %s/config.json", ckpt, self.cfg.output_dir, ckpt)
+            log.info("tensor-parallel run: export with python tools/convert_checkpoint.py merge-tp %s %s/model",
+                     ckpt, self.cfg.output_dir)
             return
         if self.is_main:
             from megabert.train.export import export_checkpoint

@@ -2,7 +2,8 @@
 
 import pytest
 
-from megabert.tasks.tokenizer import PairEncoder, TokenizerError, attach_tokenizer, load_tokenizer
+from megabert.model.pretrained import TokenizerError, attach_tokenizer
+from megabert.tasks.tokenizer import PairEncoder, load_tokenizer
 from tests.tasks.tiny_model import make_model_dir
 
 

@@ -12,7 +12,7 @@ import torch
 from megabert.config import ModelConfig
 from megabert.model.bert import MosaicBertForMaskedLM
 from megabert.model.pretrained import save_pretrained
-from megabert.tasks.tokenizer import attach_tokenizer
+from megabert.model.pretrained import attach_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GLUE_SAMPLE = REPO_ROOT / "data" / "glue_sample"

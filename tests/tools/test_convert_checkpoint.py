@@ -11,7 +11,7 @@ from megabert.model import mosaic_mapping
 from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 from megabert.model.pretrained import load_model_config, load_state_dict, save_pretrained
 from megabert.ops.alibi import alibi_slopes
-from megabert.tasks.tokenizer import attach_tokenizer
+from megabert.model.pretrained import attach_tokenizer
 from tests.tasks.tiny_model import load_tool, make_model_dir, tiny_config
 
 convert = load_tool("convert_checkpoint")
