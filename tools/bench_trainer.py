@@ -12,7 +12,7 @@ trainer should keep >= 95% of the bare step.
 
     python tools/bench_trainer.py --config configs/base.json --steps 300            # one GPU (or CPU)
     deepspeed --num_gpus 1 tools/bench_trainer.py --config configs/base.json      # through the launcher
-    python tools/bench_trainer.py --config configs/tiny.json --steps 6 --bare-steps 2 --parallel.device cpu
+    python tools/bench_trainer.py --config configs/tiny.json --steps 20 --bare-steps 2 --parallel.device cpu
 
 Extra `--section.key value` arguments override the config. The bundled sample corpus is preprocessed first
 when the config's data is missing. Results: printed, and written to <output_dir>/bench_trainer.json.
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
+    if args.steps <= 10:
+        parser.error("--steps must be > 10: the first 10-step log window (start-up, compilation) is not measured")
 
     cfg = load_config(args.config, validate=False)
     out = _override_value(overrides, "output_dir") or f"runs/bench_trainer/{Path(args.config).stem}"

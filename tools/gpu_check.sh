@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# One GPU check for megabert's kernels: GPU tests, attention benchmark, training-throughput benchmark.
+# One GPU check for megabert: GPU tests, attention and training-throughput benchmarks, the trainer against its bare
+# step, and the tensor-parallel code path's overhead at TP = 1.
 #
-#   tools/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large (default: all)
+#   tools/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large trainer tp
+#                                      (default: all but trainer and tp)
+#
+# The trainer section needs DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
+# installed into /tmp/site first. TRAINER_STEPS and TRAINER_GLOBAL_BATCH size that run.
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
 # H200; each section has its own time limit so one slow part cannot eat the others. Environment knobs for a shorter
@@ -39,6 +44,15 @@ for section in "${SECTIONS[@]}"; do
                 --ablation --ablation-dists $ABLATION_DISTS --warmup 2 --steps 10 ;;
     large) run bench_throughput_large 90 python3 tools/bench_throughput.py --models large \
              --dists $LARGE_DISTS --systems megabert hf-sdpa --warmup 3 --steps 15 ;;
-    *) echo "unknown section $section (tests attention base profile ablation large)"; exit 2 ;;
+    trainer)
+      if ! python3 -c "import deepspeed" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+        export PYTHONPATH="/tmp/site:$PYTHONPATH" PATH="/tmp/site/bin:$PATH"
+      fi
+      export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # "9.0a" breaks DeepSpeed's op builder
+      run bench_trainer 240 python3 tools/bench_trainer.py --config configs/base.json \
+        --steps "${TRAINER_STEPS:-300}" --bare-steps 10 --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" ;;
+    tp) run bench_tp_overhead 90 python3 tools/bench_tp_overhead.py --json-out "$OUT/tp_overhead.json" ;;
+    *) echo "unknown section $section (tests attention base profile ablation large trainer tp)"; exit 2 ;;
   esac
 done
