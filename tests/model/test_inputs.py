@@ -43,3 +43,22 @@ def test_missing_attention_mask_means_every_token_is_real():
     input_ids, _, labels = ragged_batch([6, 6], seq_len=6)
     inputs = prepare_inputs({"input_ids": input_ids, "labels": labels}, cfg, "cpu")
     assert inputs["unpadded"].indices.numel() == 12 and inputs["unpadded"].max_seqlen == 6
+
+
+@pytest.mark.gpu
+def test_one_pinned_copy_to_the_gpu_gives_the_same_inputs_and_loss():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = MosaicBertForMaskedLM(cfg).eval()
+    input_ids, attention_mask, labels = ragged_batch([11, 4, 16, 1], seq_len=16, seed=2)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    on_cpu = prepare_inputs(batch, cfg, "cpu")
+    on_gpu = prepare_inputs(batch, cfg, "cuda")
+    for key in ("input_ids", "attention_mask", "labels", "masked_token_index"):
+        assert on_gpu[key].is_cuda and torch.equal(on_gpu[key].cpu(), on_cpu[key]), key
+    assert on_gpu["unpadded"].cu_seqlens.dtype == torch.int32
+    assert torch.equal(on_gpu["unpadded"].indices.cpu(), on_cpu["unpadded"].indices)
+    with torch.no_grad():
+        expected = model(**on_cpu).loss
+        got = model.cuda()(**on_gpu).loss
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-5, rtol=1e-5)
