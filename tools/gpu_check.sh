@@ -35,7 +35,7 @@ run() {  # run NAME SECONDS CMD...: tee the output to $OUT/NAME.log, report the 
 
 for section in "${SECTIONS[@]}"; do
   case $section in
-    tests) run gpu_tests 100 python3 -m pytest -q -m gpu tests -p no:cacheprovider ;;
+    tests) run gpu_tests 100 python3 -m pytest -q -m gpu tests/ops tests/model -p no:cacheprovider ;;
     attention) run bench_attention 90 python3 tools/bench_attention.py ;;
     base) run bench_throughput_base 230 python3 tools/bench_throughput.py --models base \
             --dists c4-128 c4-512 --systems $BASE_SYSTEMS --warmup 3 --steps 15 ;;
