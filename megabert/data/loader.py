@@ -11,9 +11,11 @@ DataLoader worker handles whole batches; with ``num_workers=0`` batches are buil
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import signal
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -172,7 +174,9 @@ class MLMData:
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=indices, num_workers=workers,
                                              prefetch_factor=4, persistent_workers=False,
                                              worker_init_fn=_ignore_stop_signals)
-        return iter(loader)
+        iterator = iter(loader)
+        _LIVE_ITERATORS.add(iterator)
+        return iterator
 
     def train_batches(self, consumed_samples: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Infinite iterator over this rank's micro-batches, starting after ``consumed_samples`` global samples."""
@@ -199,9 +203,22 @@ class MLMData:
 def _ignore_stop_signals(worker_id: int) -> None:
     """Workers leave SIGTERM/SIGUSR1/SIGINT to the training process. SLURM preemption and `timeout` signal the
     whole process group; a worker dying of it would make the DataLoader raise inside the training step before
-    the trainer could save its checkpoint. The DataLoader still ends its workers when the trainer exits."""
+    the trainer could save its checkpoint. Workers end through _shutdown_live_iterators (or when their parent
+    dies: the DataLoader's watchdog)."""
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+# Worker-backed iterators still alive. At interpreter exit multiprocessing stops leftover workers with SIGTERM,
+# which they ignore (above), and would wait for them forever; this handler, registered after multiprocessing's
+# and so run before it, shuts them down the orderly way first.
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_live_iterators() -> None:
+    for iterator in list(_LIVE_ITERATORS):
+        iterator._shutdown_workers()
 
 
 def _check_token_range(ds: IndexedDataset, vocab_size: int, probe: int = 1 << 20) -> None:

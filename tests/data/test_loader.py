@@ -236,6 +236,26 @@ def test_workers_survive_stop_signals_meant_for_the_trainer(tmp_path, sample_pre
         assert torch.equal(a["input_ids"], b["input_ids"])
 
 
+def test_a_process_that_leaves_a_worker_iterator_open_still_exits(tmp_path, sample_prefix, vocab_file):
+    """Workers ignore SIGTERM (above), so the exit-time SIGTERM of multiprocessing cannot stop them: the loader
+    must shut its live workers down itself, or the process hangs after its last line."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        from megabert.config import DataConfig
+        from megabert.data import build_mlm_data
+        cfg = DataConfig(data_path=[{sample_prefix!r}], vocab_file={vocab_file!r}, num_workers=1, seq_len=64,
+                         cache_dir={str(tmp_path / "cache")!r})
+        it = build_mlm_data(cfg, seed=1, micro_batch_size=4).train_batches()
+        print(next(it)["input_ids"].shape[0])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "4"
+
+
 def test_re_preprocessing_a_prefix_invalidates_its_cached_indices(tmp_path, sample_texts, vocab_file):
     """Same documents, other lengths (here: --append-eod): cached packed offsets must not be reused."""
     src = write_jsonl(tmp_path / "a.json", [{"text": t} for t in sample_texts[:40]])
