@@ -2,8 +2,7 @@
 
 FLOPs follow docs' benchmark protocol (shared/DESIGN.md): 6 x matmul parameters x real tokens, the MLM head
 counted on the tokens it runs on (masked ones with the sparse head), plus attention 12 x layers x hidden x
-sum(s_i^2). The parameter counts come from megabert/utils/flops.py when it is installed (else an identical
-private copy). It counts useful work, not the kernels' work, so padding and recomputation never raise it.
+sum(s_i^2), as megabert/utils/flops.py computes it for the benchmarks. It counts useful work, not the kernels' work, so padding and recomputation never raise it.
 """
 
 from __future__ import annotations
@@ -16,24 +15,10 @@ from typing import Any, Optional
 import torch
 
 from megabert.config import ModelConfig
+from megabert.utils.flops import measure_matmul_tflops, useful_flops
 from megabert.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-try:  # the project's FLOP counter (kernels' megabert/utils/flops.py) when present: one formula everywhere
-    from megabert.utils.flops import encoder_matmul_params, head_matmul_params
-except ImportError:  # the same formula, private to the trainer
-
-    def encoder_matmul_params(cfg: ModelConfig) -> int:
-        """Weights of the matrix multiplies every real token goes through (embedding lookups are not matmuls)."""
-        h, i = cfg.hidden_size, cfg.intermediate_size
-        mlp_in = 2 * i * h if cfg.mlp_type == "geglu" else i * h
-        return cfg.num_layers * (4 * h * h + mlp_in + i * h)
-
-    def head_matmul_params(cfg: ModelConfig) -> int:
-        """The MLM head: transform (H x H) and tied decoder (V x H)."""
-        return cfg.hidden_size * cfg.hidden_size + cfg.vocab_size * cfg.hidden_size
 
 
 def batch_counts(batch: dict[str, torch.Tensor], sparse_head: bool = True) -> dict[str, int]:
@@ -51,17 +36,16 @@ def batch_counts(batch: dict[str, torch.Tensor], sparse_head: bool = True) -> di
 
 def training_flops(cfg: ModelConfig, counts: dict[str, int]) -> float:
     """Useful FLOPs of forward + backward for the counted tokens."""
-    return (6.0 * encoder_matmul_params(cfg) * counts["real_tokens"]
-            + 6.0 * head_matmul_params(cfg) * counts["head_tokens"]
-            + 12.0 * cfg.num_layers * cfg.hidden_size * counts["sum_sq_len"])
+    return useful_flops(cfg, counts["real_tokens"], counts["head_tokens"], counts["sum_sq_len"])
 
 
 def measure_peak_flops(device: torch.device, dtype: Optional[torch.dtype] = None) -> float:
-    """Matmul FLOP/s measured on this device now (GPU: bf16 8192^3; CPU: fp32 1024^3), the MFU denominator."""
+    """Matmul FLOP/s measured on this device now (GPU: bf16 8192^3, as the benchmarks measure it; CPU: fp32
+    1024^3), the MFU denominator."""
     if device.type == "cuda":
-        n, dtype, iters, repeats = 8192, dtype or torch.bfloat16, 20, 1
-    else:  # a shared CPU is noisy: the best of several short timings is the closest to its peak
-        n, dtype, iters, repeats = 1024, dtype or torch.float32, 2, 5
+        return measure_matmul_tflops(device, dtype=dtype or torch.bfloat16) * 1e12
+    # a shared CPU is noisy: the best of several short timings is the closest to its peak
+    n, dtype, iters, repeats = 1024, dtype or torch.float32, 2, 5
     g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout, resume) untouched
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
@@ -69,13 +53,9 @@ def measure_peak_flops(device: torch.device, dtype: Optional[torch.dtype] = None
         a @ b
     best = float("inf")
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         start = time.perf_counter()
         for _ in range(iters):
             a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n ** 3 * iters / best
 

@@ -31,13 +31,16 @@ def head_matmul_params(cfg: ModelConfig) -> int:
     return cfg.hidden_size * cfg.hidden_size + cfg.hidden_size * cfg.vocab_size
 
 
+def useful_flops(cfg: ModelConfig, real_tokens: int, head_tokens: int, sum_sq_len: int) -> float:
+    """The formula of the module docstring from token counts: the one place it is written."""
+    return float(6 * encoder_matmul_params(cfg) * real_tokens + 6 * head_matmul_params(cfg) * head_tokens
+                 + 12 * cfg.num_layers * cfg.hidden_size * sum_sq_len)
+
+
 def training_step_flops(cfg: ModelConfig, seqlens: Iterable[int], masked_tokens: int) -> float:
     """Useful FLOPs of one forward + backward over sequences of real lengths `seqlens` (module docstring)."""
     lengths = [int(s) for s in seqlens]
-    real_tokens = sum(lengths)
-    attention = 12 * cfg.num_layers * cfg.hidden_size * sum(s * s for s in lengths)
-    return float(6 * encoder_matmul_params(cfg) * real_tokens + 6 * head_matmul_params(cfg) * masked_tokens
-                 + attention)
+    return useful_flops(cfg, sum(lengths), masked_tokens, sum(s * s for s in lengths))
 
 
 def mfu(flops_per_step: float, step_seconds: float, peak_flops_per_second: float) -> float:
@@ -48,8 +51,9 @@ def measure_matmul_tflops(device: Optional[torch.device] = None, n: int = 8192, 
                           warmup: int = 5, iters: int = 30) -> float:
     """Median rate (TFLOP/s) of an n x n x n matmul on random data, timed with CUDA events."""
     device = device or torch.device("cuda")
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout, exact resume) untouched
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     out = torch.empty(n, n, device=device, dtype=dtype)
     for _ in range(warmup):
         torch.matmul(a, b, out=out)
