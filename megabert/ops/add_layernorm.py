@@ -13,12 +13,11 @@ i.e. this is MosaicBERT's low-precision LayerNorm, with fp32 accumulation inside
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 
-from megabert.ops import fused_ops_enabled
+from megabert.ops import fused_ops_enabled, triton_interpreting
 
 try:
     import triton
@@ -241,7 +240,7 @@ _add_ln_fwd.register_autograd(_backward, setup_context=_setup_context)
 def is_available(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernels run: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests), H <= 16384."""
     return (fused_ops_enabled() and triton is not None and tensor.shape[-1] <= 16384
-            and (tensor.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"))
+            and (tensor.is_cuda or triton_interpreting()))
 
 
 def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from megabert.ops import triton_interpreting
 from megabert.ops.attention import varlen_attention_reference
 
 try:
@@ -45,10 +46,6 @@ LOG2E = 1.4426950408889634
 
 __all__ = ["is_available", "varlen_attention", "varlen_attention_qkvpacked", "varlen_attention_reference",
            "SUPPORTED_HEAD_DIMS"]
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,7 +250,7 @@ def _launch(kernel_name: str, fixed, tuned, head_dim: int, grid_axis0, batch: in
     """Launches one kernel: small fixed blocks in the interpreter, autotuned on request, else the fixed table.
 
     grid_axis0(blocks) -> the number of programs along the sequence axis for a {BLOCK_M, BLOCK_N} choice."""
-    if _interpreting():
+    if triton_interpreting():
         fixed[(grid_axis0(_INTERPRETER_BLOCKS), batch, heads)](*args, **meta, **_INTERPRETER_BLOCKS)
     elif _autotuning():
         tuned[lambda m: (grid_axis0(m), batch, heads)](*args, **meta)
@@ -293,7 +290,7 @@ def _prepare(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     if largest >= 2 ** 31:
         raise ValueError(f"{total} tokens x {heads} heads x {head_dim} exceed the Triton attention kernel's 32-bit "
                          f"offsets; use a micro-batch of fewer tokens (or attention_backend 'sdpa')")
-    if _interpreting():
+    if triton_interpreting():
         tensors = tuple(x.float() for x in tensors)
     return tensors
 

@@ -10,12 +10,11 @@ gelu(gate) from the saved input: fewer bytes both ways and one saved activation 
 
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.nn.functional as F
 
-from megabert.ops import fused_ops_enabled
+from megabert.ops import fused_ops_enabled, triton_interpreting
 
 try:
     import triton
@@ -163,8 +162,7 @@ _geglu_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def is_available(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernel runs: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests)."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    return fused_ops_enabled() and triton is not None and (tensor.is_cuda or interpreting)
+    return fused_ops_enabled() and triton is not None and (tensor.is_cuda or triton_interpreting())
 
 
 def geglu(gate_value: torch.Tensor) -> torch.Tensor:
