@@ -127,6 +127,9 @@ class DataConfig:
     """Mask whole words (WordPiece '##' continuations follow their head)."""
     num_workers: int = 1
     """DataLoader worker processes per rank."""
+    stage_ahead: int = 2
+    """Micro-batches the trainer stages ahead on a background thread (unpadding bookkeeping, counts, pinned
+    buffer) while the device computes; 0 stages them in the training loop."""
     cache_dir: Optional[str] = None
     """Where sample indices are cached; default: beside the data."""
 
@@ -145,6 +148,7 @@ class DataConfig:
         _check(len(parts) <= 3 and sum(parts) > 0 and min(parts) >= 0,
                f"data.split ({self.split!r}) needs up to three non-negative weights with a positive sum")
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+        _check(self.stage_ahead >= 0, "data.stage_ahead must be >= 0")
 
 
 @dataclass

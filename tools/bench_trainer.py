@@ -2,12 +2,16 @@
 """Does the trainer keep up with its own training step? One call, one GPU, the same model and engine:
 
   1. the trainer: pretrain_bert.py's loop on the config for --steps steps (DeepSpeed ZeRO-2, bf16, real data
-     loading, a log line every 10 steps, a checkpoint halfway and at the end); throughput end to end after the
-     first log window, from the trainer's own summary;
-  2. the bare step: the same DeepSpeed engine running forward/backward/step on the same global batches already
-     resident on the device (no data loading, no logging, no checkpoints), timed after warm-up.
+     loading, a log line every 10 steps, a checkpoint halfway and at the end); throughput after the first log
+     window from the trainer's own summary, to the end of the last step (the halfway checkpoint included) and
+     to the end of the final save;
+  2. the bare step: the same DeepSpeed engine running forward/backward/step on one global batch already
+     resident on the device (no data loading, no logging, no checkpoints), timed after warm-up;
+  3. with --breakdown, where the difference goes: the bare step on distinct resident batches (the device's
+     share: varying token counts), and the trainer's own step on loader batches staged ahead on a thread or
+     in the loop (the host's share).
 
-Both report real (non-pad) tokens/s and MFU with the same FLOP count and the same measured matmul peak; the
+All report real (non-pad) tokens/s and MFU with the same FLOP count and the same measured matmul peak; the
 trainer should keep >= 95% of the bare step.
 
     python tools/bench_trainer.py --config configs/base.json --steps 300            # one GPU (or CPU)
@@ -21,11 +25,13 @@ when the config's data is missing. Results: printed, and written to <output_dir>
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -49,44 +55,81 @@ def ensure_sample_data(cfg) -> None:
                         "--vocab-file", str(REPO / "data/sample/vocab.txt"), "--workers", "4"], check=True)
 
 
-def bare_step_throughput(trainer: Trainer, steps: int, warmup: int = 3) -> dict[str, float]:
-    """Optimizer steps of the trainer's engine on global batches fetched beforehand and kept on the device."""
-    engine, device, accum = trainer.engine, trainer.device, trainer.accum
-    batches_cpu, counts = [], {"real_tokens": 0, "flops": 0.0}
-    source = trainer.data.train_batches(consumed_samples=0)
-    for _ in range(accum):  # one global batch per rank, replayed every step
-        batch = next(source)
-        c = M.batch_counts(batch, trainer.cfg.model.sparse_mlm_head)
-        counts["real_tokens"] += c["real_tokens"]
-        counts["flops"] += M.training_flops(trainer.cfg.model, c)
-        batches_cpu.append(batch)
-    resident = [prepare_inputs(b, trainer.cfg.model, device) for b in batches_cpu]  # no host work in the loop
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
-    def step() -> None:
-        for inputs in resident:
-            engine.backward(engine(**inputs).loss)
-            engine.step()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
-
-    engine.train()
+def _timed(trainer: Trainer, step: Callable[[], None], steps: int, warmup: int) -> float:
+    """Seconds for `steps` calls of `step` after `warmup` untimed ones, the device drained at both ends."""
+    trainer.engine.train()
     for _ in range(warmup):
         step()
-    sync()
+    _sync(trainer.device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    sync()
-    seconds = time.perf_counter() - start
+    _sync(trainer.device)
+    return time.perf_counter() - start
+
+
+def _rates(trainer: Trainer, real_tokens: float, flops: float, seconds: float) -> dict[str, float]:
+    """Real tokens/s over all replicas and MFU, from one rank's counts (every replica ran its own batches)."""
     world, tp = trainer.world_size, trainer.cfg.parallel.tensor_parallel_size
-    tokens_per_s = counts["real_tokens"] * steps * world / tp / seconds  # every replica ran its own batch
-    return {"tokens_per_s": tokens_per_s,
-            "mfu": counts["flops"] * steps / tp / seconds / trainer.peak_flops,
-            "steps": steps, "seconds": seconds}
+    return {"tokens_per_s": real_tokens * world / tp / seconds,
+            "mfu": flops / tp / seconds / trainer.peak_flops, "seconds": seconds}
+
+
+def _resident_global_batches(trainer: Trainer, count: int) -> tuple[list[list[dict]], float, float]:
+    """`count` global batches of this rank, fetched from the trainer's data and put on the device beforehand."""
+    source = trainer.data.train_batches(consumed_samples=0)
+    batches, real_tokens, flops = [], 0, 0.0
+    for _ in range(count):
+        micro = []
+        for _ in range(trainer.accum):
+            batch = next(source)
+            c = M.batch_counts(batch, trainer.cfg.model.sparse_mlm_head)
+            real_tokens += c["real_tokens"]
+            flops += M.training_flops(trainer.cfg.model, c)
+            micro.append(prepare_inputs(batch, trainer.cfg.model, trainer.device))
+        batches.append(micro)
+    return batches, real_tokens / count, flops / count
+
+
+def bare_step_throughput(trainer: Trainer, steps: int, warmup: int = 3, distinct: bool = False) -> dict[str, float]:
+    """Optimizer steps of the trainer's engine on global batches already on the device: no host work at all.
+
+    distinct=False replays one global batch every step (the fixed shapes of a kernel benchmark); True gives every
+    step its own batch, so the device sees the varying token counts that real data has."""
+    engine = trainer.engine
+    resident, real_tokens, flops = _resident_global_batches(trainer, steps + warmup if distinct else 1)
+    calls = itertools.count()
+
+    def step() -> None:
+        for inputs in resident[next(calls) % len(resident)]:
+            engine.backward(engine(**inputs).loss)
+            engine.step()
+
+    return {**_rates(trainer, real_tokens * steps, flops * steps, _timed(trainer, step, steps, warmup)), "steps": steps}
+
+
+def loop_step_throughput(trainer: Trainer, steps: int, stage_ahead: int, warmup: int = 3) -> dict[str, float]:
+    """The trainer's own step (Trainer._train_step) on batches from the data loader, staged `stage_ahead`
+    micro-batches ahead (0: in the loop): the data path's cost, without logging or checkpoints."""
+    from megabert.train.progress import Window
+
+    trainer.cfg.data.stage_ahead = stage_ahead
+    batches = trainer._staged_train_batches()
+    window = Window()
+    try:
+        seconds = _timed(trainer, lambda: trainer._train_step(batches, window), steps, warmup)
+    finally:
+        batches.close()
+    per_step = (steps + warmup)  # the window counted warm-up steps too
+    return {**_rates(trainer, window.counts["real_tokens"] * steps / per_step, window.counts["flops"] * steps / per_step,
+                     seconds), "steps": steps, "stage_ahead": stage_ahead}
 
 
 def _override_value(overrides: list[str], key: str) -> str | None:
@@ -102,7 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=300, help="trainer steps (default 300)")
-    parser.add_argument("--bare-steps", type=int, default=20, help="timed bare optimizer steps (default 20)")
+    parser.add_argument("--bare-steps", type=int, default=20, help="timed optimizer steps of each comparison "
+                        "(default 20)")
+    parser.add_argument("--breakdown", action="store_true", help="also time the bare step on distinct batches and "
+                        "the trainer's step with and without staging ahead: where the trainer's time goes")
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
@@ -120,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.validate()
     ensure_sample_data(cfg)
 
+    stage_ahead = cfg.data.stage_ahead
     trainer = Trainer(cfg)
     summary = trainer.train()
     bare = bare_step_throughput(trainer, args.bare_steps)
@@ -129,18 +176,32 @@ def main(argv: list[str] | None = None) -> dict:
         "global_batch_size": cfg.global_batch_size, "world_size": trainer.world_size,
         "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
         "torch": torch.__version__, "peak_matmul_tflops": trainer.peak_flops / 1e12,
+        "deepspeed_zero": trainer.ds_config["zero_optimization"],
         "trainer_tokens_per_s": summary.get("run_tokens_per_s"), "trainer_mfu": summary.get("run_mfu"),
+        "trainer_loop_tokens_per_s": summary.get("loop_tokens_per_s"), "trainer_loop_mfu": summary.get("loop_mfu"),
         "trainer_steps_measured": summary.get("run_steps_measured"),
         "bare_tokens_per_s": bare["tokens_per_s"], "bare_mfu": bare["mfu"], "bare_steps": bare["steps"],
         "final_train_loss": summary.get("loss"),
     }
     result["trainer_over_bare"] = (result["trainer_tokens_per_s"] or 0.0) / bare["tokens_per_s"]
+    result["trainer_loop_over_bare"] = (result["trainer_loop_tokens_per_s"] or 0.0) / bare["tokens_per_s"]
+    rows = [("trainer, to the end of the final save", result["trainer_tokens_per_s"], result["trainer_mfu"]),
+            ("trainer, to the end of the last step", result["trainer_loop_tokens_per_s"], result["trainer_loop_mfu"]),
+            ("bare step (one batch, on the device)", bare["tokens_per_s"], bare["mfu"])]
+    if args.breakdown:
+        fresh = bare_step_throughput(trainer, args.bare_steps, distinct=True)
+        staged = loop_step_throughput(trainer, args.bare_steps, stage_ahead=max(stage_ahead, 1))
+        inline = loop_step_throughput(trainer, args.bare_steps, stage_ahead=0)
+        result["breakdown"] = {"bare_distinct_batches": fresh, "step_staged_ahead": staged, "step_staged_inline": inline}
+        rows += [("bare step (distinct batches, on device)", fresh["tokens_per_s"], fresh["mfu"]),
+                 (f"trainer step, staged {staged['stage_ahead']} ahead", staged["tokens_per_s"], staged["mfu"]),
+                 ("trainer step, staged in the loop", inline["tokens_per_s"], inline["mfu"])]
     if trainer.rank == 0:
-        print(f"\n{'':38}{'real tokens/s':>16}{'MFU':>9}")
-        print(f"{'trainer (data, logs, 2 checkpoints)':38}{result['trainer_tokens_per_s']:>16,.0f}"
-              f"{100 * result['trainer_mfu']:>8.1f}%")
-        print(f"{'bare step (same engine and batches)':38}{bare['tokens_per_s']:>16,.0f}{100 * bare['mfu']:>8.1f}%")
-        print(f"trainer / bare = {result['trainer_over_bare']:.3f} (target >= 0.95); peak matmul "
+        print(f"\n{'':42}{'real tokens/s':>16}{'MFU':>9}")
+        for name, rate, mfu in rows:
+            print(f"{name:42}{rate or 0.0:>16,.0f}{100 * (mfu or 0.0):>8.1f}%")
+        print(f"trainer / bare = {result['trainer_over_bare']:.3f} to the end of the final save, "
+              f"{result['trainer_loop_over_bare']:.3f} to the end of the last step (target >= 0.95); peak matmul "
               f"{result['peak_matmul_tflops']:.1f} TFLOP/s on {result['device']}, torch {result['torch']}")
         print("BENCH_TRAINER " + json.dumps(result))
         Path(out).mkdir(parents=True, exist_ok=True)

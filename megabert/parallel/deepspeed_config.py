@@ -61,7 +61,7 @@ def build_deepspeed_config(parallel: ParallelConfig, optim: OptimConfig, global_
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": global_batch_size // per_step,
         "gradient_clipping": optim.grad_clip,
-        "zero_optimization": _zero_section(parallel.zero_stage, on_gpu),
+        "zero_optimization": _zero_section(parallel.zero_stage, on_gpu, data_parallel_size),
         # megabert's optimizer is a torch.optim.Adam subclass that ZeRO has not "tested"; it is a plain
         # per-tensor elementwise update, which every ZeRO stage supports.
         "zero_allow_untested_optimizer": True,
@@ -83,11 +83,14 @@ def build_deepspeed_config(parallel: ParallelConfig, optim: OptimConfig, global_
     return merge_extra(config, extra or {})
 
 
-def _zero_section(stage: int, on_gpu: bool) -> dict[str, Any]:
+def _zero_section(stage: int, on_gpu: bool, data_parallel_size: int) -> dict[str, Any]:
+    """ZeRO settings. Gradient reduction overlaps the backward only where there is a reduction to overlap (GPUs,
+    more than one replica): with overlap on, DeepSpeed synchronises the device at the end of every backward,
+    which a single replica would pay for nothing."""
     section: dict[str, Any] = {"stage": stage}
     if stage >= 1:
         section.update(contiguous_gradients=True, reduce_scatter=True, reduce_bucket_size=int(5e8),
-                       allgather_bucket_size=int(5e8), overlap_comm=on_gpu)
+                       allgather_bucket_size=int(5e8), overlap_comm=on_gpu and data_parallel_size > 1)
     if stage == 3:
         section.update(stage3_gather_16bit_weights_on_model_save=False)
     return section

@@ -35,11 +35,14 @@ class Window:
         self.totals_flops = 0.0
 
     def add_batch(self, batch: dict, cfg: TrainConfig) -> None:
-        c = M.batch_counts(batch, cfg.model.sparse_mlm_head)
-        self.counts["samples"] += c["samples"]
-        self.counts["real_tokens"] += c["real_tokens"]
-        self.counts["padded_tokens"] += c["padded_tokens"]
-        self.counts["flops"] += M.training_flops(cfg.model, c)
+        self.add_counts(M.batch_counts(batch, cfg.model.sparse_mlm_head), cfg)
+
+    def add_counts(self, counts: dict[str, int], cfg: TrainConfig) -> None:
+        """One micro-batch's counts (metrics.batch_counts), computed wherever the batch was staged."""
+        self.counts["samples"] += counts["samples"]
+        self.counts["real_tokens"] += counts["real_tokens"]
+        self.counts["padded_tokens"] += counts["padded_tokens"]
+        self.counts["flops"] += M.training_flops(cfg.model, counts)
 
     def reduced(self, device: torch.device, tensor_parallel_size: int) -> dict[str, float]:
         """Sums over all ranks (one all-reduce). The tensor-parallel ranks of one replica see the same batch, so
@@ -66,6 +69,7 @@ class RunClock:
 
     def __init__(self) -> None:
         self.start: Optional[float] = None
+        self.loop_end: Optional[float] = None  # the last training step's end, before the final save
         self.steps, self.real_tokens, self.flops, self.excluded = 0, 0.0, 0.0, 0.0
 
     def add(self, window: Window) -> None:
@@ -80,8 +84,17 @@ class RunClock:
         if self.start is not None:
             self.excluded += seconds
 
+    def end_loop(self) -> None:
+        """Marks the end of the training steps (the final save and export come after it)."""
+        self.loop_end = time.perf_counter()
+
     def seconds(self) -> float:
+        """Since the first window, to now."""
         return max(time.perf_counter() - self.start - self.excluded, 1e-9)
+
+    def loop_seconds(self) -> float:
+        """Since the first window, to the end of the training steps (intermediate saves included)."""
+        return max((self.loop_end or time.perf_counter()) - self.start - self.excluded, 1e-9)
 
 
 class ProgressBar:

@@ -34,10 +34,11 @@ import torch
 import torch.distributed as dist
 
 from megabert.config import ConfigError, TrainConfig, to_dict
-from megabert.model.inputs import prepare_inputs
+from megabert.model.inputs import StagedInputs, prepare_inputs, stage_inputs
 from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.train import metrics as M
 from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_dir_name
+from megabert.train.prefetch import StagedBatches
 from megabert.train.progress import ProgressBar, RunClock, Window
 from megabert.utils.distributed import DistEnv, barrier, discover_env, init_distributed
 from megabert.utils.logging import get_logger, setup_logging
@@ -227,7 +228,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         total = cfg.schedule.total_steps
         previous_handlers = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
-        batches = self.data.train_batches(consumed_samples=st.consumed_samples)
+        batches = self._staged_train_batches()
         progress = ProgressBar(total, st.step, enabled=self.is_main, show_mfu=self.device.type == "cuda")
         window = Window()
         clock = RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
@@ -249,6 +250,8 @@ class Trainer:
                     summary = self._log(window, progress)
                     clock.add(window)
                     window = Window()
+                if st.step == total:
+                    clock.end_loop()  # the final save (in the loop or after it) is not part of `loop_*`
                 if cfg.logging.eval_interval and st.step % cfg.logging.eval_interval == 0 and st.step < total:
                     clock.exclude(self._evaluate()["eval_seconds"])
                 if stop:
@@ -272,12 +275,23 @@ class Trainer:
                 self.writer.write(st.step, {f"final/{k}": v for k, v in summary.items()})
             return summary
         finally:
+            batches.close()
             progress.close()
             self.writer.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
 
-    def _train_step(self, batches: Iterator[dict], window: Window) -> tuple[int, int, int]:
+    def _staged_train_batches(self) -> StagedBatches:
+        """The training batches from the data position, staged ahead on a thread: (counts, StagedInputs)."""
+        sparse_head, pin = self.cfg.model.sparse_mlm_head, self.device.type == "cuda"
+
+        def stage(batch: dict) -> tuple[dict[str, int], StagedInputs]:
+            return M.batch_counts(batch, sparse_head), stage_inputs(batch, self.cfg.model, pin=pin)
+
+        source = self.data.train_batches(consumed_samples=self.state.consumed_samples)
+        return StagedBatches(source, stage, depth=self.cfg.data.stage_ahead, device=self.device)
+
+    def _train_step(self, batches: Iterator[tuple[dict, StagedInputs]], window: Window) -> tuple[int, int, int]:
         """One optimizer step over `accum` micro-batches. Returns (step, non-finite flag, stop signal) for the
         latest step whose flags the host knows: this one when the optimizer skips on the host, else the previous
         one -- the device then skips a non-finite update by itself and the host reads the flags a step late, so
@@ -290,9 +304,9 @@ class Trainer:
         known = (step, 0, 0)
         for micro in range(self.accum):
             with self.timers("data"):
-                batch = next(batches)
-            window.add_batch(batch, self.cfg)
-            loss = engine(**prepare_inputs(batch, self.cfg.model, device)).loss
+                counts, staged = next(batches)
+            window.add_counts(counts, self.cfg)
+            loss = engine(**staged.to(device)).loss
             engine.backward(loss)
             finite = torch.isfinite(loss.detach())
             loss_sum += torch.where(finite, loss.detach().float(), 0.0)
@@ -445,14 +459,18 @@ class Trainer:
         barrier()
 
     def _run_summary(self, clock: RunClock) -> dict[str, float]:
-        """Throughput over wall-clock time from the end of the first log window to the end of the final save:
-        data loading, logging and checkpointing included (evaluation excluded)."""
+        """Throughput over wall-clock time from the end of the first log window: `run_*` to the end of the final
+        save (data loading, logging and every checkpoint included), `loop_*` to the end of the last step
+        (intermediate checkpoints included, the final one not). Evaluation is excluded from both."""
         if not clock.steps:
             return {}
-        seconds = clock.seconds()
+        seconds, loop_seconds = clock.seconds(), clock.loop_seconds()
         return {"run_tokens_per_s": clock.real_tokens / seconds,
                 "run_mfu": clock.flops / seconds / (self.peak_flops * self.world_size),
-                "run_steps_measured": clock.steps, "run_seconds_measured": seconds}
+                "run_steps_measured": clock.steps, "run_seconds_measured": seconds,
+                "loop_tokens_per_s": clock.real_tokens / loop_seconds,
+                "loop_mfu": clock.flops / loop_seconds / (self.peak_flops * self.world_size),
+                "loop_seconds_measured": loop_seconds}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
