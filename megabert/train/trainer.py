@@ -268,6 +268,11 @@ class Trainer:
             if last_saved != st.step:
                 self._save()
             summary.update(self._run_summary(clock))
+            if self.is_main and "run_tokens_per_s" in summary:
+                log.info("run after the first log window: %s real tok/s%s over %d steps (to the last step), %s to the "
+                         "end of the final save", f"{summary['loop_tokens_per_s']:,.0f}",
+                         f", MFU {100 * summary['loop_mfu']:.1f}%" if self.device.type == "cuda" else "",
+                         summary["run_steps_measured"], f"{summary['run_tokens_per_s']:,.0f}")
             summary.update(self._evaluate() if cfg.logging.eval_interval else {})
             summary.update(step=st.step, stopped_by_signal=False)
             self._export()
