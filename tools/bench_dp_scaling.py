@@ -108,9 +108,10 @@ def global_batch_counts(trainer: Trainer) -> tuple[float, float]:
 
 def measure(cfg: TrainConfig, args: argparse.Namespace) -> dict:
     """Builds the trainer's engine for `cfg`, times it, tears it down; returns the result (same on every rank)."""
+    cuda = cfg.parallel.device != "cpu" and torch.cuda.is_available()
+    left_over = torch.cuda.memory_allocated() / 2 ** 20 if cuda else None  # by an earlier stage: should be ~0
     trainer = Trainer(cfg)
     trainer.setup()
-    cuda = trainer.device.type == "cuda"
     try:
         tokens, flops = global_batch_counts(trainer)
         if cuda:
@@ -140,6 +141,7 @@ def measure(cfg: TrainConfig, args: argparse.Namespace) -> dict:
             "mfu": flops / median_step / (trainer.peak_flops * trainer.world_size),
             "peak_matmul_tflops": trainer.peak_flops / 1e12,
             "peak_memory_mib": torch.cuda.max_memory_allocated(trainer.device) / 2 ** 20 if cuda else None,
+            "memory_before_setup_mib": left_over,
             "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
             "device": torch.cuda.get_device_name(trainer.device) if cuda else "cpu",
             "torch": torch.__version__, "deepspeed": deepspeed.__version__,
