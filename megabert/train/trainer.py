@@ -256,6 +256,7 @@ class Trainer:
                                 signal.Signals(stop).name if stop in signal.Signals._value2member_map_ else stop,
                                 st.step)
                     self._save()
+                    self.checkpoints.wait()  # published before the process exits
                     summary.update(stopped_by_signal=True, step=st.step)
                     return summary
                 if cfg.checkpoint.save_interval and st.step % cfg.checkpoint.save_interval == 0:
@@ -264,6 +265,7 @@ class Trainer:
             self._check_nonfinite(flag_step, nonfinite, nonfinite_in_a_row)
             if last_saved != st.step:
                 self._save()
+            self.checkpoints.wait()  # the final checkpoint is published (export reads it)
             summary.update(self._run_summary(clock))
             summary.update(self._evaluate() if cfg.logging.eval_interval else {})
             summary.update(step=st.step, stopped_by_signal=False)
@@ -272,6 +274,7 @@ class Trainer:
                 self.writer.write(st.step, {f"final/{k}": v for k, v in summary.items()})
             return summary
         finally:
+            self.checkpoints.close()  # only after an exception is a save still in flight here
             progress.close()
             self.writer.close()
             for sig, handler in previous_handlers.items():
@@ -425,10 +428,14 @@ class Trainer:
                                       "elapsed_seconds": st.elapsed_seconds, "skipped_steps": st.skipped_steps,
                                       "zero_stage": self.cfg.parallel.zero_stage},
                                      to_dict(self.cfg))
+        # What training waited for; saving asynchronously, the snapshot (and the previous write, if unfinished).
         seconds = time.perf_counter() - start
         if self.is_main:
             self.writer.write(st.step, {"checkpoint/seconds": seconds})
-            log.info("saved checkpoint %s in %.1f s", path, seconds)
+            if self.checkpoints.in_flight:
+                log.info("saved checkpoint %s in %.2f s (snapshot); writing it in the background", path, seconds)
+            else:
+                log.info("saved checkpoint %s in %.1f s", path, seconds)
         return st.step
 
     def _export(self) -> None:
