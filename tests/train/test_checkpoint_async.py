@@ -154,17 +154,17 @@ def test_rank_0_publishes_only_when_every_rank_has_written_its_files(tmp_path):
     ranks = [(manager(tmp_path, 0, 2), MiniEngine(0)), (manager(tmp_path, 1, 2), MiniEngine(1, GatedWriter(gate)))]
     for mgr, engine in ranks:
         save(mgr, engine, 3)
-    tmp = tmp_path / "ckpt" / ".tmp.step_0000003"
+    published = tmp_path / "ckpt" / "step_0000003"
+    rank_0_done = tmp_path / "ckpt" / ".tmp.step_0000003" / "written" / "rank_00000"
     deadline = time.time() + 10
-    while not (tmp / "written" / "rank_00000").exists():
+    while not (rank_0_done.exists() or published.exists()):
         assert time.time() < deadline, "rank 0 never finished its own files"
         time.sleep(0.01)
     time.sleep(0.3)  # rank 0's writer is now polling for rank 1's marker
-    assert not (tmp_path / "ckpt" / "step_0000003").exists() and latest_checkpoint(tmp_path / "ckpt") is None
+    assert not published.exists() and latest_checkpoint(tmp_path / "ckpt") is None, "published without rank 1"
 
     gate.set()
-    assert ranks[1][0].wait() == ranks[0][0].wait() == tmp_path / "ckpt" / "step_0000003"
-    published = tmp_path / "ckpt" / "step_0000003"
+    assert ranks[1][0].wait() == ranks[0][0].wait() == published
     assert sorted(p.name for p in (published / "ds").iterdir()) == ["model_states.pt", "optim_rank_0.pt",
                                                                    "optim_rank_1.pt"]
     assert sorted(p.name for p in (published / "rng").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
@@ -197,3 +197,33 @@ def test_synchronous_saves_publish_before_save_returns(tmp_path):
 def test_async_save_must_be_a_boolean():
     with pytest.raises(ConfigError, match="checkpoint.async_save"):
         CheckpointConfig(async_save="sometimes").validate()
+
+
+@pytest.mark.slow
+def test_two_ranks_write_in_the_background_publish_when_both_are_done_and_resume_exactly(tmp_path):
+    """ZeRO-1 on two gloo processes. Both writers start late (rank 1 later), so training runs on and mutates the
+    live parameters and optimizer partitions before the files are written: a resume from the step-4 checkpoint
+    reproduces the losses only if the snapshot was private, and only if rank 0 waited for rank 1's files."""
+    first = tiny_config(tmp_path / "first")
+    first["schedule"]["total_steps"] = 8
+    proc = run_trainer(first, tmp_path, nproc=2, env={"MEGABERT_TEST_WRITE_DELAY": "0:1.5,1:3"})
+    assert proc.returncode == 0, explain(proc)
+    log = proc.stderr
+    published_4 = log.index("published checkpoint " + str(tmp_path / "first" / "ckpt" / "step_0000004"))
+    assert log.index("step 6 |") < published_4, "training did not go on while step 4 was being written"
+    ckpt = tmp_path / "first" / "ckpt"
+    assert [p.name for p in list_checkpoints(ckpt)] == ["step_0000004", "step_0000008"]
+    assert not list(ckpt.glob(".tmp.*")) and (ckpt / "latest").read_text().strip() == "step_0000008"
+    for step_dir in list_checkpoints(ckpt):
+        assert sorted(p.name for p in (step_dir / "rng").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
+        assert len(list((step_dir / "ds").glob("*optim_states.pt"))) == 2 and not (step_dir / "written").exists()
+
+    resumed = tiny_config(tmp_path / "resumed")
+    resumed["schedule"]["total_steps"] = 8
+    resumed["checkpoint"]["resume"] = str(ckpt / "step_0000004")
+    proc = run_trainer(resumed, tmp_path, nproc=2)
+    assert proc.returncode == 0, explain(proc)
+    reference, again = losses(tmp_path / "first"), losses(tmp_path / "resumed")
+    assert sorted(again) == [5, 6, 7, 8]
+    for step in again:
+        assert again[step] == reference[step], f"step {step}: {again[step]} != {reference[step]}"
