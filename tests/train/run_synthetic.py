@@ -57,9 +57,9 @@ def main(argv: list[str]) -> None:
     if delays:
         write = checkpoint.CheckpointManager._write
 
-        def write_late(self, job, writer):
+        def write_late(self, job):
             time.sleep(delays.get(self.rank, 0.0))
-            write(self, job, writer)
+            write(self, job)
 
         checkpoint.CheckpointManager._write = write_late
 

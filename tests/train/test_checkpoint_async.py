@@ -4,6 +4,7 @@ DeepSpeed's save contract (state dicts handed to engine.checkpoint_engine.save);
 two gloo processes."""
 
 import json
+import os
 import random
 import threading
 import time
@@ -23,34 +24,34 @@ def torch_checkpoint_engine_class():
     return TorchCheckpointEngine
 
 
-class GatedWriter:
-    """A TorchCheckpointEngine whose save() waits for `gate` (the background write held back), or raises `fail`."""
+def hold_writes(mgr: CheckpointManager, gate: threading.Event | None = None, fail: Exception | None = None):
+    """Makes mgr's background writer wait for `gate` before each file (the write held back), or raise `fail`."""
+    write = mgr._write_file
 
-    def __new__(cls, gate: threading.Event | None = None, fail: Exception | None = None):
-        base = torch_checkpoint_engine_class()
+    def held(obj, path):
+        if fail is not None:
+            raise fail
+        assert gate.wait(30), "test gate never opened"
+        write(obj, path)
 
-        class _Gated(base):
-            def save(self, state_dict, path):
-                if fail is not None:
-                    raise fail
-                if gate is not None:
-                    assert gate.wait(30), "test gate never opened"
-                super().save(state_dict, path)
+    mgr._write_file = held
 
-        return _Gated()
+
+def release_writes(mgr: CheckpointManager) -> None:
+    del mgr._write_file
 
 
 class MiniEngine:
     """DeepSpeed's checkpoint contract in miniature: parameters are views of one flat buffer, the optimizer has
     param_groups and per-parameter state; save_checkpoint hands its state dicts to self.checkpoint_engine."""
 
-    def __init__(self, rank: int = 0, writer=None):
+    def __init__(self, rank: int = 0):
         self.rank = rank
         self.flat = torch.arange(40.0)
         self.weight = self.flat[:10]
         self.optimizer = {"param_groups": [{"lr": 0.1, "params": [0]}],
                           "state": {0: {"exp_avg": torch.zeros(10), "step": torch.tensor(0.0)}}}
-        self.checkpoint_engine = writer or torch_checkpoint_engine_class()()
+        self.checkpoint_engine = torch_checkpoint_engine_class()()
 
     def train_step(self) -> None:
         self.weight.add_(1.0)
@@ -97,7 +98,7 @@ def test_the_checkpoint_holds_the_state_at_save_time_while_training_goes_on(tmp_
 
     engine.train_step()
     at_save, rng_at_save = engine.state(), random.getstate()
-    engine.checkpoint_engine = GatedWriter(gate)
+    hold_writes(mgr, gate)
     save(mgr, engine, 2)
     assert mgr.in_flight
     for _ in range(3):  # training goes on while the files are not yet written
@@ -133,7 +134,7 @@ def test_a_failed_background_write_raises_naming_the_checkpoint_and_latest_keeps
     engine, mgr = MiniEngine(), manager(tmp_path)
     save(mgr, engine, 1)
     mgr.wait()
-    engine.checkpoint_engine = GatedWriter(fail=OSError(28, "No space left on device"))
+    hold_writes(mgr, fail=OSError(28, "No space left on device"))
     save(mgr, engine, 2)  # returns: the failure happens in the background
     with pytest.raises(CheckpointWriteError, match=r"step_0000002.*No space left.*latest. still names step_0000001"):
         mgr.wait() if surfaces_at == "wait" else save(mgr, engine, 3)
@@ -142,7 +143,7 @@ def test_a_failed_background_write_raises_naming_the_checkpoint_and_latest_keeps
     assert [p.name for p in list_checkpoints(ckpt)] == ["step_0000001"]
     assert mgr.wait() is None  # reported once
 
-    engine.checkpoint_engine = torch_checkpoint_engine_class()()  # the disk has room again
+    release_writes(mgr)  # the disk has room again
     save(mgr, engine, 4)
     assert mgr.wait().name == "step_0000004"
     assert not (ckpt / ".tmp.step_0000002").exists()  # the failed attempt is cleaned up
@@ -151,7 +152,8 @@ def test_a_failed_background_write_raises_naming_the_checkpoint_and_latest_keeps
 def test_rank_0_publishes_only_when_every_rank_has_written_its_files(tmp_path):
     """Two ranks in one process (no process group): rank 1's write is held back; rank 0 must wait for it."""
     gate = threading.Event()
-    ranks = [(manager(tmp_path, 0, 2), MiniEngine(0)), (manager(tmp_path, 1, 2), MiniEngine(1, GatedWriter(gate)))]
+    ranks = [(manager(tmp_path, 0, 2), MiniEngine(0)), (manager(tmp_path, 1, 2), MiniEngine(1))]
+    hold_writes(ranks[1][0], gate)
     for mgr, engine in ranks:
         save(mgr, engine, 3)
     published = tmp_path / "ckpt" / "step_0000003"
@@ -171,8 +173,8 @@ def test_rank_0_publishes_only_when_every_rank_has_written_its_files(tmp_path):
 
 
 def test_rank_0_does_not_publish_when_another_rank_fails(tmp_path):
-    ranks = [(manager(tmp_path, 0, 2), MiniEngine(0)),
-             (manager(tmp_path, 1, 2), MiniEngine(1, GatedWriter(fail=PermissionError("read-only file system"))))]
+    ranks = [(manager(tmp_path, 0, 2), MiniEngine(0)), (manager(tmp_path, 1, 2), MiniEngine(1))]
+    hold_writes(ranks[1][0], fail=PermissionError("read-only file system"))
     for mgr, engine in ranks:
         save(mgr, engine, 3)
     with pytest.raises(CheckpointWriteError, match="read-only"):
@@ -182,8 +184,21 @@ def test_rank_0_does_not_publish_when_another_rank_fails(tmp_path):
     assert list_checkpoints(tmp_path / "ckpt") == []
 
 
-def test_synchronous_saves_publish_before_save_returns(tmp_path):
-    engine, mgr = MiniEngine(), manager(tmp_path, async_save=False)
+class OtherCheckpointEngine:
+    """Not torch.save underneath (as DeepSpeed's decoupled or NVMe writers): an async save cannot record it."""
+
+    def makedirs(self, path, exist_ok=False):
+        os.makedirs(path, exist_ok=exist_ok)
+
+    def save(self, state_dict, path):
+        torch.save(state_dict, path)
+
+
+@pytest.mark.parametrize("why", ["async_save false", "another checkpoint engine"])
+def test_synchronous_saves_publish_before_save_returns(tmp_path, why):
+    engine, mgr = MiniEngine(), manager(tmp_path, async_save=why != "async_save false")
+    if why == "another checkpoint engine":
+        engine.checkpoint_engine = OtherCheckpointEngine()
     engine.train_step()
     at_save = engine.state()
     save(mgr, engine, 1)
@@ -192,6 +207,23 @@ def test_synchronous_saves_publish_before_save_returns(tmp_path):
     restored = MiniEngine()
     mgr.load(restored, tmp_path / "ckpt" / "step_0000001")
     assert torch.equal(restored.state()["weight"], at_save["weight"])
+
+
+def test_after_an_exception_close_gives_up_on_an_unfinished_save_without_publishing_it(tmp_path):
+    gate = threading.Event()
+    engine, mgr = MiniEngine(), manager(tmp_path)
+    save(mgr, engine, 1)
+    mgr.wait()
+    hold_writes(mgr, gate)
+    save(mgr, engine, 2)
+    job = mgr._pending
+    mgr.close(timeout_s=0.2)  # the run is failing: nothing waits for long, no collective
+    assert not mgr.in_flight
+    gate.set()  # the write finishes after all (a process that goes on living) ...
+    job.thread.join(10)
+    ckpt = tmp_path / "ckpt"
+    assert [p.name for p in list_checkpoints(ckpt)] == ["step_0000001"]  # ... but is not published
+    assert latest_checkpoint(ckpt).name == "step_0000001"
 
 
 def test_async_save_must_be_a_boolean():
