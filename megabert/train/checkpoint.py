@@ -247,7 +247,7 @@ class CheckpointManager:
                 return
             shutil.rmtree(job.tmp / MARKER_DIR)
             self._finish(job.tmp, job.final, job.config_text, job.state_text)
-            log.info("published checkpoint %s: written in %.1f s in the background (training stopped for %.2f s)",
+            log.info("published checkpoint %s: written in %.2f s in the background (training stopped for %.2f s)",
                      job.final, time.perf_counter() - start, job.snapshot_seconds)
         except BaseException as e:  # noqa: BLE001
             job.publish_error = e
