@@ -9,7 +9,9 @@ own, every container is rebuilt, and any other mutable leaf is deep-copied; only
 
 `HostStaging` keeps the pinned host buffers that device tensors are copied into. They are reused by the next
 snapshot (the caller guarantees the previous write has finished), so only the first save pays for pinning, and the
-device-to-host copies run asynchronously with one synchronisation at the end.
+device-to-host copies run asynchronously with one synchronisation at the end. Measured on an H200 for 1.9 GB
+(megabert-base, ZeRO-2 bf16): 0.035 s into reused pinned buffers, 2.0 s the first time (pinning), 1.4-1.7 s as
+plain pageable copies.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class Snapshot:
 
     def _tensor(self, t: torch.Tensor) -> torch.Tensor:
         t = t.detach()
+        if t.layout != torch.strided:  # sparse and other layouts: no storage to share or stage
+            return t.to("cpu", copy=True)
         key = (t.device, t.dtype, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
         found = self._tensors.get(key)
         if found is not None:

@@ -70,3 +70,10 @@ def test_staging_hands_out_the_same_buffers_when_the_structure_repeats():
     assert grown.shape == (5,) and grown.dtype == torch.float32
     staging.release()
     assert staging.nbytes == 12 * 4 + 5 * 4
+
+
+def test_sparse_tensors_are_copied_too():
+    sparse = torch.eye(3).to_sparse()
+    copy = host_copy({"s": sparse})["s"]
+    sparse.values().mul_(5.0)
+    assert torch.equal(copy.to_dense(), torch.eye(3))
