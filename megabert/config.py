@@ -234,10 +234,16 @@ class CheckpointConfig:
     """'auto' (latest in dir if any), 'none', or a path to a checkpoint directory."""
     init_from: Optional[str] = None
     """Initialise model weights (only) from this checkpoint or exported state dict."""
+    async_save: bool = True
+    """Write checkpoints in the background: training stops only while the state is copied to host memory (one
+    checkpoint's worth per rank), and a save is published once every rank has written it. false writes in place
+    while training waits."""
 
     def validate(self) -> None:
         _check(self.save_interval >= 0, "checkpoint.save_interval must be >= 0")
         _check(self.keep_last >= 0, "checkpoint.keep_last must be >= 0")
+        _check(isinstance(self.async_save, bool), f"checkpoint.async_save is {self.async_save!r}; expected true or "
+                                                  f"false")
 
 
 @dataclass

@@ -232,12 +232,17 @@ class Trainer:
         progress = ProgressBar(total, st.step, enabled=self.is_main, show_mfu=self.device.type == "cuda")
         window = Window()
         clock = RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
-        nonfinite_in_a_row, last_saved, summary = 0, -1, {}
+        nonfinite_in_a_row, last_saved, summary, staging_ready = 0, -1, {}, False
         self.engine.train()
         try:
             while st.step < total:
                 step_start = time.perf_counter()
                 flag_step, nonfinite, stop = self._train_step(batches, window)
+                if not staging_ready:  # after the first step, when the optimizer state exists
+                    staging_ready = True
+                    seconds = self.checkpoints.prepare(self.engine)
+                    if seconds and self.is_main:
+                        log.info("pinned host buffers for asynchronous checkpoints in %.1f s", seconds)
                 st.step += 1
                 st.consumed_samples += cfg.global_batch_size
                 nonfinite_in_a_row = self._check_nonfinite(flag_step, nonfinite, nonfinite_in_a_row)
@@ -259,6 +264,7 @@ class Trainer:
                                 signal.Signals(stop).name if stop in signal.Signals._value2member_map_ else stop,
                                 st.step)
                     self._save()
+                    self.checkpoints.wait()  # published before the process exits
                     summary.update(stopped_by_signal=True, step=st.step)
                     return summary
                 if cfg.checkpoint.save_interval and st.step % cfg.checkpoint.save_interval == 0:
@@ -267,6 +273,7 @@ class Trainer:
             self._check_nonfinite(flag_step, nonfinite, nonfinite_in_a_row)
             if last_saved != st.step:
                 self._save()
+            self.checkpoints.wait()  # the final checkpoint is published (export reads it)
             summary.update(self._run_summary(clock))
             if self.is_main and "run_tokens_per_s" in summary:
                 log.info("run after the first log window: %s real tok/s%s over %d steps (to the last step), %s to the "
@@ -281,6 +288,7 @@ class Trainer:
             return summary
         finally:
             batches.close()
+            self.checkpoints.close()  # only after an exception is a save still in flight here
             progress.close()
             self.writer.close()
             for sig, handler in previous_handlers.items():
@@ -444,10 +452,14 @@ class Trainer:
                                       "elapsed_seconds": st.elapsed_seconds, "skipped_steps": st.skipped_steps,
                                       "zero_stage": self.cfg.parallel.zero_stage},
                                      to_dict(self.cfg))
+        # What training waited for; saving asynchronously, the snapshot (and the previous write, if unfinished).
         seconds = time.perf_counter() - start
         if self.is_main:
             self.writer.write(st.step, {"checkpoint/seconds": seconds})
-            log.info("saved checkpoint %s in %.1f s", path, seconds)
+            if self.checkpoints.in_flight:
+                log.info("saved checkpoint %s in %.2f s (snapshot); writing it in the background", path, seconds)
+            else:
+                log.info("saved checkpoint %s in %.1f s", path, seconds)
         return st.step
 
     def _export(self) -> None:

@@ -6,7 +6,8 @@ With --sweep, the same processes train once per value (output_dir and checkpoint
 launch (one DeepSpeed start) covers several cases. Each run's summary is printed as a JSON line on rank 0.
 --real-data trains on the config's data_path through megabert.data instead of the synthetic stand-in.
 MEGABERT_TEST_KILL_AT_PUBLISH=N makes rank 0 SIGKILL itself while publishing the checkpoint of step N, after the
-engine state is on disk but before the rename (the worst moment for a crash).
+engine state is on disk but before the rename (the worst moment for a crash; with async saves, on the writer thread).
+MEGABERT_TEST_WRITE_DELAY=R:S,... makes rank R's background checkpoint writer start S seconds late (training goes on).
 MEGABERT_TEST_SIGTERM_AT_STEP=N makes every rank send itself SIGTERM right after step N (as SLURM would).
 MEGABERT_TEST_NAN=R:S,... makes rank R's loss NaN during step S (every micro-batch of it).
 """
@@ -17,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -49,6 +51,17 @@ def main(argv: list[str]) -> None:
             publish(self, tmp, final)
 
         checkpoint.CheckpointManager._publish = publish_then_die
+
+    delays = {int(rank): float(seconds) for rank, seconds in
+              (item.split(":") for item in os.environ.get("MEGABERT_TEST_WRITE_DELAY", "").split(",") if item)}
+    if delays:
+        write = checkpoint.CheckpointManager._write
+
+        def write_late(self, job):
+            time.sleep(delays.get(self.rank, 0.0))
+            write(self, job)
+
+        checkpoint.CheckpointManager._write = write_late
 
     term_step = int(os.environ.get("MEGABERT_TEST_SIGTERM_AT_STEP", "-1"))
     if term_step >= 0:

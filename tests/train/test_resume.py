@@ -1,5 +1,6 @@
 """Interrupted runs continue exactly: SIGTERM saves and exits, SIGKILL mid-save keeps the last good checkpoint,
-and the resumed losses equal an uninterrupted run's, step by step (fp32 on CPU, dropout on: RNG is restored)."""
+and the resumed losses equal an uninterrupted run's, step by step (fp32 on CPU, dropout on: RNG is restored).
+The uninterrupted run saves synchronously, the interrupted one asynchronously (the default)."""
 
 import json
 
@@ -13,6 +14,7 @@ from tests.train.launch import explain, losses, run_trainer, summaries, tiny_con
 def test_sigterm_then_sigkill_mid_save_then_resume_equals_uninterrupted(tmp_path):
     straight = tiny_config(tmp_path / "straight")
     straight["logging"].update(tensorboard=True, gpu_hour_price=2.5)  # logging only: the losses are unchanged
+    straight["checkpoint"]["async_save"] = False
     proc = run_trainer(straight, tmp_path)
     assert proc.returncode == 0, explain(proc)
     reference = losses(tmp_path / "straight")
@@ -31,7 +33,8 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_uninterrupted(tmp_path
     assert proc.returncode == 0, explain(proc)
     assert summaries(proc)[-1]["stopped_by_signal"] is True and "SIGTERM" in proc.stderr
     assert latest_checkpoint(ckpt).name == "step_0000006"
-    # 2. Resume; SIGKILL while the step-8 checkpoint is being published (engine files written, not renamed).
+    # 2. Resume; SIGKILL while the step-8 checkpoint is being published (engine files written in the background,
+    # not renamed) while training goes on.
     proc = run_trainer(interrupted, tmp_path, env={"MEGABERT_TEST_KILL_AT_PUBLISH": "8"})
     assert proc.returncode == -9, explain(proc)
     assert (ckpt / ".tmp.step_0000008").is_dir()
