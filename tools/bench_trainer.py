@@ -17,7 +17,7 @@ trainer should keep >= 95% of the bare step.
 
     python tools/bench_trainer.py --config configs/base.json --steps 300            # one GPU (or CPU)
     deepspeed --num_gpus 1 tools/bench_trainer.py --config configs/base.json      # through the launcher
-    python tools/bench_trainer.py --config configs/tiny.json --steps 20 --bare-steps 2 --parallel.device cpu
+    python tools/bench_trainer.py --config configs/tiny.json --steps 20 --bare-steps 2 --short-steps 2 --parallel.device cpu
 
 Extra `--section.key value` arguments override the config. The bundled sample corpus is preprocessed first
 when the config's data is missing. Results: printed, and written to <output_dir>/bench_trainer.json.
@@ -162,8 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=300, help="trainer steps (default 300)")
-    parser.add_argument("--bare-steps", type=int, default=20, help="timed optimizer steps of each comparison "
-                        "(default 20)")
+    parser.add_argument("--bare-steps", type=int, default=None, help="timed optimizer steps of the bare step on "
+                        "distinct batches (default: as many as the trainer's measured steps, so both windows see "
+                        "the same amount of data; at most 400)")
+    parser.add_argument("--short-steps", type=int, default=20, help="timed steps of the replayed-batch bare step "
+                        "and of the --breakdown loops (default 20)")
     parser.add_argument("--breakdown", action="store_true", help="also time the bare step on distinct batches and "
                         "the trainer's step with and without staging ahead: where the trainer's time goes")
     parser.add_argument("--zero-stage", type=int, default=2)
@@ -187,8 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     earlier_metrics = _metrics_lines(Path(cfg.output_dir))
     trainer = Trainer(cfg)
     summary = trainer.train()
-    bare = bare_step_throughput(trainer, args.bare_steps, distinct=True)
-    replay = bare_step_throughput(trainer, args.bare_steps)
+    bare_steps = args.bare_steps or min(int(summary.get("run_steps_measured") or 20), 400)
+    bare = bare_step_throughput(trainer, bare_steps, distinct=True)
+    replay = bare_step_throughput(trainer, args.short_steps)
     result = {
         "config": args.config, "steps": args.steps, "zero_stage": cfg.parallel.zero_stage,
         "precision": cfg.parallel.precision, "micro_batch_size": cfg.micro_batch_size,
@@ -211,8 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
             ("bare step (distinct batches on device)", bare["tokens_per_s"], bare["mfu"]),
             ("bare step (one batch replayed)", replay["tokens_per_s"], replay["mfu"])]
     if args.breakdown:
-        staged = loop_step_throughput(trainer, args.bare_steps, stage_ahead=max(stage_ahead, 1))
-        inline = loop_step_throughput(trainer, args.bare_steps, stage_ahead=0)
+        staged = loop_step_throughput(trainer, args.short_steps, stage_ahead=max(stage_ahead, 1))
+        inline = loop_step_throughput(trainer, args.short_steps, stage_ahead=0)
         result["breakdown"] = {"step_staged_ahead": staged, "step_staged_inline": inline}
         rows += [(f"trainer step, staged {staged['stage_ahead']} ahead", staged["tokens_per_s"], staged["mfu"]),
                  ("trainer step, staged in the loop", inline["tokens_per_s"], inline["mfu"])]

@@ -51,7 +51,7 @@ for section in "${SECTIONS[@]}"; do
       fi
       export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # "9.0a" breaks DeepSpeed's op builder
       run bench_trainer 420 python3 tools/bench_trainer.py --config configs/base.json \
-        --steps "${TRAINER_STEPS:-300}" --bare-steps 10 --breakdown --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" ;;
+        --steps "${TRAINER_STEPS:-300}" --breakdown --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" ;;
     tp) run bench_tp_overhead 90 python3 tools/bench_tp_overhead.py --json-out "$OUT/tp_overhead.json" ;;
     *) echo "unknown section $section (tests attention base profile ablation large trainer tp)"; exit 2 ;;
   esac

@@ -19,6 +19,7 @@ they are long computed) to warn, count and stop. Losses are summed on the device
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -201,6 +202,7 @@ class Trainer:
                  env.launcher, self.world_size, self.dp_size, cfg.parallel.tensor_parallel_size,
                  cfg.micro_batch_size, self.accum, cfg.global_batch_size, self.device, cfg.parallel.zero_stage,
                  cfg.parallel.precision, self.peak_flops / 1e12)
+        _freeze_setup_objects()
 
     def _build_data(self):
         """Rank 0 builds (and caches) the sample indices first; the others then read the cache."""
@@ -491,6 +493,15 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _freeze_setup_objects() -> None:
+    """Moves every object alive after setup (modules, DeepSpeed's bookkeeping, imported libraries: millions of
+    objects) out of the cyclic garbage collector's reach. Collections then scan only what the loop allocates, so
+    a full collection no longer stalls a training step for tens of milliseconds; cyclic garbage made later is
+    still collected. Garbage from setup is collected first, so nothing dead is kept."""
+    gc.collect()
+    gc.freeze()
 
 
 def _seed_everything(seed: int) -> None:

@@ -16,7 +16,7 @@ def test_bench_trainer_reports_trainer_and_bare_step_throughput(tmp_path, sample
     cfg["data"] = {**sample_corpus, "seq_len": 64}
     (tmp_path / "tiny.json").write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config",
-                           str(tmp_path / "tiny.json"), "--steps", "20", "--bare-steps", "2",
+                           str(tmp_path / "tiny.json"), "--steps", "20", "--bare-steps", "2", "--short-steps", "2",
                            "--output_dir", str(tmp_path / "bench")],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, explain(proc)
