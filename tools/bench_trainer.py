@@ -149,6 +149,22 @@ def _data_wait_seconds(output_dir: Path, skip_lines: int) -> float:
     return float(sum(waits[1:]))
 
 
+def _window_report(output_dir: Path, skip_lines: int) -> list[str]:
+    """Per log window of this run: real tokens/s and the CUDA allocator's cudaMalloc calls since the last line."""
+    path = output_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows, previous = [], 0
+    for record in map(json.loads, path.read_text().splitlines()[skip_lines:]):
+        if "train/tokens_per_s" not in record:
+            continue
+        mallocs = record.get("cuda/device_mallocs")
+        rows.append(f"step {record['step']:>5}: {record['train/tokens_per_s']:>10,.0f} real tok/s"
+                    + ("" if mallocs is None else f", {mallocs - previous:>4} cudaMalloc calls"))
+        previous = mallocs or 0
+    return rows
+
+
 def _override_value(overrides: list[str], key: str) -> str | None:
     for i, arg in enumerate(overrides):
         if arg == f"--{key}" and i + 1 < len(overrides):
@@ -221,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows += [(f"trainer step, staged {staged['stage_ahead']} ahead", staged["tokens_per_s"], staged["mfu"]),
                  ("trainer step, staged in the loop", inline["tokens_per_s"], inline["mfu"])]
     if trainer.rank == 0:
+        print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics)))
         print(f"\n{'':42}{'real tokens/s':>16}{'MFU':>9}")
         for name, rate, mfu in rows:
             print(f"{name:42}{rate or 0.0:>16,.0f}{100 * (mfu or 0.0):>8.1f}%")

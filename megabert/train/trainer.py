@@ -391,6 +391,12 @@ class Trainer:
             "train/consumed_samples": st.consumed_samples,
             "train/skipped_steps": st.skipped_steps,
         }
+        if self.device.type == "cuda":  # host-side counters: no device synchronisation
+            memory = torch.cuda.memory_stats(self.device)
+            metrics["cuda/max_allocated_gib"] = memory.get("allocated_bytes.all.peak", 0) / 2 ** 30
+            metrics["cuda/reserved_gib"] = memory.get("reserved_bytes.all.current", 0) / 2 ** 30
+            metrics["cuda/device_mallocs"] = memory.get("num_device_alloc", 0)  # cumulative cudaMalloc calls
+            metrics["cuda/alloc_retries"] = memory.get("num_alloc_retries", 0)  # cache flushes to fit (slow)
         remaining = (cfg.schedule.total_steps - st.step) * window.seconds / max(window.steps, 1)
         metrics["train/eta_seconds"] = remaining
         if cfg.logging.gpu_hour_price > 0:
