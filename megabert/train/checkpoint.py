@@ -193,15 +193,8 @@ class CheckpointManager:
         self.wait()
         start = time.perf_counter()
         scratch = self.dir / ".tmp.step_staging"  # the stale-directory sweep of save() removes it if left behind
-        snapshot = Snapshot(self._staging)
-        recorder = RecordingCheckpointEngine(snapshot)
-        original, engine.checkpoint_engine = engine.checkpoint_engine, recorder
-        try:
-            engine.save_checkpoint(str(scratch), tag=ENGINE_TAG, save_latest=False)
-        finally:
-            engine.checkpoint_engine = original
+        snapshot, _ = self._record(engine, scratch)
         snapshot.finish()
-        recorder.recorded.clear()
         barrier()
         if self.rank == 0:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -219,19 +212,24 @@ class CheckpointManager:
             self._sync_fallback_warned = True
         return False
 
-    def _start_async(self, engine, step: int, tmp: Path, final: Path, state_text: str, config_text: str) -> None:
-        start = time.perf_counter()
+    def _record(self, engine, directory: Path) -> tuple[Snapshot, list[tuple[str, Any]]]:
+        """DeepSpeed's save_checkpoint into `directory`, with host copies recorded instead of files written:
+        the snapshot (finish() still to call) and the (path, state) pairs."""
         snapshot = Snapshot(self._staging)
         recorder = RecordingCheckpointEngine(snapshot)
         original, engine.checkpoint_engine = engine.checkpoint_engine, recorder
         try:
-            engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
+            engine.save_checkpoint(str(directory), tag=ENGINE_TAG, save_latest=False)
         finally:
             engine.checkpoint_engine = original
+        return snapshot, recorder.recorded
+
+    def _start_async(self, engine, step: int, tmp: Path, final: Path, state_text: str, config_text: str) -> None:
+        start = time.perf_counter()
+        snapshot, recorded = self._record(engine, tmp)
         rng = get_rng_state()  # fresh objects, not views of the live generators
         snapshot.finish()
-        job = _Write(step, tmp, final, recorder.recorded, rng, config_text, state_text,
-                     time.perf_counter() - start)
+        job = _Write(step, tmp, final, recorded, rng, config_text, state_text, time.perf_counter() - start)
         job.thread = threading.Thread(target=self._write, args=(job,), daemon=True,
                                       name=f"checkpoint-writer-{final.name}")
         job.thread.start()

@@ -10,20 +10,27 @@ from tests.train.launch import REPO, child_env, explain, tiny_config
 
 
 @pytest.mark.slow
-def test_bench_trainer_reports_trainer_and_bare_step_throughput(tmp_path, sample_corpus):
+def test_bench_trainer_reports_trainer_bare_step_and_breakdown_throughput(tmp_path, sample_corpus):
     cfg = tiny_config(tmp_path / "unused")
     cfg["model"]["vocab_size"] = 8192
     cfg["data"] = {**sample_corpus, "seq_len": 64}
     (tmp_path / "tiny.json").write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config",
-                           str(tmp_path / "tiny.json"), "--steps", "20", "--bare-steps", "2", "--short-steps", "2",
+                           str(tmp_path / "tiny.json"), "--steps", "20", "--bare-steps", "2", "--short-steps", "2", "--breakdown",
                            "--output_dir", str(tmp_path / "bench")],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, explain(proc)
     line = next(l for l in proc.stdout.splitlines() if l.startswith("BENCH_TRAINER "))
     result = json.loads(line[len("BENCH_TRAINER "):])
     assert result["zero_stage"] == 2 and result["trainer_steps_measured"] == 10  # steps 11-20: after window one
-    for key in ("trainer_tokens_per_s", "bare_tokens_per_s", "trainer_mfu", "bare_mfu"):
+    for key in ("trainer_tokens_per_s", "trainer_loop_tokens_per_s", "bare_tokens_per_s", "bare_replay_tokens_per_s",
+                "trainer_mfu", "bare_mfu"):
         assert result[key] > 0, key
+    assert result["trainer_loop_tokens_per_s"] >= result["trainer_tokens_per_s"]  # the final save only adds time
+    assert result["bare_steps"] == 2
+    staged, inline = result["breakdown"]["step_staged_ahead"], result["breakdown"]["step_staged_inline"]
+    assert staged["stage_ahead"] == 2 and inline["stage_ahead"] == 0
+    assert staged["tokens_per_s"] > 0 and inline["tokens_per_s"] > 0
+    assert "log windows:" in proc.stdout
     assert (tmp_path / "bench" / "bench_trainer.json").is_file()
     assert (tmp_path / "bench" / "checkpoints" / "latest").read_text().strip() == "step_0000020"
