@@ -186,7 +186,8 @@ class CheckpointManager:
 
     def prepare(self, engine) -> float:
         """Allocates the pinned host buffers of asynchronous saves now, through one snapshot that is thrown away,
-        so that the first save does not pay for page-locking (about 2 s for megabert-base's 1.9 GB on an H200).
+        so that the first save does not pay for page-locking (1.5-1.8 s for megabert-base's 1.9 GB on an H200,
+        docs/BENCHMARKS.md runs 9-11).
         Call it on every rank once the optimizer state exists (after the first step). Returns the seconds spent."""
         if not (self.cfg.async_save and torch.cuda.is_available() and self._can_record(engine)):
             return 0.0
@@ -240,7 +241,7 @@ class CheckpointManager:
 
         Always torch.save's zip format, whatever DeepSpeed's checkpoint_serialization says (torch.load reads both):
         it releases the GIL while writing tensor data, where the legacy format holds it for the whole write and
-        so stalls the training loop (measured on an H200: a launch-bound loop made no progress for 0.7 s)."""
+        so stalls the training loop while it writes."""
         start = time.perf_counter()
         marker = job.tmp / MARKER_DIR / f"rank_{self.rank:05d}"
         try:

@@ -9,9 +9,9 @@ own, every container is rebuilt, and any other mutable leaf is deep-copied; only
 
 `HostStaging` keeps the pinned host buffers that device tensors are copied into. They are reused by the next
 snapshot (the caller guarantees the previous write has finished), so only the first save pays for pinning, and the
-device-to-host copies run asynchronously with one synchronisation at the end. Measured on an H200 for 1.9 GB
-(megabert-base, ZeRO-2 bf16): 0.035 s into reused pinned buffers, 2.0 s the first time (pinning), 1.4-1.7 s as
-plain pageable copies.
+device-to-host copies run asynchronously with one synchronisation at the end. In the trainer on an H200 a
+megabert-base save (1.9 GB, ZeRO-2 bf16) stopped training for 0.04 s, against 3.4-4.0 s for DeepSpeed's own
+torch.save of the device tensors (runs 6-7); pinning the buffers once took 1.5-1.8 s (docs/BENCHMARKS.md, runs 9-11).
 """
 
 from __future__ import annotations
