@@ -29,6 +29,16 @@ def tiny_config(out: Path, **top) -> dict:
     return cfg
 
 
+def tiny_config_on_sample(tmp_path: Path, sample_corpus: dict, seq_len: int) -> Path:
+    """tiny_config on the bundled sample corpus (its vocabulary needs 8192 rows), written to tmp_path/tiny.json."""
+    cfg = tiny_config(tmp_path / "unused")
+    cfg["model"]["vocab_size"] = 8192
+    cfg["data"] = {**sample_corpus, "seq_len": seq_len}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
 def child_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.train.launch import REPO, _free_port, child_env, explain, tiny_config
+from tests.train.launch import REPO, _free_port, child_env, explain, tiny_config_on_sample
 
 sys.path.insert(0, str(REPO / "tools"))
 
@@ -40,13 +40,10 @@ def test_two_cpu_ranks_report_each_zero_stage_with_the_job_wide_token_count(tmp_
     from megabert.config import load_config
     from megabert.data import build_mlm_data
 
-    cfg = tiny_config(tmp_path / "unused")
-    cfg["model"]["vocab_size"] = 8192
-    cfg["data"] = {**sample_corpus, "seq_len": 32}
-    (tmp_path / "tiny.json").write_text(json.dumps(cfg))
+    config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=32)
     out = tmp_path / "dp.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(REPO / "tools" / "bench_dp_scaling.py"), "--config", str(tmp_path / "tiny.json"),
+           str(_free_port()), str(REPO / "tools" / "bench_dp_scaling.py"), "--config", str(config),
            "--micro-batch-size", "3", "--accum", "2", "--steps", "1", "--rounds", "2", "--warmup", "1",
            "--json-out", str(out), "--parallel.device", "cpu"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
@@ -57,7 +54,7 @@ def test_two_cpu_ranks_report_each_zero_stage_with_the_job_wide_token_count(tmp_
     assert records == printed and [r["zero_stage"] for r in records] == [1, 2]
     # Every rank's batches are counted: the first global batch (3 x 2 ranks x 2 micro-steps = 12 samples)
     # built in one piece here has the same real tokens.
-    train = load_config(tmp_path / "tiny.json")
+    train = load_config(config)
     whole = next(build_mlm_data(train.data, seed=train.seed, micro_batch_size=12).train_batches())
     for r in records:
         assert (r["world_size"], r["data_parallel_size"], r["micro_batch_size"], r["accum"],

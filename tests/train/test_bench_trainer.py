@@ -6,17 +6,14 @@ import sys
 
 import pytest
 
-from tests.train.launch import REPO, child_env, explain, tiny_config
+from tests.train.launch import REPO, child_env, explain, tiny_config_on_sample
 
 
 @pytest.mark.slow
 def test_bench_trainer_reports_trainer_bare_step_and_breakdown_throughput(tmp_path, sample_corpus):
-    cfg = tiny_config(tmp_path / "unused")
-    cfg["model"]["vocab_size"] = 8192
-    cfg["data"] = {**sample_corpus, "seq_len": 64}
-    (tmp_path / "tiny.json").write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config",
-                           str(tmp_path / "tiny.json"), "--steps", "20", "--bare-steps", "2", "--short-steps", "2", "--breakdown",
+    config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config),
+                           "--steps", "20", "--bare-steps", "2", "--short-steps", "2", "--breakdown",
                            "--output_dir", str(tmp_path / "bench")],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, explain(proc)
