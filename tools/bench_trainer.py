@@ -9,8 +9,11 @@
      put on the device beforehand (no data loading, no logging, no checkpoints), timed after warm-up: distinct
      batches, so the device sees the varying token counts of real data (the reference), and one batch replayed
      (the fixed shapes of a kernel benchmark, for comparison);
-  3. with --breakdown, the host's share: the trainer's own step on loader batches staged ahead on a thread
-     or in the loop.
+  3. with --breakdown, the host's share, in interleaved rounds: the bare step, the bare step while the staging
+     thread and the DataLoader run beside it, and the trainer's own step on loader batches staged ahead on a
+     thread or in the loop (StepVariants);
+  4. with --profile N, torch.profiler traces of N bare and N trainer steps: how long the device idled in each
+     and what the host was doing meanwhile (tools/device_timeline.py).
 
 All report real (non-pad) tokens/s and MFU with the same FLOP count and the same measured matmul peak; the
 trainer should keep >= 95% of the bare step.
@@ -26,8 +29,10 @@ when the config's data is missing. Results: printed, and written to <output_dir>
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -99,38 +104,129 @@ def _resident_global_batches(trainer: Trainer, count: int) -> tuple[list[list[di
     return batches, real_tokens / count, flops / count
 
 
+def _bare_step(trainer: Trainer, resident: list[list[dict]], staging=None) -> Callable[[], None]:
+    """One optimizer step of the trainer's engine on the next resident global batch. With `staging` (a
+    StagedBatches), each micro-batch also takes a staged item and drops it: the staging thread and the DataLoader
+    then run exactly as in the trainer, but the step computes on the resident batches -- their interference alone."""
+    engine, calls = trainer.engine, itertools.count()
+
+    def step() -> None:
+        for inputs in resident[next(calls) % len(resident)]:
+            if staging is not None:
+                next(staging)
+            engine.backward(engine(**inputs).loss)
+            engine.step()
+
+    return step
+
+
 def bare_step_throughput(trainer: Trainer, steps: int, warmup: int = 3, distinct: bool = False) -> dict[str, float]:
     """Optimizer steps of the trainer's engine on global batches already on the device: no host work at all.
 
     distinct=False replays one global batch every step (the fixed shapes of a kernel benchmark); True gives every
     step its own batch, so the device sees the varying token counts that real data has."""
-    engine = trainer.engine
     resident, real_tokens, flops = _resident_global_batches(trainer, steps + warmup if distinct else 1)
-    calls = itertools.count()
-
-    def step() -> None:
-        for inputs in resident[next(calls) % len(resident)]:
-            engine.backward(engine(**inputs).loss)
-            engine.step()
-
-    return {**_rates(trainer, real_tokens * steps, flops * steps, _timed(trainer, step, steps, warmup)), "steps": steps}
+    seconds = _timed(trainer, _bare_step(trainer, resident), steps, warmup)
+    return {**_rates(trainer, real_tokens * steps, flops * steps, seconds), "steps": steps}
 
 
-def loop_step_throughput(trainer: Trainer, steps: int, stage_ahead: int, warmup: int = 3) -> dict[str, float]:
-    """The trainer's own step (Trainer._train_step) on batches from the data loader, staged `stage_ahead`
-    micro-batches ahead (0: in the loop): the data path's cost, without logging or checkpoints."""
+class StepVariants:
+    """The trainer's step and the bare step side by side, timed in interleaved rounds (A B C A B C ...) so that a
+    drift of the machine (clocks, temperature) falls on every variant alike:
+
+      bare                   the engine on resident batches (as bare_step_throughput with distinct batches)
+      bare + staging thread  the same, while the staging thread and the DataLoader run as in the trainer
+      step, staged ahead     Trainer._train_step on loader batches staged `stage_ahead` ahead (the trainer's loop
+                             without logging and checkpoints)
+      step, staged in loop   the same with stage_ahead 0: staging on the critical path, for comparison
+      step, GIL switch 0.5ms the staged-ahead step with Python's thread switch interval cut from 5 ms: if the
+                             staging thread holds the GIL while the loop wants it, this variant is faster
+    """
+
+    def __init__(self, trainer: Trainer, steps: int, stage_ahead: int, warmup: int = 2):
+        self.trainer, self.steps, self.warmup = trainer, steps, warmup
+        self.stage_ahead = max(stage_ahead, 1)
+        self.resident, self.real_tokens, self.flops = _resident_global_batches(trainer, steps + warmup)
+        self.seconds: dict[str, list[float]] = {}
+        self.counts: dict[str, tuple[float, float]] = {}  # loader variants: (real tokens, flops) per timed step
+
+    def _run(self, name: str, stage_ahead: int | None) -> None:
+        from megabert.train.progress import Window
+
+        trainer = self.trainer
+        batches, switch_interval = None, sys.getswitchinterval()
+        if "GIL switch" in name:
+            sys.setswitchinterval(0.0005)
+        if stage_ahead is not None:
+            trainer.cfg.data.stage_ahead = stage_ahead
+            batches = trainer._staged_train_batches()
+        try:
+            if name.startswith("bare"):
+                step = _bare_step(trainer, self.resident, staging=batches)
+                seconds = _timed(trainer, step, self.steps, self.warmup)
+            else:
+                window = Window()
+                seconds = _timed(trainer, lambda: trainer._train_step(batches, window), self.steps, self.warmup)
+                share = self.steps / (self.steps + self.warmup)  # the window counted warm-up steps too
+                self.counts[name] = (window.counts["real_tokens"] * share / self.steps,
+                                     window.counts["flops"] * share / self.steps)
+        finally:
+            sys.setswitchinterval(switch_interval)
+            if batches is not None:
+                batches.close()
+        self.seconds.setdefault(name, []).append(seconds)
+
+    def run(self, rounds: int) -> dict[str, dict]:
+        variants = [("bare", None), ("bare + staging thread", self.stage_ahead),
+                    (f"step, staged {self.stage_ahead} ahead", self.stage_ahead), ("step, staged in loop", 0),
+                    ("step, GIL switch 0.5ms", self.stage_ahead)]
+        for _ in range(rounds):
+            for name, stage_ahead in variants:
+                self._run(name, stage_ahead)
+        out = {}
+        for name, _ in variants:
+            real_tokens, flops = self.counts.get(name, (self.real_tokens, self.flops))
+            per_round = [_rates(self.trainer, real_tokens * self.steps, flops * self.steps, s)
+                         for s in self.seconds[name]]
+            best = statistics.median(r["tokens_per_s"] for r in per_round)
+            out[name] = {"tokens_per_s": best, "mfu": statistics.median(r["mfu"] for r in per_round),
+                         "rounds_tokens_per_s": [r["tokens_per_s"] for r in per_round], "steps": self.steps}
+        return out
+
+
+def profile_steps(trainer: Trainer, out: Path, steps: int, stage_ahead: int) -> dict[str, dict]:
+    """torch.profiler traces of `steps` bare steps and `steps` trainer steps (staged ahead); how busy the device
+    was in each and its longest idle gaps, with the host work during them (tools/device_timeline.py)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from device_timeline import device_timeline, summarize
     from megabert.train.progress import Window
 
-    trainer.cfg.data.stage_ahead = stage_ahead
+    resident, _, _ = _resident_global_batches(trainer, steps + 2)
+    trainer.cfg.data.stage_ahead = max(stage_ahead, 1)
     batches = trainer._staged_train_batches()
     window = Window()
+    loops = {"bare": _bare_step(trainer, resident),
+             "trainer_step": lambda: trainer._train_step(batches, window)}
+    report = {}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
     try:
-        seconds = _timed(trainer, lambda: trainer._train_step(batches, window), steps, warmup)
+        for name, step in loops.items():
+            _timed(trainer, step, 0, warmup=2)
+            with profile(activities=activities) as prof:
+                _timed(trainer, step, steps, warmup=0)
+            path = out / f"trace_{name}.json"
+            prof.export_chrome_trace(str(path))
+            events = json.loads(path.read_text())["traceEvents"]
+            with gzip.open(str(path) + ".gz", "wt") as f:  # kept for chrome://tracing or Perfetto
+                json.dump({"traceEvents": events}, f)
+            path.unlink()
+            timeline = device_timeline(events)
+            report[name] = {"busy_fraction": timeline.busy_fraction, "idle_ms_per_step": timeline.idle_us / 1e3 / steps,
+                            "gaps": len(timeline.gaps), "summary": summarize(timeline, name, steps)}
     finally:
         batches.close()
-    per_step = (steps + warmup)  # the window counted warm-up steps too
-    return {**_rates(trainer, window.counts["real_tokens"] * steps / per_step, window.counts["flops"] * steps / per_step,
-                     seconds), "steps": steps, "stage_ahead": stage_ahead}
+    return report
 
 
 def _metrics_lines(output_dir: Path) -> int:
@@ -183,8 +279,12 @@ def main(argv: list[str] | None = None) -> dict:
                         "the same amount of data; at most 400)")
     parser.add_argument("--short-steps", type=int, default=20, help="timed steps of the replayed-batch bare step "
                         "and of the --breakdown loops (default 20)")
-    parser.add_argument("--breakdown", action="store_true", help="also time the bare step on distinct batches and "
-                        "the trainer's step with and without staging ahead: where the trainer's time goes")
+    parser.add_argument("--breakdown", action="store_true", help="also time, in interleaved rounds, the bare step, "
+                        "the bare step beside the staging thread, and the trainer's step staged ahead and in the "
+                        "loop: where the trainer's time goes")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the --breakdown variants")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also trace STEPS bare and trainer "
+                        "steps with torch.profiler and report the device's idle gaps (traces in output_dir)")
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
@@ -231,16 +331,20 @@ def main(argv: list[str] | None = None) -> dict:
             ("bare step (distinct batches on device)", bare["tokens_per_s"], bare["mfu"]),
             ("bare step (one batch replayed)", replay["tokens_per_s"], replay["mfu"])]
     if args.breakdown:
-        staged = loop_step_throughput(trainer, args.short_steps, stage_ahead=max(stage_ahead, 1))
-        inline = loop_step_throughput(trainer, args.short_steps, stage_ahead=0)
-        result["breakdown"] = {"step_staged_ahead": staged, "step_staged_inline": inline}
-        rows += [(f"trainer step, staged {staged['stage_ahead']} ahead", staged["tokens_per_s"], staged["mfu"]),
-                 ("trainer step, staged in the loop", inline["tokens_per_s"], inline["mfu"])]
+        variants = StepVariants(trainer, args.short_steps, stage_ahead).run(args.rounds)
+        result["breakdown"] = variants
+        rows += [(f"{name} (median of {args.rounds})", v["tokens_per_s"], v["mfu"]) for name, v in variants.items()]
+    if args.profile:
+        result["profile"] = profile_steps(trainer, Path(cfg.output_dir), args.profile, stage_ahead)
     if trainer.rank == 0:
         print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics)))
-        print(f"\n{'':42}{'real tokens/s':>16}{'MFU':>9}")
+        print(f"\n{'':48}{'real tokens/s':>16}{'MFU':>9}")
         for name, rate, mfu in rows:
-            print(f"{name:42}{rate or 0.0:>16,.0f}{100 * (mfu or 0.0):>8.1f}%")
+            print(f"{name:48}{rate or 0.0:>16,.0f}{100 * (mfu or 0.0):>8.1f}%")
+        for name, variant in result.get("breakdown", {}).items():
+            print(f"  {name}: rounds " + ", ".join(f"{x:,.0f}" for x in variant["rounds_tokens_per_s"]))
+        for report in result.get("profile", {}).values():
+            print("\n".join(report["summary"]))
         print(f"trainer / bare = {result['trainer_loop_over_bare']:.3f} to the end of the last step, "
               f"{result['trainer_over_bare']:.3f} to the end of the final save (target >= 0.95); main thread "
               f"waited {result['trainer_data_wait_seconds']:.2f} s for data; peak matmul "

@@ -6,7 +6,8 @@
 #                                      (default: all but trainer and tp)
 #
 # The trainer section needs DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
-# installed into /tmp/site first. TRAINER_STEPS and TRAINER_GLOBAL_BATCH size that run.
+# installed into /tmp/site first. TRAINER_STEPS, TRAINER_GLOBAL_BATCH and TRAINER_ROUNDS size that run;
+# nvidia-smi dmon logs clocks and power beside it.
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
 # H200; each section has its own time limit so one slow part cannot eat the others. Environment knobs for a shorter
@@ -50,8 +51,12 @@ for section in "${SECTIONS[@]}"; do
         export PYTHONPATH="/tmp/site:$PYTHONPATH" PATH="/tmp/site/bin:$PATH"
       fi
       export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # "9.0a" breaks DeepSpeed's op builder
-      run bench_trainer 420 python3 tools/bench_trainer.py --config configs/base.json \
-        --steps "${TRAINER_STEPS:-300}" --breakdown --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" ;;
+      nvidia-smi dmon -s pc -d 1 -o T > "$OUT/dmon.log" 2>&1 &  # clocks and power beside the run
+      dmon=$!
+      run bench_trainer 540 python3 tools/bench_trainer.py --config configs/base.json \
+        --steps "${TRAINER_STEPS:-300}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" \
+        --breakdown --rounds "${TRAINER_ROUNDS:-3}" --short-steps 30 --profile 3
+      kill $dmon 2>/dev/null ;;
     tp) run bench_tp_overhead 90 python3 tools/bench_tp_overhead.py --json-out "$OUT/tp_overhead.json" ;;
     *) echo "unknown section $section (tests attention base profile ablation large trainer tp)"; exit 2 ;;
   esac
