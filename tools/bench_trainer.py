@@ -32,6 +32,7 @@ import argparse
 import gzip
 import itertools
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,7 @@ import torch  # noqa: E402
 from megabert.config import apply_overrides, load_config  # noqa: E402
 from megabert.train import metrics as M  # noqa: E402
 from megabert.model.inputs import prepare_inputs  # noqa: E402
-from megabert.train.trainer import Trainer  # noqa: E402
+from megabert.train.trainer import LOOP_SWITCH_INTERVAL_S, Trainer  # noqa: E402
 
 SAMPLE_PREFIX = "data/sample/c4_sample_text_document"
 
@@ -130,6 +131,32 @@ def bare_step_throughput(trainer: Trainer, steps: int, warmup: int = 3, distinct
     return {**_rates(trainer, real_tokens * steps, flops * steps, seconds), "steps": steps}
 
 
+def bare_step_before_training(trainer: Trainer, steps: int, scratch: Path) -> dict[str, float]:
+    """The bare step timed before the trainer's run, on the machine as the run meets it, then undone: the engine
+    (weights, optimizer, schedule) is restored from a checkpoint taken first and the RNG states are put back, so
+    the trainer starts exactly where it would have. With the bare step after the run too, a machine that speeds
+    up or slows down over the call shows as a difference between the two instead of skewing the ratio."""
+    import random
+
+    import numpy as np
+
+    engine, cuda = trainer.engine, trainer.device.type == "cuda"
+    engine.save_checkpoint(str(scratch), tag="before_bare_step")
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+           torch.cuda.get_rng_state(trainer.device) if cuda else None)
+    try:
+        return bare_step_throughput(trainer, steps, distinct=True)
+    finally:
+        engine.load_checkpoint(str(scratch), tag="before_bare_step")
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        if cuda:
+            torch.cuda.set_rng_state(rng[3], trainer.device)
+        if trainer.rank == 0:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 class StepVariants:
     """The trainer's step and the bare step side by side, timed in interleaved rounds (A B C A B C ...) so that a
     drift of the machine (clocks, temperature) falls on every variant alike:
@@ -138,9 +165,12 @@ class StepVariants:
       bare + staging thread  the same, while the staging thread and the DataLoader run as in the trainer
       step, staged ahead     Trainer._train_step on loader batches staged `stage_ahead` ahead (the trainer's loop
                              without logging and checkpoints)
-      step, staged in loop   the same with stage_ahead 0: staging on the critical path, for comparison
-      step, GIL switch 0.5ms the staged-ahead step with Python's thread switch interval cut from 5 ms: if the
-                             staging thread holds the GIL while the loop wants it, this variant is faster
+      step, staged in loop   the same with stage_ahead 0: no thread, the loop takes (and pins) each batch itself
+      step, staged on thread the staged-ahead step with the staging (counts, unpadding bookkeeping) on the thread
+                             of the training process instead of in the DataLoader workers
+      step, GIL switch 5 ms  the staged-ahead step with Python's default thread switch interval instead of the
+                             trainer's shorter one (LOOP_SWITCH_INTERVAL_S): what that setting buys
+    All but the last run under the trainer's switch interval, as its loop does.
     """
 
     def __init__(self, trainer: Trainer, steps: int, stage_ahead: int, warmup: int = 2):
@@ -151,15 +181,15 @@ class StepVariants:
         self.counts: dict[str, tuple[float, float]] = {}  # loader variants: (real tokens, flops) per timed step
 
     def _run(self, name: str, stage_ahead: int | None) -> None:
+        """Times one variant (chosen by its name) and appends its seconds."""
         from megabert.train.progress import Window
 
         trainer = self.trainer
         batches, switch_interval = None, sys.getswitchinterval()
-        if "GIL switch" in name:
-            sys.setswitchinterval(0.0005)
+        sys.setswitchinterval(0.005 if "GIL switch" in name else LOOP_SWITCH_INTERVAL_S)
         if stage_ahead is not None:
             trainer.cfg.data.stage_ahead = stage_ahead
-            batches = trainer._staged_train_batches()
+            batches = trainer._staged_train_batches(stage_in_workers="on thread" not in name)
         try:
             if name.startswith("bare"):
                 step = _bare_step(trainer, self.resident, staging=batches)
@@ -179,7 +209,7 @@ class StepVariants:
     def run(self, rounds: int) -> dict[str, dict]:
         variants = [("bare", None), ("bare + staging thread", self.stage_ahead),
                     (f"step, staged {self.stage_ahead} ahead", self.stage_ahead), ("step, staged in loop", 0),
-                    ("step, GIL switch 0.5ms", self.stage_ahead)]
+                    ("step, staged on thread", self.stage_ahead), ("step, GIL switch 5 ms", self.stage_ahead)]
         for _ in range(rounds):
             for name, stage_ahead in variants:
                 self._run(name, stage_ahead)
@@ -234,31 +264,43 @@ def _metrics_lines(output_dir: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def _data_wait_seconds(output_dir: Path, skip_lines: int) -> float:
-    """Seconds the training loop waited for its next batch over this run's measured windows (the first excluded);
-    metrics.jsonl is appended across runs, so the lines before `skip_lines` belong to earlier ones."""
-    path = output_dir / "metrics.jsonl"
-    if not path.is_file():
-        return float("nan")
-    records = map(json.loads, path.read_text().splitlines()[skip_lines:])
-    waits = [r["train/data_seconds"] for r in records if "train/data_seconds" in r]
-    return float(sum(waits[1:]))
-
-
-def _window_report(output_dir: Path, skip_lines: int) -> list[str]:
-    """Per log window of this run: real tokens/s and the CUDA allocator's cudaMalloc calls since the last line."""
+def _windows(output_dir: Path, skip_lines: int) -> list[dict]:
+    """This run's log-window records from metrics.jsonl (appended across runs: earlier lines skipped)."""
     path = output_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows, previous = [], 0
-    for record in map(json.loads, path.read_text().splitlines()[skip_lines:]):
-        if "train/tokens_per_s" not in record:
-            continue
-        mallocs = record.get("cuda/device_mallocs")
-        rows.append(f"step {record['step']:>5}: {record['train/tokens_per_s']:>10,.0f} real tok/s"
-                    + ("" if mallocs is None else f", {mallocs - previous:>4} cudaMalloc calls"))
-        previous = mallocs or 0
+    records = map(json.loads, path.read_text().splitlines()[skip_lines:])
+    return [r for r in records if "train/tokens_per_s" in r]
+
+
+def _data_wait_seconds(output_dir: Path, skip_lines: int) -> float:
+    """Seconds the training loop waited for its next batch over this run's measured windows (the first excluded)."""
+    return float(sum(r.get("train/data_seconds", 0.0) for r in _windows(output_dir, skip_lines)[1:]))
+
+
+def _window_report(output_dir: Path, skip_lines: int) -> list[str]:
+    """Per log window of this run: real tokens/s, and since the previous window the CUDA allocator's cudaMalloc
+    calls, the process's CPU seconds (all threads) and its minor page faults (first touches of memory)."""
+    rows, previous = [], {}
+    for record in _windows(output_dir, skip_lines):
+        row = f"step {record['step']:>5}: {record['train/tokens_per_s']:>10,.0f} real tok/s"
+        for key, label, fmt in (("cuda/device_mallocs", "cudaMalloc calls", "{:>4.0f}"),
+                                ("host/cpu_seconds", "CPU s", "{:>5.2f}"),
+                                ("host/minor_page_faults", "page faults", "{:>7.0f}")):
+            if key in record:
+                row += f", {fmt.format(record[key] - previous.get(key, 0))} {label}"
+                previous[key] = record[key]
+        rows.append(row)
     return rows
+
+
+def _second_half_rate(output_dir: Path, skip_lines: int) -> float | None:
+    """Real tokens/s over the second half of this run's log windows: the trainer's steady state, once whatever
+    warms up over the first steps (caches, the machine) has."""
+    half = _windows(output_dir, skip_lines)
+    half = [r for r in half[len(half) // 2:] if r.get("train/window_seconds")]
+    seconds = sum(r["train/window_seconds"] for r in half)
+    return sum(r["train/tokens_per_s"] * r["train/window_seconds"] for r in half) / seconds if seconds else None
 
 
 def _override_value(overrides: list[str], key: str) -> str | None:
@@ -285,6 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the --breakdown variants")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also trace STEPS bare and trainer "
                         "steps with torch.profiler and report the device's idle gaps (traces in output_dir)")
+    parser.add_argument("--bare-before", action="store_true", help="also time the bare step before the trainer's "
+                        "run (then undone from a checkpoint): a machine drifting over the call shows up")
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
@@ -305,8 +349,12 @@ def main(argv: list[str] | None = None) -> dict:
     stage_ahead = cfg.data.stage_ahead
     earlier_metrics = _metrics_lines(Path(cfg.output_dir))
     trainer = Trainer(cfg)
+    trainer.setup()
+    bare_steps = args.bare_steps or min(args.steps - 10, 400)  # as many as the trainer's measured steps
+    before = None
+    if args.bare_before:
+        before = bare_step_before_training(trainer, bare_steps, Path(cfg.output_dir) / "before_bare_step")
     summary = trainer.train()
-    bare_steps = args.bare_steps or min(int(summary.get("run_steps_measured") or 20), 400)
     bare = bare_step_throughput(trainer, bare_steps, distinct=True)
     replay = bare_step_throughput(trainer, args.short_steps)
     result = {
@@ -323,13 +371,20 @@ def main(argv: list[str] | None = None) -> dict:
         "bare_tokens_per_s": bare["tokens_per_s"], "bare_mfu": bare["mfu"], "bare_steps": bare["steps"],
         "bare_replay_tokens_per_s": replay["tokens_per_s"], "bare_replay_mfu": replay["mfu"],
         "final_train_loss": summary.get("loss"),
+        "trainer_second_half_tokens_per_s": _second_half_rate(Path(cfg.output_dir), earlier_metrics),
     }
+    if before is not None:
+        result["bare_before_tokens_per_s"], result["bare_before_mfu"] = before["tokens_per_s"], before["mfu"]
     result["trainer_over_bare"] = (result["trainer_tokens_per_s"] or 0.0) / bare["tokens_per_s"]
     result["trainer_loop_over_bare"] = (result["trainer_loop_tokens_per_s"] or 0.0) / bare["tokens_per_s"]
+    result["trainer_second_half_over_bare"] = (result["trainer_second_half_tokens_per_s"] or 0.0) / bare["tokens_per_s"]
     rows = [("trainer, to the end of the final save", result["trainer_tokens_per_s"], result["trainer_mfu"]),
             ("trainer, to the end of the last step", result["trainer_loop_tokens_per_s"], result["trainer_loop_mfu"]),
+            ("trainer, second half of the windows", result["trainer_second_half_tokens_per_s"], None),
             ("bare step (distinct batches on device)", bare["tokens_per_s"], bare["mfu"]),
             ("bare step (one batch replayed)", replay["tokens_per_s"], replay["mfu"])]
+    if before is not None:
+        rows.insert(3, ("bare step, before the trainer's run", before["tokens_per_s"], before["mfu"]))
     if args.breakdown:
         variants = StepVariants(trainer, args.short_steps, stage_ahead).run(args.rounds)
         result["breakdown"] = variants
@@ -340,13 +395,14 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics)))
         print(f"\n{'':48}{'real tokens/s':>16}{'MFU':>9}")
         for name, rate, mfu in rows:
-            print(f"{name:48}{rate or 0.0:>16,.0f}{100 * (mfu or 0.0):>8.1f}%")
+            print(f"{name:48}{rate or 0.0:>16,.0f}" + ("" if mfu is None else f"{100 * mfu:>8.1f}%"))
         for name, variant in result.get("breakdown", {}).items():
             print(f"  {name}: rounds " + ", ".join(f"{x:,.0f}" for x in variant["rounds_tokens_per_s"]))
         for report in result.get("profile", {}).values():
             print("\n".join(report["summary"]))
         print(f"trainer / bare = {result['trainer_loop_over_bare']:.3f} to the end of the last step, "
-              f"{result['trainer_over_bare']:.3f} to the end of the final save (target >= 0.95); main thread "
+              f"{result['trainer_over_bare']:.3f} to the end of the final save, "
+              f"{result['trainer_second_half_over_bare']:.3f} over the second half (target >= 0.95); main thread "
               f"waited {result['trainer_data_wait_seconds']:.2f} s for data; peak matmul "
               f"{result['peak_matmul_tflops']:.1f} TFLOP/s on {result['device']}, torch {result['torch']}")
         print("BENCH_TRAINER " + json.dumps(result))

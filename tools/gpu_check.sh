@@ -55,7 +55,7 @@ for section in "${SECTIONS[@]}"; do
       dmon=$!
       run bench_trainer 540 python3 tools/bench_trainer.py --config configs/base.json \
         --steps "${TRAINER_STEPS:-300}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" \
-        --breakdown --rounds "${TRAINER_ROUNDS:-3}" --short-steps 30 --profile 3
+        --bare-before --breakdown --rounds "${TRAINER_ROUNDS:-3}" --short-steps 30
       kill $dmon 2>/dev/null ;;
     tp) run bench_tp_overhead 90 python3 tools/bench_tp_overhead.py --json-out "$OUT/tp_overhead.json" ;;
     *) echo "unknown section $section (tests attention base profile ablation large trainer tp)"; exit 2 ;;

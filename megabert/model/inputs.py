@@ -4,15 +4,17 @@ Unpadding needs `nonzero` and `max()`, and the sparse MLM head needs the positio
 each of these stalls the host until the device catches up. Computed here on the CPU copy of the batch, before
 the copy to the device, they cost microseconds and the host keeps running ahead of the GPU.
 
-The work comes in two halves so that a training loop can do the first on a background thread:
-    staged = stage_inputs(batch, cfg, pin=True)   # CPU only: bookkeeping, one pinned staging buffer
-    inputs = staged.to(device)                    # one asynchronous host-to-device copy, then views
-`prepare_inputs` does both at once.
+The work comes in two halves so that a training loop can do the first elsewhere (a DataLoader worker process,
+a background thread):
+    staged = stage_inputs(batch, cfg)   # CPU only: bookkeeping, one int64 staging buffer (small to send)
+    staged = staged.pin_memory()        # in the training process: page-locked, so the copy is asynchronous
+    inputs = staged.to(device)          # one host-to-device copy, then views
+`prepare_inputs` does all three at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 import torch
@@ -30,7 +32,11 @@ class StagedInputs:
 
     flat: torch.Tensor  # int64 [sum of numels], pinned when staged for a GPU
     layout: list[tuple[str, torch.Size, torch.dtype]]  # (name, shape, dtype) in buffer order
-    unpadded: Optional[Unpadded]  # host bookkeeping (its tensors are re-pointed at the device copies)
+    unpadded: Optional[Unpadded]  # the numbers only: its tensors are None here, views of the copy after to()
+
+    def pin_memory(self) -> "StagedInputs":
+        """The same inputs in page-locked memory (the DataLoader's pin_memory protocol; pinned only once)."""
+        return self if self.flat.is_pinned() else replace(self, flat=self.flat.pin_memory())
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> dict:
         """Keyword arguments for the model on `device`: one copy of `flat`, then views and tiny casts."""
@@ -50,8 +56,9 @@ class StagedInputs:
 
 
 def stage_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, pin: bool = False) -> StagedInputs:
-    """The host half of `prepare_inputs`: CPU tensors [B, S] in, one staging buffer out (no device touched
-    unless `pin`, which page-locks the buffer so the later copy is truly asynchronous)."""
+    """The host half of `prepare_inputs`: CPU tensors [B, S] in, one staging buffer out. No device is touched
+    unless `pin`, which page-locks the buffer so the later copy is truly asynchronous; without it this runs in
+    any process (a DataLoader worker) and the training process pins the result (StagedInputs.pin_memory)."""
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch and batch[k] is not None}
     if "attention_mask" not in inputs:
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
@@ -66,7 +73,9 @@ def stage_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, pin: bool 
     flat = torch.cat([t.reshape(-1).to(torch.int64) for t in tensors.values()])  # [sum of numels]
     if pin:
         flat = flat.pin_memory()
-    return StagedInputs(flat, [(k, t.shape, t.dtype) for k, t in tensors.items()], info)
+    # indices and cu_seqlens travel inside `flat`: no second copy of them (a worker would send each separately)
+    numbers = None if info is None else info._replace(indices=None, cu_seqlens=None)
+    return StagedInputs(flat, [(k, t.shape, t.dtype) for k, t in tensors.items()], numbers)
 
 
 def prepare_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, device: torch.device | str,

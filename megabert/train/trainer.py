@@ -19,12 +19,15 @@ they are long computed) to warn, count and stop. Losses are summed on the device
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
 import os
 import random
+import resource
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,12 @@ from megabert.utils.timers import Timers
 log = get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+LOOP_SWITCH_INTERVAL_S = 0.0005
+"""Python's thread switch interval while the loop runs (the interpreter's default: 5 ms). The loop's host work is
+on the critical path after every device synchronisation (DeepSpeed's ZeRO syncs at the end of each backward),
+and the staging thread and the checkpoint writer share the GIL with it: a thread holding the GIL can keep the
+loop waiting for up to this interval. docs/BENCHMARKS.md (run 12) has the measurement."""
 
 # data_builder(cfg, dp_rank, dp_size, train_samples) -> object with train_batches(consumed_samples),
 # valid_batches() and tokenizer.vocab_size (the megabert.data contract).
@@ -231,6 +240,8 @@ class Trainer:
         total = cfg.schedule.total_steps
         previous_handlers = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
         batches = self._staged_train_batches()
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(LOOP_SWITCH_INTERVAL_S)
         progress = ProgressBar(total, st.step, enabled=self.is_main, show_mfu=self.device.type == "cuda")
         window = Window()
         clock = RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
@@ -289,6 +300,7 @@ class Trainer:
                 self.writer.write(st.step, {f"final/{k}": v for k, v in summary.items()})
             return summary
         finally:
+            sys.setswitchinterval(switch_interval)
             batches.close()
             self.checkpoints.close()  # only after an exception is a save still in flight here
             progress.close()
@@ -296,15 +308,19 @@ class Trainer:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
 
-    def _staged_train_batches(self) -> StagedBatches:
-        """The training batches from the data position, staged ahead on a thread: (counts, StagedInputs)."""
-        sparse_head, pin = self.cfg.model.sparse_mlm_head, self.device.type == "cuda"
-
-        def stage(batch: dict) -> tuple[dict[str, int], StagedInputs]:
-            return M.batch_counts(batch, sparse_head), stage_inputs(batch, self.cfg.model, pin=pin)
-
-        source = self.data.train_batches(consumed_samples=self.state.consumed_samples)
-        return StagedBatches(source, stage, depth=self.cfg.data.stage_ahead, device=self.device)
+    def _staged_train_batches(self, stage_in_workers: bool = True) -> StagedBatches:
+        """The training batches from the data position as (counts, StagedInputs). Counting and staging happen
+        where the batch is built (a DataLoader worker process with data.num_workers > 0), so this process only
+        receives a staged batch and page-locks it, on a thread up to data.stage_ahead micro-batches ahead.
+        stage_in_workers=False stages on that thread instead (for comparison: tools/bench_trainer.py)."""
+        stage = functools.partial(stage_for_training, model_cfg=self.cfg.model)
+        pin = _pinned if self.device.type == "cuda" else _unchanged
+        consumed = self.state.consumed_samples
+        if stage_in_workers:
+            source, finish = self.data.train_batches(consumed_samples=consumed, transform=stage), pin
+        else:
+            source, finish = self.data.train_batches(consumed_samples=consumed), lambda batch: pin(stage(batch))
+        return StagedBatches(source, finish, depth=self.cfg.data.stage_ahead, device=self.device)
 
     def _train_step(self, batches: Iterator[tuple[dict, StagedInputs]], window: Window) -> tuple[int, int, int]:
         """One optimizer step over `accum` micro-batches. Returns (step, non-finite flag, stop signal) for the
@@ -388,6 +404,7 @@ class Trainer:
             "train/padded_tokens_per_s": totals["padded_tokens"] / max(window.seconds, 1e-9),
             "train/mfu": totals["flops"] / max(window.seconds, 1e-9) / (self.peak_flops * self.world_size),
             "train/data_seconds": self.timers.pop().get("data", 0.0),
+            "train/window_seconds": window.seconds,
             "train/consumed_samples": st.consumed_samples,
             "train/skipped_steps": st.skipped_steps,
         }
@@ -397,6 +414,10 @@ class Trainer:
             metrics["cuda/reserved_gib"] = memory.get("reserved_bytes.all.current", 0) / 2 ** 30
             metrics["cuda/device_mallocs"] = memory.get("num_device_alloc", 0)  # cumulative cudaMalloc calls
             metrics["cuda/alloc_retries"] = memory.get("num_alloc_retries", 0)  # cache flushes to fit (slow)
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # cumulative, this process (all its threads)
+        metrics["host/cpu_seconds"] = usage.ru_utime + usage.ru_stime
+        metrics["host/minor_page_faults"] = usage.ru_minflt  # first touches of memory: costly in a VM
+        metrics["host/max_rss_gib"] = usage.ru_maxrss / 2 ** 20  # Linux reports KiB
         remaining = (cfg.schedule.total_steps - st.step) * window.seconds / max(window.steps, 1)
         metrics["train/eta_seconds"] = remaining
         if cfg.logging.gpu_hour_price > 0:
@@ -499,6 +520,21 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
+
+def stage_for_training(batch: dict, model_cfg) -> tuple[dict[str, int], StagedInputs]:
+    """A micro-batch's counts (tokens, FLOPs' inputs) and its staged model inputs, unpinned: what a DataLoader
+    worker computes and sends back (top level, so it pickles where workers are spawned)."""
+    return M.batch_counts(batch, model_cfg.sparse_mlm_head), stage_inputs(batch, model_cfg)
+
+
+def _pinned(item: tuple[dict[str, int], StagedInputs]) -> tuple[dict[str, int], StagedInputs]:
+    counts, staged = item
+    return counts, staged.pin_memory()
+
+
+def _unchanged(item):
+    return item
 
 
 def _freeze_setup_objects() -> None:
