@@ -6,7 +6,7 @@
 #                                      (default: all but trainer and tp)
 #
 # The trainer section needs DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
-# installed into /tmp/site first. TRAINER_STEPS, TRAINER_GLOBAL_BATCH and TRAINER_ROUNDS size that run;
+# installed into /tmp/site first. TRAINER_STEPS, TRAINER_GLOBAL_BATCH, TRAINER_ROUNDS and TRAINER_SHORT_STEPS size that run;
 # nvidia-smi dmon logs clocks and power beside it.
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
@@ -53,9 +53,9 @@ for section in "${SECTIONS[@]}"; do
       export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # "9.0a" breaks DeepSpeed's op builder
       nvidia-smi dmon -s pc -d 1 -o T > "$OUT/dmon.log" 2>&1 &  # clocks and power beside the run
       dmon=$!
-      run bench_trainer 540 python3 tools/bench_trainer.py --config configs/base.json \
+      run bench_trainer 575 python3 tools/bench_trainer.py --config configs/base.json \
         --steps "${TRAINER_STEPS:-300}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" \
-        --bare-before --breakdown --rounds "${TRAINER_ROUNDS:-3}" --short-steps 30
+        --bare-before --breakdown --rounds "${TRAINER_ROUNDS:-3}" --short-steps "${TRAINER_SHORT_STEPS:-20}"
       kill $dmon 2>/dev/null ;;
     tp) run bench_tp_overhead 90 python3 tools/bench_tp_overhead.py --json-out "$OUT/tp_overhead.json" ;;
     *) echo "unknown section $section (tests attention base profile ablation large trainer tp)"; exit 2 ;;
