@@ -3,9 +3,9 @@
 Why: DeepSpeed's ZeRO optimizer synchronises the device at the end of every backward when it overlaps gradient
 reduction with compute (`overlap_comm`, the right setting for data parallelism). After that sync the GPU idles
 until the host has launched the next forward, so everything the host does between two micro-batches -- taking
-the batch from the DataLoader worker (unpickling a shared-memory batch), the unpadding bookkeeping, counting
-tokens and FLOPs, page-locking the staging buffer -- is time the GPU waits. Done here on a thread, it overlaps
-with the previous micro-batch's compute and the training loop is left with one asynchronous copy.
+the batch from the DataLoader worker (unpickling a shared-memory batch), page-locking its staging buffer, and
+(when no worker did it) the unpadding bookkeeping and counting -- is time the GPU waits. Done here on a thread,
+it overlaps with the previous micro-batch's compute and the training loop is left with one asynchronous copy.
 
     staged = StagedBatches(batches, stage_fn, depth=2)
     for item in staged: ...

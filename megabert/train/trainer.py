@@ -56,7 +56,8 @@ LOOP_SWITCH_INTERVAL_S = 0.0005
 """Python's thread switch interval while the loop runs (the interpreter's default: 5 ms). The loop's host work is
 on the critical path after every device synchronisation (DeepSpeed's ZeRO syncs at the end of each backward),
 and the staging thread and the checkpoint writer share the GIL with it: a thread holding the GIL can keep the
-loop waiting for up to this interval. docs/BENCHMARKS.md (run 12) has the measurement."""
+loop waiting for up to this interval. On an H200 the effect was within the machine's noise (docs/BENCHMARKS.md,
+runs 12-14); it is kept because it bounds that wait and costs nothing measurable."""
 
 # data_builder(cfg, dp_rank, dp_size, train_samples) -> object with train_batches(consumed_samples),
 # valid_batches() and tokenizer.vocab_size (the megabert.data contract).
