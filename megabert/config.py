@@ -238,12 +238,18 @@ class CheckpointConfig:
     """Write checkpoints in the background: training stops only while the state is copied to host memory (one
     checkpoint's worth per rank), and a save is published once every rank has written it. false writes in place
     while training waits."""
+    zip_crc32: bool = False
+    """Compute torch.save's per-record CRC32 in checkpoint files. torch.load never checks it (a flipped byte loads
+    silently either way), so it guards nothing on resume, while computing it was ~80% of the time to write a
+    1.65 GB optimizer state (5.1 s vs 1.2 s on a 2-core CPU, docs/TRAINING.md). true keeps the files checkable
+    with zip tools (`unzip -t`)."""
 
     def validate(self) -> None:
         _check(self.save_interval >= 0, "checkpoint.save_interval must be >= 0")
         _check(self.keep_last >= 0, "checkpoint.keep_last must be >= 0")
-        _check(isinstance(self.async_save, bool), f"checkpoint.async_save is {self.async_save!r}; expected true or "
-                                                  f"false")
+        for name in ("async_save", "zip_crc32"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool), f"checkpoint.{name} is {value!r}; expected true or false")
 
 
 @dataclass

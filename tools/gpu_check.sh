@@ -2,10 +2,10 @@
 # One GPU check for megabert: GPU tests, attention and training-throughput benchmarks, the trainer against its bare
 # step, and the tensor-parallel code path's overhead at TP = 1.
 #
-#   tools/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large trainer tp
-#                                      (default: all but trainer and tp)
+#   tools/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large trainer checkpoint tp
+#                                      (default: all but trainer, checkpoint and tp)
 #
-# The trainer section needs DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
+# The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
 # installed into /tmp/site first. TRAINER_STEPS, TRAINER_GLOBAL_BATCH, TRAINER_ROUNDS and TRAINER_SHORT_STEPS size that run;
 # nvidia-smi dmon logs clocks and power beside it.
 #
@@ -34,6 +34,14 @@ run() {  # run NAME SECONDS CMD...: tee the output to $OUT/NAME.log, report the 
   python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
 } 2>&1 | tee "$OUT/env.log"
 
+need_deepspeed() {  # DeepSpeed from the wheels in .whl/ when the image lacks it
+  if ! python3 -c "import deepspeed" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PYTHONPATH" PATH="/tmp/site/bin:$PATH"
+  fi
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # "9.0a" breaks DeepSpeed's op builder
+}
+
 for section in "${SECTIONS[@]}"; do
   case $section in
     tests) run gpu_tests 100 python3 -m pytest -q -m gpu tests/ops tests/model -p no:cacheprovider ;;
@@ -46,18 +54,18 @@ for section in "${SECTIONS[@]}"; do
     large) run bench_throughput_large 90 python3 tools/bench_throughput.py --models large \
              --dists $LARGE_DISTS --systems megabert hf-sdpa --warmup 3 --steps 15 ;;
     trainer)
-      if ! python3 -c "import deepspeed" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-        export PYTHONPATH="/tmp/site:$PYTHONPATH" PATH="/tmp/site/bin:$PATH"
-      fi
-      export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # "9.0a" breaks DeepSpeed's op builder
+      need_deepspeed
       nvidia-smi dmon -s pc -d 1 -o T > "$OUT/dmon.log" 2>&1 &  # clocks and power beside the run
       dmon=$!
       run bench_trainer 575 python3 tools/bench_trainer.py --config configs/base.json \
         --steps "${TRAINER_STEPS:-300}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" \
         --bare-before --breakdown --rounds "${TRAINER_ROUNDS:-3}" --short-steps "${TRAINER_SHORT_STEPS:-20}"
       kill $dmon 2>/dev/null ;;
+    checkpoint)
+      need_deepspeed
+      run bench_checkpoint 220 python3 tools/bench_checkpoint.py --config configs/base.json \
+        --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --rounds "${CHECKPOINT_ROUNDS:-3}" ;;
     tp) run bench_tp_overhead 90 python3 tools/bench_tp_overhead.py --json-out "$OUT/tp_overhead.json" ;;
-    *) echo "unknown section $section (tests attention base profile ablation large trainer tp)"; exit 2 ;;
+    *) echo "unknown section $section (tests attention base profile ablation large trainer checkpoint tp)"; exit 2 ;;
   esac
 done

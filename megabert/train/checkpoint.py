@@ -31,6 +31,7 @@ Device tensors are copied into pinned host buffers that the next snapshot reuses
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -40,7 +41,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -176,8 +177,9 @@ class CheckpointManager:
         if self.cfg.async_save and self._can_record(engine):
             self._start_async(engine, step, tmp, final, state_text, config_text)
             return final
-        engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
-        _save_durably(get_rng_state(), self._rng_file(tmp))
+        with zip_crc32(self.cfg.zip_crc32):
+            engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, save_latest=False)
+            _save_durably(get_rng_state(), self._rng_file(tmp))
         barrier()
         if self.rank == 0:
             self._finish(tmp, final, config_text, state_text)
@@ -276,7 +278,8 @@ class CheckpointManager:
             log.error("could not publish checkpoint %s: %r", job.final, e)
 
     def _write_file(self, obj: Any, path: Path) -> None:
-        _save_durably(obj, path)
+        with zip_crc32(self.cfg.zip_crc32):
+            _save_durably(obj, path)
 
     def _await_markers(self, job: _Write) -> bool:
         """Polls the shared directory until every rank has written its files; False when told to give up."""
@@ -390,6 +393,23 @@ def _write_durably(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def zip_crc32(enabled: bool) -> Iterator[None]:
+    """torch.save computes its per-record CRC32 or not inside (torch >= 2.6; the setting is process-wide in torch
+    and restored on exit; a save on another thread meanwhile only differs in whether it computes the checksum)."""
+    try:
+        from torch.utils.serialization import config
+    except ImportError:  # older torch: always computes it
+        yield
+        return
+    previous = config.save.compute_crc32
+    config.save.compute_crc32 = enabled
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = previous
 
 
 def _save_durably(obj: Any, path: Path) -> None:

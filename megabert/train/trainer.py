@@ -59,8 +59,9 @@ and the staging thread and the checkpoint writer share the GIL with it: a thread
 loop waiting for up to this interval. On an H200 the effect was within the machine's noise (docs/BENCHMARKS.md,
 runs 12-14); it is kept because it bounds that wait and costs nothing measurable."""
 
-# data_builder(cfg, dp_rank, dp_size, train_samples) -> object with train_batches(consumed_samples),
-# valid_batches() and tokenizer.vocab_size (the megabert.data contract).
+# data_builder(cfg, dp_rank, dp_size, train_samples) -> object with train_batches(consumed_samples, transform),
+# valid_batches() and tokenizer.vocab_size (the megabert.data contract; `transform` is applied to each training
+# batch where it is built, e.g. in a DataLoader worker, and its result yielded instead).
 DataBuilder = Callable[[TrainConfig, int, int, int], Any]
 
 

@@ -50,3 +50,19 @@ def test_the_bare_step_before_the_run_is_undone_so_the_trainer_loses_the_same(tm
         records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
         losses[bool(flag)] = [r["train/loss"] for r in records if "train/loss" in r]
     assert losses[True] == pytest.approx(losses[False], rel=1e-6, abs=1e-6)  # fp32 on CPU: the same run
+
+
+@pytest.mark.slow
+def test_bench_checkpoint_times_saves_with_and_without_the_zip_crc32(tmp_path, sample_corpus):
+    config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_checkpoint.py"), "--config", str(config),
+                           "--rounds", "2", "--train-steps", "1"],
+                          cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, explain(proc)
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("BENCH_CHECKPOINT "))
+    result = json.loads(line[len("BENCH_CHECKPOINT "):])
+    for setting in ("crc32_on", "crc32_off"):
+        times = result[setting]["all"]
+        assert len(times["stop"]) == 2 and all(0 < s <= p for s, p in zip(times["stop"], times["published"]))
+    published = sorted(p.name for p in (tmp_path / "runs" / "bench_checkpoint" / "checkpoints").glob("step_*"))
+    assert published == ["step_0001004"]  # keep_last 1: the last of the four saves

@@ -259,3 +259,28 @@ def test_two_ranks_write_in_the_background_publish_when_both_are_done_and_resume
     assert sorted(again) == [5, 6, 7, 8]
     for step in again:
         assert again[step] == reference[step], f"step {step}: {again[step]} != {reference[step]}"
+
+
+@pytest.mark.parametrize("crc32", [False, True])
+def test_zip_crc32_decides_whether_checkpoint_files_carry_checksums_and_both_resume(tmp_path, crc32):
+    import zipfile
+
+    from torch.utils.serialization import config as serialization
+
+    engine, mgr = MiniEngine(), manager(tmp_path, zip_crc32=crc32)
+    engine.train_step()
+    before = engine.state()
+    save(mgr, engine, 1)
+    published = mgr.wait()
+    assert serialization.save.compute_crc32  # torch's process-wide default is back
+    with zipfile.ZipFile(published / "ds" / "optim_rank_0.pt") as archive:
+        bad = archive.testzip()  # the first record whose stored CRC does not match its bytes
+    assert (bad is None) == crc32
+    restored = MiniEngine()
+    mgr.load(restored, published)
+    assert torch.equal(restored.state()["exp_avg"], before["exp_avg"])
+
+
+def test_zip_crc32_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="zip_crc32"):
+        CheckpointConfig(zip_crc32="no").validate()
