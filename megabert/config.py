@@ -240,9 +240,9 @@ class CheckpointConfig:
     while training waits."""
     zip_crc32: bool = False
     """Compute torch.save's per-record CRC32 in checkpoint files. torch.load never checks it (a flipped byte loads
-    silently either way), so it guards nothing on resume, while computing it was ~80% of the time to write a
-    1.65 GB optimizer state (5.1 s vs 1.2 s on a 2-core CPU, docs/TRAINING.md). true keeps the files checkable
-    with zip tools (`unzip -t`)."""
+    silently either way), so it guards nothing on resume, while it costs time: on an H200 machine a base
+    checkpoint was published 2.84 s after the save with it and 2.12 s without (docs/BENCHMARKS.md, run 15).
+    true keeps the files checkable with zip tools (`unzip -t`)."""
 
     def validate(self) -> None:
         _check(self.save_interval >= 0, "checkpoint.save_interval must be >= 0")
