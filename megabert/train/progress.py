@@ -48,10 +48,10 @@ class Window:
         """Sums over all ranks (one all-reduce). The tensor-parallel ranks of one replica see the same batch, so
         the world sum counts each replica's work tp times."""
         as_tensor = lambda x: torch.as_tensor(x, dtype=torch.float64).to(device)
-        values = torch.stack([as_tensor(self.loss_sum), as_tensor(self.loss_count),
-                              *(torch.tensor(float(x), dtype=torch.float64, device=device)
-                                for x in (self.counts["samples"], self.counts["real_tokens"],
-                                          self.counts["padded_tokens"], self.counts["flops"]))])
+        losses = torch.stack([as_tensor(self.loss_sum), as_tensor(self.loss_count)])  # on the device already
+        counts = torch.tensor([float(self.counts[k]) for k in ("samples", "real_tokens", "padded_tokens", "flops")],
+                              dtype=torch.float64)  # host numbers: one copy to the device, not four
+        values = torch.cat([losses, counts.to(device)])
         world = dist.get_world_size() if dist.is_initialized() else 1
         if world > 1:
             dist.all_reduce(values)
