@@ -9,6 +9,8 @@
      put on the device beforehand (no data loading, no logging, no checkpoints), timed after warm-up: distinct
      batches, so the device sees the varying token counts of real data (the reference), and one batch replayed
      (the fixed shapes of a kernel benchmark, for comparison);
+  2b. with --interleave, the bare step also between the trainer's log windows (as many steps as a window has):
+     trainer window, bare block, trainer window, ... -- the ratio free of the machine's drift over the call;
   3. with --breakdown, the host's share, in interleaved rounds: the bare step, the bare step while the staging
      thread and the DataLoader run beside it, and the trainer's own step on loader batches staged ahead on a
      thread or in the loop (StepVariants);
@@ -160,6 +162,51 @@ def bare_step_before_training(trainer: Trainer, steps: int, scratch: Path) -> di
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+class InterleavedBareSteps:
+    """Bare steps timed between the trainer's log windows (Trainer._between_windows): `steps` of them after every
+    window but the last, on distinct global batches put on the device beforehand. Trainer window, bare block,
+    trainer window, ... : both see the machine of the same minutes, so drift over the call (clocks, temperature,
+    neighbours on the host) cancels out of their ratio instead of landing on whichever ran first.
+
+    The bare steps update the model as any training step does (that is what is timed), so an interleaved run's
+    losses are not those of a plain run; the learning-rate schedule is put back after each block, so the trainer's
+    own steps see the lr they would have. The halfway checkpoint is saved after the block, so its background write
+    overlaps the trainer's next window, as in a plain run."""
+
+    def __init__(self, trainer: Trainer, steps: int, blocks: int):
+        self.trainer, self.steps = trainer, steps
+        self.resident, self.real_tokens, self.flops = _resident_global_batches(trainer, steps * blocks)
+        self.step = _bare_step(trainer, self.resident)
+        self.seconds: list[float] = []
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        scheduler, optimizer = self.trainer.scheduler, self.trainer.optimizer
+        schedule, lrs = scheduler.state_dict(), [group["lr"] for group in optimizer.param_groups]
+        self.seconds.append(_timed(self.trainer, self.step, self.steps, warmup=0))
+        scheduler.load_state_dict(schedule)
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        return time.perf_counter() - start
+
+    def rates(self) -> dict[str, float]:
+        """Over all blocks: real tokens/s and MFU (totals over total seconds, as the trainer's clock counts)."""
+        steps = self.steps * len(self.seconds)
+        return {**_rates(self.trainer, self.real_tokens * steps, self.flops * steps, sum(self.seconds)),
+                "steps": steps, "blocks_tokens_per_s": [_rates(self.trainer, self.real_tokens * self.steps,
+                                                               self.flops * self.steps, s)["tokens_per_s"]
+                                                        for s in self.seconds]}
+
+
+class InterleavedTrainer(Trainer):
+    """The trainer, with bare steps timed between its log windows when `bare_blocks` is set."""
+
+    bare_blocks: InterleavedBareSteps | None = None
+
+    def _between_windows(self) -> float:
+        return self.bare_blocks() if self.bare_blocks is not None else 0.0
+
+
 class StepVariants:
     """The trainer's step and the bare step side by side, timed in interleaved rounds (A B C A B C ...) so that a
     drift of the machine (clocks, temperature) falls on every variant alike:
@@ -281,12 +328,15 @@ def _data_wait_seconds(output_dir: Path, skip_lines: int) -> float:
     return float(sum(r.get("train/data_seconds", 0.0) for r in _windows(output_dir, skip_lines)[1:]))
 
 
-def _window_report(output_dir: Path, skip_lines: int) -> list[str]:
+def _window_report(output_dir: Path, skip_lines: int, bare_blocks: list[float] = ()) -> list[str]:
     """Per log window of this run: real tokens/s, and since the previous window the CUDA allocator's cudaMalloc
-    calls, the process's CPU seconds (all threads) and its minor page faults (first touches of memory)."""
+    calls, the process's CPU seconds (all threads) and its minor page faults (first touches of memory); with
+    --interleave, the tokens/s of the bare block that followed the window."""
     rows, previous = [], {}
-    for record in _windows(output_dir, skip_lines):
+    for i, record in enumerate(_windows(output_dir, skip_lines)):
         row = f"step {record['step']:>5}: {record['train/tokens_per_s']:>10,.0f} real tok/s"
+        if i < len(bare_blocks):
+            row += f" (then bare {bare_blocks[i]:>9,.0f})"
         for key, label, fmt in (("cuda/device_mallocs", "cudaMalloc calls", "{:>4.0f}"),
                                 ("host/cpu_seconds", "CPU s", "{:>5.2f}"),
                                 ("host/minor_page_faults", "page faults", "{:>7.0f}")):
@@ -330,6 +380,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the --breakdown variants")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also trace STEPS bare and trainer "
                         "steps with torch.profiler and report the device's idle gaps (traces in output_dir)")
+    parser.add_argument("--interleave", action="store_true", help="also time bare steps between the trainer's log "
+                        "windows (as many as a window has): trainer and bare step measured over the same minutes, "
+                        "the ratio free of the machine's drift over the call")
     parser.add_argument("--bare-before", action="store_true", help="also time the bare step before the trainer's "
                         "run (then undone from a checkpoint): a machine drifting over the call shows up")
     parser.add_argument("--zero-stage", type=int, default=2)
@@ -351,12 +404,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage_ahead = cfg.data.stage_ahead
     earlier_metrics = _metrics_lines(Path(cfg.output_dir))
-    trainer = Trainer(cfg)
+    trainer = InterleavedTrainer(cfg)
     trainer.setup()
     bare_steps = args.bare_steps or min(args.steps - 10, 400)  # as many as the trainer's measured steps
     before = None
     if args.bare_before:
         before = bare_step_before_training(trainer, bare_steps, Path(cfg.output_dir) / "before_bare_step")
+    if args.interleave:
+        interval = cfg.logging.log_interval
+        windows = -(-args.steps // interval)  # the last one ends at the last step, whole or not
+        trainer.bare_blocks = InterleavedBareSteps(trainer, interval, blocks=windows - 1)
     summary = trainer.train()
     bare = bare_step_throughput(trainer, bare_steps, distinct=True)
     replay = bare_step_throughput(trainer, args.short_steps)
@@ -370,6 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
         "trainer_tokens_per_s": summary.get("run_tokens_per_s"), "trainer_mfu": summary.get("run_mfu"),
         "trainer_loop_tokens_per_s": summary.get("loop_tokens_per_s"), "trainer_loop_mfu": summary.get("loop_mfu"),
         "trainer_steps_measured": summary.get("run_steps_measured"),
+        "trainer_loop_seconds_measured": summary.get("loop_seconds_measured"),
         "trainer_data_wait_seconds": _data_wait_seconds(Path(cfg.output_dir), earlier_metrics),
         "bare_tokens_per_s": bare["tokens_per_s"], "bare_mfu": bare["mfu"], "bare_steps": bare["steps"],
         "bare_replay_tokens_per_s": replay["tokens_per_s"], "bare_replay_mfu": replay["mfu"],
@@ -378,6 +436,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if before is not None:
         result["bare_before_tokens_per_s"], result["bare_before_mfu"] = before["tokens_per_s"], before["mfu"]
+    interleaved = trainer.bare_blocks.rates() if trainer.bare_blocks is not None else None
+    if interleaved is not None:
+        result["interleaved_bare"] = interleaved
+        for name in ("", "_loop"):
+            result[f"trainer{name}_over_interleaved_bare"] = \
+                (result[f"trainer{name}_tokens_per_s"] or 0.0) / interleaved["tokens_per_s"]
     # The reference is the faster bare measurement: a machine that drifts over the call never flatters the trainer.
     reference = max(bare["tokens_per_s"], before["tokens_per_s"] if before else 0.0)
     result["bare_reference_tokens_per_s"] = reference
@@ -390,6 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
             ("bare step (one batch replayed)", replay["tokens_per_s"], replay["mfu"])]
     if before is not None:
         rows.insert(3, ("bare step, before the trainer's run", before["tokens_per_s"], before["mfu"]))
+    if interleaved is not None:
+        rows.insert(3, ("bare step, between the trainer's windows", interleaved["tokens_per_s"], interleaved["mfu"]))
     if args.breakdown:
         variants = StepVariants(trainer, args.short_steps, stage_ahead).run(args.rounds)
         result["breakdown"] = variants
@@ -397,7 +463,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile:
         result["profile"] = profile_steps(trainer, Path(cfg.output_dir), args.profile, stage_ahead)
     if trainer.rank == 0:
-        print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics)))
+        blocks = interleaved["blocks_tokens_per_s"] if interleaved is not None else []
+        print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics, blocks)))
         print(f"\n{'':48}{'real tokens/s':>16}{'MFU':>9}")
         for name, rate, mfu in rows:
             print(f"{name:48}{rate or 0.0:>16,.0f}" + ("" if mfu is None else f"{100 * mfu:>8.1f}%"))
@@ -411,6 +478,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{result['trainer_second_half_over_bare']:.3f} over the second half (target >= 0.95); main thread "
               f"waited {result['trainer_data_wait_seconds']:.2f} s for data; peak matmul "
               f"{result['peak_matmul_tflops']:.1f} TFLOP/s on {result['device']}, torch {result['torch']}")
+        if interleaved is not None:
+            print(f"trainer / bare step between its windows ({interleaved['tokens_per_s']:,.0f}, "
+                  f"{interleaved['steps']} steps) = {result['trainer_loop_over_interleaved_bare']:.3f} to the end of "
+                  f"the last step, {result['trainer_over_interleaved_bare']:.3f} to the end of the final save")
         print("BENCH_TRAINER " + json.dumps(result))
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "bench_trainer.json").write_text(json.dumps(result, indent=2) + "\n")

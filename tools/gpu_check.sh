@@ -6,7 +6,9 @@
 #                                      (default: all but trainer, checkpoint and tp)
 #
 # The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
-# installed into /tmp/site first. TRAINER_STEPS, TRAINER_GLOBAL_BATCH, TRAINER_ROUNDS and TRAINER_SHORT_STEPS size that run;
+# installed into /tmp/site first. The trainer section times the bare step between the trainer's log windows (the
+# ratio's reference), and for comparison before and after the run; TRAINER_STEPS, TRAINER_GLOBAL_BATCH,
+# TRAINER_BARE_STEPS, TRAINER_SHORT_STEPS and TRAINER_ROUNDS (rounds of --breakdown, default 0: none) size it;
 # nvidia-smi dmon logs clocks and power beside it.
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
@@ -57,9 +59,12 @@ for section in "${SECTIONS[@]}"; do
       need_deepspeed
       nvidia-smi dmon -s pc -d 1 -o T > "$OUT/dmon.log" 2>&1 &  # clocks and power beside the run
       dmon=$!
+      breakdown=()
+      [ "${TRAINER_ROUNDS:-0}" -gt 0 ] && breakdown=(--breakdown --rounds "$TRAINER_ROUNDS")
       run bench_trainer 575 python3 tools/bench_trainer.py --config configs/base.json \
-        --steps "${TRAINER_STEPS:-300}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" \
-        --bare-before --breakdown --rounds "${TRAINER_ROUNDS:-3}" --short-steps "${TRAINER_SHORT_STEPS:-20}"
+        --steps "${TRAINER_STEPS:-300}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --interleave \
+        --bare-before --bare-steps "${TRAINER_BARE_STEPS:-100}" --short-steps "${TRAINER_SHORT_STEPS:-20}" \
+        "${breakdown[@]}"
       kill $dmon 2>/dev/null ;;
     checkpoint)
       need_deepspeed

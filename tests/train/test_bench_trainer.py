@@ -10,11 +10,11 @@ from tests.train.launch import REPO, child_env, explain, tiny_config_on_sample
 
 
 @pytest.mark.slow
-def test_bench_trainer_reports_trainer_bare_step_and_breakdown_throughput(tmp_path, sample_corpus):
+def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throughput(tmp_path, sample_corpus):
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config),
                            "--steps", "20", "--bare-steps", "2", "--short-steps", "2", "--breakdown", "--rounds", "1",
-                           "--bare-before",
+                           "--bare-before", "--interleave",
                            "--output_dir", str(tmp_path / "bench")],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, explain(proc)
@@ -26,6 +26,7 @@ def test_bench_trainer_reports_trainer_bare_step_and_breakdown_throughput(tmp_pa
         assert result[key] > 0, key
     assert result["trainer_loop_tokens_per_s"] >= result["trainer_tokens_per_s"]  # the final save only adds time
     assert result["bare_steps"] == 2
+    assert result["interleaved_bare"]["steps"] == 10  # one block, after the first of two windows
     assert set(result["breakdown"]) == {"bare", "bare + staging thread", "step, staged 2 ahead", "step, staged in loop",
                                         "step, staged on thread", "step, GIL switch 5 ms"}
     for variant in result["breakdown"].values():
@@ -66,3 +67,31 @@ def test_bench_checkpoint_times_saves_with_and_without_the_zip_crc32(tmp_path, s
         assert len(times["stop"]) == 2 and all(0 < s <= p for s, p in zip(times["stop"], times["published"]))
     published = sorted(p.name for p in (tmp_path / "runs" / "bench_checkpoint" / "checkpoints").glob("step_*"))
     assert published == ["step_0001004"]  # keep_last 1: the last of the four saves
+
+
+@pytest.mark.slow
+def test_interleaved_bare_blocks_stay_out_of_the_trainers_clock_and_schedule(tmp_path, sample_corpus):
+    """--interleave times 10 bare steps after each log window but the last. The trainer's throughput must not count
+    them (its clock leaves them out), and its own steps must see the learning rate of a plain run."""
+    config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
+    results, lrs = {}, {}
+    for flag in ([], ["--interleave"]):
+        out = tmp_path / f"bench{len(flag)}"
+        proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config),
+                               "--steps", "25", "--bare-steps", "2", "--short-steps", "1", *flag,
+                               "--output_dir", str(out)],
+                              cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, explain(proc)
+        line = next(l for l in proc.stdout.splitlines() if l.startswith("BENCH_TRAINER "))
+        results[bool(flag)] = json.loads(line[len("BENCH_TRAINER "):])
+        records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        lrs[bool(flag)] = [(r["step"], r["train/lr"]) for r in records if "train/lr" in r]
+    plain, interleaved = results[False], results[True]
+    assert "interleaved_bare" not in plain
+    blocks = interleaved["interleaved_bare"]
+    assert blocks["steps"] == 20 and len(blocks["blocks_tokens_per_s"]) == 2  # after steps 10 and 20, not 25
+    assert interleaved["trainer_loop_over_interleaved_bare"] > 0
+    assert lrs[True] == lrs[False] and [s for s, _ in lrs[True]] == [10, 20, 25]
+    # Both measure steps 11-25; counted in, the 20 bare steps would add about their own time to the interleaved run.
+    assert interleaved["trainer_steps_measured"] == plain["trainer_steps_measured"] == 15
+    assert interleaved["trainer_loop_seconds_measured"] < plain["trainer_loop_seconds_measured"] + 0.5 * blocks["seconds"]
