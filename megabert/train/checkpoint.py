@@ -267,12 +267,16 @@ class CheckpointManager:
         if job.error is not None or self.rank != 0:
             return
         try:
+            written = time.perf_counter()
             if not self._await_markers(job):
                 return
             shutil.rmtree(job.tmp / MARKER_DIR)
+            markers = time.perf_counter()
             self._finish(job.tmp, job.final, job.config_text, job.state_text)
-            log.info("published checkpoint %s: written in %.2f s in the background (training stopped for %.2f s)",
-                     job.final, time.perf_counter() - start, job.snapshot_seconds)
+            now = time.perf_counter()
+            log.info("published checkpoint %s: written in %.2f s in the background (this rank's files %.2f s, other "
+                     "ranks %.2f s, publish and prune %.2f s; training stopped for %.2f s)", job.final, now - start,
+                     written - start, markers - written, now - markers, job.snapshot_seconds)
         except BaseException as e:  # noqa: BLE001
             job.publish_error = e
             log.error("could not publish checkpoint %s: %r", job.final, e)
