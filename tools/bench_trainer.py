@@ -256,10 +256,19 @@ class StepVariants:
                 batches.close()
         self.seconds.setdefault(name, []).append(seconds)
 
-    def run(self, rounds: int) -> dict[str, dict]:
-        variants = [("bare", None), ("bare + staging thread", self.stage_ahead),
-                    (f"step, staged {self.stage_ahead} ahead", self.stage_ahead), ("step, staged in loop", 0),
-                    ("step, staged on thread", self.stage_ahead), ("step, GIL switch 5 ms", self.stage_ahead)]
+    def variants(self) -> list[tuple[str, int | None]]:
+        """(name, stage_ahead) of every variant, in the order of a round."""
+        return [("bare", None), ("bare + staging thread", self.stage_ahead),
+                (f"step, staged {self.stage_ahead} ahead", self.stage_ahead), ("step, staged in loop", 0),
+                ("step, staged on thread", self.stage_ahead), ("step, GIL switch 5 ms", self.stage_ahead)]
+
+    def run(self, rounds: int, only: list[str] | None = None) -> dict[str, dict]:
+        """Times the variants (those whose names start with one of `only`, when given) in `rounds` rounds."""
+        variants = [(name, ahead) for name, ahead in self.variants()
+                    if not only or any(name.startswith(prefix) for prefix in only)]
+        if not variants:
+            raise ValueError(f"no --variants match {only}; the variants are "
+                             f"{', '.join(name for name, _ in self.variants())}")
         for _ in range(rounds):
             for name, stage_ahead in variants:
                 self._run(name, stage_ahead)
@@ -330,7 +339,8 @@ def _data_wait_seconds(output_dir: Path, skip_lines: int) -> float:
 
 def _window_report(output_dir: Path, skip_lines: int, bare_blocks: list[float] = ()) -> list[str]:
     """Per log window of this run: real tokens/s, and since the previous window the CUDA allocator's cudaMalloc
-    calls, the process's CPU seconds (all threads) and its minor page faults (first touches of memory); with
+    calls, the process's CPU seconds (all threads), its minor page faults (first touches of memory) and the
+    garbage collector's seconds (in the loop only); with
     --interleave, the tokens/s of the bare block that followed the window."""
     rows, previous = [], {}
     for i, record in enumerate(_windows(output_dir, skip_lines)):
@@ -339,7 +349,8 @@ def _window_report(output_dir: Path, skip_lines: int, bare_blocks: list[float] =
             row += f" (then bare {bare_blocks[i]:>9,.0f})"
         for key, label, fmt in (("cuda/device_mallocs", "cudaMalloc calls", "{:>4.0f}"),
                                 ("host/cpu_seconds", "CPU s", "{:>5.2f}"),
-                                ("host/minor_page_faults", "page faults", "{:>7.0f}")):
+                                ("host/minor_page_faults", "page faults", "{:>7.0f}"),
+                                ("host/gc_seconds", "GC s", "{:>5.3f}")):
             if key in record:
                 row += f", {fmt.format(record[key] - previous.get(key, 0))} {label}"
                 previous[key] = record[key]
@@ -378,6 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "the bare step beside the staging thread, and the trainer's step staged ahead and in the "
                         "loop: where the trainer's time goes")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the --breakdown variants")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="PREFIX", help="time only the --breakdown "
+                        "variants whose names start with one of these (e.g. bare 'step, staged 2')")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also trace STEPS bare and trainer "
                         "steps with torch.profiler and report the device's idle gaps (traces in output_dir)")
     parser.add_argument("--interleave", action="store_true", help="also time bare steps between the trainer's log "
@@ -457,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict:
     if interleaved is not None:
         rows.insert(3, ("bare step, between the trainer's windows", interleaved["tokens_per_s"], interleaved["mfu"]))
     if args.breakdown:
-        variants = StepVariants(trainer, args.short_steps, stage_ahead).run(args.rounds)
+        variants = StepVariants(trainer, args.short_steps, stage_ahead).run(args.rounds, args.variants)
         result["breakdown"] = variants
         rows += [(f"{name} (median of {args.rounds})", v["tokens_per_s"], v["mfu"]) for name, v in variants.items()]
     if args.profile:

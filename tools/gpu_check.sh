@@ -9,7 +9,7 @@
 # installed into /tmp/site first. The trainer section times the bare step between the trainer's log windows (the
 # ratio's reference), and for comparison before and after the run; TRAINER_STEPS, TRAINER_GLOBAL_BATCH,
 # TRAINER_BARE_STEPS, TRAINER_SHORT_STEPS and TRAINER_ROUNDS (rounds of --breakdown, default 0: none) size it and
-# TRAINER_EXTRA adds bench_trainer.py arguments (e.g. "--profile 10");
+# TRAINER_EXTRA adds bench_trainer.py arguments (shell words, e.g. "--profile 10" or "--variants bare 'step, staged 2'");
 # nvidia-smi dmon logs clocks and power beside it.
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
@@ -62,10 +62,11 @@ for section in "${SECTIONS[@]}"; do
       dmon=$!
       breakdown=()
       [ "${TRAINER_ROUNDS:-0}" -gt 0 ] && breakdown=(--breakdown --rounds "$TRAINER_ROUNDS")
+      eval "extra=(${TRAINER_EXTRA:-})"  # shell words: quote arguments with spaces
       run bench_trainer 575 python3 tools/bench_trainer.py --config configs/base.json \
         --steps "${TRAINER_STEPS:-300}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --interleave \
         --bare-before --bare-steps "${TRAINER_BARE_STEPS:-100}" --short-steps "${TRAINER_SHORT_STEPS:-20}" \
-        "${breakdown[@]}" ${TRAINER_EXTRA:-}
+        "${breakdown[@]}" "${extra[@]}"
       kill $dmon 2>/dev/null ;;
     checkpoint)
       need_deepspeed

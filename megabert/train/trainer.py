@@ -45,6 +45,7 @@ from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_di
 from megabert.train.prefetch import StagedBatches
 from megabert.train.progress import ProgressBar, RunClock, Window
 from megabert.utils.distributed import DistEnv, barrier, discover_env, init_distributed
+from megabert.utils.gc_clock import GcClock
 from megabert.utils.logging import get_logger, setup_logging
 from megabert.utils.timers import Timers
 
@@ -144,6 +145,7 @@ class Trainer:
         self.ds_config = preflight(cfg, self.env, check_data=data_builder is None)
         self.data_builder = data_builder or default_data_builder
         self.timers = Timers()
+        self.gc_clock = GcClock()
         self.engine = None
         self._stop_signal: Optional[int] = None
 
@@ -249,6 +251,7 @@ class Trainer:
         clock = RunClock()  # end-to-end throughput after the first log window (start-up and warm-up excluded)
         nonfinite_in_a_row, last_saved, summary, staging_ready = 0, -1, {}, False
         self.engine.train()
+        self.gc_clock.install()
         try:
             while st.step < total:
                 step_start = time.perf_counter()
@@ -304,6 +307,7 @@ class Trainer:
                 self.writer.write(st.step, {f"final/{k}": v for k, v in summary.items()})
             return summary
         finally:
+            self.gc_clock.remove()
             sys.setswitchinterval(switch_interval)
             batches.close()
             self.checkpoints.close()  # only after an exception is a save still in flight here
@@ -429,6 +433,8 @@ class Trainer:
         metrics["host/cpu_seconds"] = usage.ru_utime + usage.ru_stime
         metrics["host/minor_page_faults"] = usage.ru_minflt  # first touches of memory: costly in a VM
         metrics["host/max_rss_gib"] = usage.ru_maxrss / 2 ** 20  # Linux reports KiB
+        metrics["host/gc_seconds"] = self.gc_clock.seconds  # cumulative, this run's loop: the collector's pauses
+        metrics["host/gc_full_collections"] = self.gc_clock.collections[2]
         remaining = (cfg.schedule.total_steps - st.step) * window.seconds / max(window.steps, 1)
         metrics["train/eta_seconds"] = remaining
         if cfg.logging.gpu_hour_price > 0:

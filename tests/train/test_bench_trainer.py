@@ -72,10 +72,11 @@ def test_bench_checkpoint_times_saves_with_and_without_the_zip_crc32(tmp_path, s
 @pytest.mark.slow
 def test_interleaved_bare_blocks_stay_out_of_the_trainers_clock_and_schedule(tmp_path, sample_corpus):
     """--interleave times 10 bare steps after each log window but the last. The trainer's throughput must not count
-    them (its clock leaves them out), and its own steps must see the learning rate of a plain run."""
+    them (its clock leaves them out), and its own steps must see the learning rate of a plain run. (The breakdown
+    after the run, restricted by --variants, only checks that the restriction holds.)"""
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
     results, lrs = {}, {}
-    for flag in ([], ["--interleave"]):
+    for flag in ([], ["--interleave", "--breakdown", "--rounds", "2", "--variants", "bare"]):
         out = tmp_path / f"bench{len(flag)}"
         proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config),
                                "--steps", "25", "--bare-steps", "2", "--short-steps", "1", *flag,
@@ -92,6 +93,8 @@ def test_interleaved_bare_blocks_stay_out_of_the_trainers_clock_and_schedule(tmp
     assert blocks["steps"] == 20 and len(blocks["blocks_tokens_per_s"]) == 2  # after steps 10 and 20, not 25
     assert interleaved["trainer_loop_over_interleaved_bare"] > 0
     assert lrs[True] == lrs[False] and [s for s, _ in lrs[True]] == [10, 20, 25]
+    assert set(interleaved["breakdown"]) == {"bare", "bare + staging thread"}  # --variants picks by prefix
+    assert all(len(v["rounds_tokens_per_s"]) == 2 for v in interleaved["breakdown"].values())
     # Both measure steps 11-25; counted in, the 20 bare steps would add about their own time to the interleaved run.
     assert interleaved["trainer_steps_measured"] == plain["trainer_steps_measured"] == 15
     assert interleaved["trainer_loop_seconds_measured"] < plain["trainer_loop_seconds_measured"] + 0.5 * blocks["seconds"]
