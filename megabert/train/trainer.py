@@ -310,7 +310,7 @@ class Trainer:
             self.gc_clock.remove()
             sys.setswitchinterval(switch_interval)
             batches.close()
-            self.checkpoints.close()  # only after an exception is a save still in flight here
+            self.checkpoints.close()  # the last pruning; after an exception also a save still in flight
             progress.close()
             self.writer.close()
             for sig, handler in previous_handlers.items():

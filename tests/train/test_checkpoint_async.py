@@ -284,3 +284,36 @@ def test_zip_crc32_decides_whether_checkpoint_files_carry_checksums_and_both_res
 def test_zip_crc32_must_be_a_boolean():
     with pytest.raises(ConfigError, match="zip_crc32"):
         CheckpointConfig(zip_crc32="no").validate()
+
+
+def test_wait_returns_once_published_and_old_checkpoints_are_deleted_before_the_next_save_or_close(tmp_path):
+    """Deleting the checkpoints beyond keep_last happens after wait() returns (the end of a run need not wait for
+    it), but never overlaps the next save and is finished when close() returns."""
+    engine, mgr = MiniEngine(), manager(tmp_path)  # keep_last 2
+    for step in (1, 2):
+        save(mgr, engine, step)
+        mgr.wait()
+    gate, pruning = threading.Event(), threading.Event()
+    prune = mgr._prune
+
+    def held_prune():
+        pruning.set()
+        assert gate.wait(30), "test gate never opened"
+        prune()
+
+    mgr._prune = held_prune
+    save(mgr, engine, 3)
+    ckpt = tmp_path / "ckpt"
+    assert mgr.wait() == ckpt / "step_0000003"  # returns while the pruning is held back
+    assert pruning.wait(30) and [p.name for p in list_checkpoints(ckpt)] == ["step_0000001", "step_0000002",
+                                                                           "step_0000003"]
+    threading.Timer(0.2, gate.set).start()
+    save(mgr, engine, 4)  # waits for the pruning first
+    assert gate.is_set() and not (ckpt / "step_0000001").exists()
+    gate.clear()
+    pruning.clear()
+    mgr.wait()
+    assert pruning.wait(30)
+    threading.Timer(0.2, gate.set).start()
+    mgr.close()
+    assert gate.is_set() and [p.name for p in list_checkpoints(ckpt)] == ["step_0000003", "step_0000004"]
