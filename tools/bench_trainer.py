@@ -171,31 +171,60 @@ class InterleavedBareSteps:
     The bare steps update the model as any training step does (that is what is timed), so an interleaved run's
     losses are not those of a plain run; the learning-rate schedule is put back after each block, so the trainer's
     own steps see the lr they would have. The halfway checkpoint is saved after the block, so its background write
-    overlaps the trainer's next window, as in a plain run."""
+    overlaps the trainer's next window, as in a plain run.
 
-    def __init__(self, trainer: Trainer, steps: int, blocks: int):
+    fed=True adds a second block per gap, "fed": the same bare steps on the same resident batches, while a second
+    input pipeline of the trainer (its own DataLoader worker and staging thread, started once and kept running)
+    hands over a staged micro-batch per micro-step, which is dropped. Bare vs fed is then the cost of feeding the
+    step alone, measured in steady state; the order of the two blocks alternates from gap to gap."""
+
+    def __init__(self, trainer: Trainer, steps: int, blocks: int, fed: bool = False):
         self.trainer, self.steps = trainer, steps
         self.resident, self.real_tokens, self.flops = _resident_global_batches(trainer, steps * blocks)
         self.step = _bare_step(trainer, self.resident)
         self.seconds: list[float] = []
+        self.fed = fed
+        self.fed_seconds: list[float] = []
+        self._feeding = None  # the second pipeline, started at the first gap (after the trainer's own)
+        self._fed_step: Callable[[], None] | None = None
 
     def __call__(self) -> float:
         start = time.perf_counter()
         scheduler, optimizer = self.trainer.scheduler, self.trainer.optimizer
         schedule, lrs = scheduler.state_dict(), [group["lr"] for group in optimizer.param_groups]
-        self.seconds.append(_timed(self.trainer, self.step, self.steps, warmup=0))
+        blocks = [(self.step, self.seconds)]
+        if self.fed:
+            if self._feeding is None:
+                self._feeding = self.trainer._staged_train_batches()
+                self._fed_step = _bare_step(self.trainer, self.resident, staging=self._feeding)
+            blocks.append((self._fed_step, self.fed_seconds))
+            if len(self.seconds) % 2:
+                blocks.reverse()
+        for step, seconds in blocks:
+            seconds.append(_timed(self.trainer, step, self.steps, warmup=0))
         scheduler.load_state_dict(schedule)
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr
         return time.perf_counter() - start
 
-    def rates(self) -> dict[str, float]:
-        """Over all blocks: real tokens/s and MFU (totals over total seconds, as the trainer's clock counts)."""
-        steps = self.steps * len(self.seconds)
-        return {**_rates(self.trainer, self.real_tokens * steps, self.flops * steps, sum(self.seconds)),
+    def close(self) -> None:
+        if self._feeding is not None:
+            self._feeding.close()
+            self._feeding = None
+
+    def _rates_of(self, seconds: list[float]) -> dict:
+        steps = self.steps * len(seconds)
+        return {**_rates(self.trainer, self.real_tokens * steps, self.flops * steps, sum(seconds)),
                 "steps": steps, "blocks_tokens_per_s": [_rates(self.trainer, self.real_tokens * self.steps,
                                                                self.flops * self.steps, s)["tokens_per_s"]
-                                                        for s in self.seconds]}
+                                                        for s in seconds]}
+
+    def rates(self) -> dict[str, float]:
+        """Over all blocks: real tokens/s and MFU (totals over total seconds, as the trainer's clock counts)."""
+        return self._rates_of(self.seconds)
+
+    def fed_rates(self) -> dict[str, float] | None:
+        return self._rates_of(self.fed_seconds) if self.fed else None
 
 
 class InterleavedTrainer(Trainer):
@@ -337,16 +366,18 @@ def _data_wait_seconds(output_dir: Path, skip_lines: int) -> float:
     return float(sum(r.get("train/data_seconds", 0.0) for r in _windows(output_dir, skip_lines)[1:]))
 
 
-def _window_report(output_dir: Path, skip_lines: int, bare_blocks: list[float] = ()) -> list[str]:
+def _window_report(output_dir: Path, skip_lines: int, bare_blocks: list[float] = (),
+                   fed_blocks: list[float] = ()) -> list[str]:
     """Per log window of this run: real tokens/s, and since the previous window the CUDA allocator's cudaMalloc
     calls, the process's CPU seconds (all threads), its minor page faults (first touches of memory) and the
     garbage collector's seconds (in the loop only); with
-    --interleave, the tokens/s of the bare block that followed the window."""
+    --interleave, the tokens/s of the bare block (and with --interleave-fed the fed block) after the window."""
     rows, previous = [], {}
     for i, record in enumerate(_windows(output_dir, skip_lines)):
         row = f"step {record['step']:>5}: {record['train/tokens_per_s']:>10,.0f} real tok/s"
         if i < len(bare_blocks):
-            row += f" (then bare {bare_blocks[i]:>9,.0f})"
+            row += f" (then bare {bare_blocks[i]:>9,.0f}" + (f", fed {fed_blocks[i]:>9,.0f}" if i < len(fed_blocks)
+                                                             else "") + ")"
         for key, label, fmt in (("cuda/device_mallocs", "cudaMalloc calls", "{:>4.0f}"),
                                 ("host/cpu_seconds", "CPU s", "{:>5.2f}"),
                                 ("host/minor_page_faults", "page faults", "{:>7.0f}"),
@@ -396,6 +427,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--interleave", action="store_true", help="also time bare steps between the trainer's log "
                         "windows (as many as a window has): trainer and bare step measured over the same minutes, "
                         "the ratio free of the machine's drift over the call")
+    parser.add_argument("--interleave-fed", action="store_true", help="with --interleave, also time the bare steps "
+                        "fed by a second input pipeline after each window (the batches it stages are dropped): what "
+                        "feeding alone costs the step, in steady state")
     parser.add_argument("--bare-before", action="store_true", help="also time the bare step before the trainer's "
                         "run (then undone from a checkpoint): a machine drifting over the call shows up")
     parser.add_argument("--zero-stage", type=int, default=2)
@@ -426,8 +460,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.interleave:
         interval = cfg.logging.log_interval
         windows = -(-args.steps // interval)  # the last one ends at the last step, whole or not
-        trainer.bare_blocks = InterleavedBareSteps(trainer, interval, blocks=windows - 1)
-    summary = trainer.train()
+        trainer.bare_blocks = InterleavedBareSteps(trainer, interval, blocks=windows - 1, fed=args.interleave_fed)
+    elif args.interleave_fed:
+        parser.error("--interleave-fed needs --interleave")
+    try:
+        summary = trainer.train()
+    finally:
+        if trainer.bare_blocks is not None:
+            trainer.bare_blocks.close()
     bare = bare_step_throughput(trainer, bare_steps, distinct=True)
     replay = bare_step_throughput(trainer, args.short_steps)
     result = {
@@ -450,11 +490,16 @@ def main(argv: list[str] | None = None) -> dict:
     if before is not None:
         result["bare_before_tokens_per_s"], result["bare_before_mfu"] = before["tokens_per_s"], before["mfu"]
     interleaved = trainer.bare_blocks.rates() if trainer.bare_blocks is not None else None
+    fed = trainer.bare_blocks.fed_rates() if trainer.bare_blocks is not None else None
     if interleaved is not None:
         result["interleaved_bare"] = interleaved
         for name in ("", "_loop"):
             result[f"trainer{name}_over_interleaved_bare"] = \
                 (result[f"trainer{name}_tokens_per_s"] or 0.0) / interleaved["tokens_per_s"]
+    if fed is not None:
+        result["interleaved_fed"] = fed
+        result["fed_over_interleaved_bare"] = fed["tokens_per_s"] / interleaved["tokens_per_s"]
+        result["trainer_loop_over_interleaved_fed"] = (result["trainer_loop_tokens_per_s"] or 0.0) / fed["tokens_per_s"]
     # The reference is the faster bare measurement: a machine that drifts over the call never flatters the trainer.
     reference = max(bare["tokens_per_s"], before["tokens_per_s"] if before else 0.0)
     result["bare_reference_tokens_per_s"] = reference
@@ -467,6 +512,8 @@ def main(argv: list[str] | None = None) -> dict:
             ("bare step (one batch replayed)", replay["tokens_per_s"], replay["mfu"])]
     if before is not None:
         rows.insert(3, ("bare step, before the trainer's run", before["tokens_per_s"], before["mfu"]))
+    if fed is not None:
+        rows.insert(3, ("bare step fed by a 2nd pipeline, between", fed["tokens_per_s"], fed["mfu"]))
     if interleaved is not None:
         rows.insert(3, ("bare step, between the trainer's windows", interleaved["tokens_per_s"], interleaved["mfu"]))
     if args.breakdown:
@@ -477,7 +524,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["profile"] = profile_steps(trainer, Path(cfg.output_dir), args.profile, stage_ahead)
     if trainer.rank == 0:
         blocks = interleaved["blocks_tokens_per_s"] if interleaved is not None else []
-        print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics, blocks)))
+        fed_blocks = fed["blocks_tokens_per_s"] if fed is not None else []
+        print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics, blocks,
+                                                                fed_blocks)))
         print(f"\n{'':48}{'real tokens/s':>16}{'MFU':>9}")
         for name, rate, mfu in rows:
             print(f"{name:48}{rate or 0.0:>16,.0f}" + ("" if mfu is None else f"{100 * mfu:>8.1f}%"))
@@ -495,6 +544,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"trainer / bare step between its windows ({interleaved['tokens_per_s']:,.0f}, "
                   f"{interleaved['steps']} steps) = {result['trainer_loop_over_interleaved_bare']:.3f} to the end of "
                   f"the last step, {result['trainer_over_interleaved_bare']:.3f} to the end of the final save")
+        if fed is not None:
+            print(f"fed / bare step between the windows = {result['fed_over_interleaved_bare']:.3f} (what feeding "
+                  f"costs the step); trainer / fed = {result['trainer_loop_over_interleaved_fed']:.3f}")
         print("BENCH_TRAINER " + json.dumps(result))
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "bench_trainer.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -14,7 +14,7 @@ def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throu
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config),
                            "--steps", "20", "--bare-steps", "2", "--short-steps", "2", "--breakdown", "--rounds", "1",
-                           "--bare-before", "--interleave",
+                           "--bare-before", "--interleave", "--interleave-fed",
                            "--output_dir", str(tmp_path / "bench")],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, explain(proc)
@@ -27,6 +27,7 @@ def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throu
     assert result["trainer_loop_tokens_per_s"] >= result["trainer_tokens_per_s"]  # the final save only adds time
     assert result["bare_steps"] == 2
     assert result["interleaved_bare"]["steps"] == 10  # one block, after the first of two windows
+    assert result["interleaved_fed"]["steps"] == 10 and result["fed_over_interleaved_bare"] > 0
     assert set(result["breakdown"]) == {"bare", "bare + staging thread", "step, staged 2 ahead", "step, staged in loop",
                                         "step, staged on thread", "step, GIL switch 5 ms"}
     for variant in result["breakdown"].values():
