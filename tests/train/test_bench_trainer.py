@@ -9,17 +9,23 @@ import pytest
 from tests.train.launch import REPO, child_env, explain, tiny_config_on_sample
 
 
-@pytest.mark.slow
-def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throughput(tmp_path, sample_corpus):
-    config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config),
-                           "--steps", "20", "--bare-steps", "2", "--short-steps", "2", "--breakdown", "--rounds", "1",
-                           "--bare-before", "--interleave", "--interleave-fed",
-                           "--output_dir", str(tmp_path / "bench")],
+def run_bench_trainer(tmp_path, config, out, *args: str) -> tuple[dict, list[dict], str]:
+    """tools/bench_trainer.py on `config` into `out`: its result, the run's metrics.jsonl records, its stdout."""
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config), *args,
+                           "--output_dir", str(out)],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, explain(proc)
     line = next(l for l in proc.stdout.splitlines() if l.startswith("BENCH_TRAINER "))
-    result = json.loads(line[len("BENCH_TRAINER "):])
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return json.loads(line[len("BENCH_TRAINER "):]), records, proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throughput(tmp_path, sample_corpus):
+    config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
+    result, _, stdout = run_bench_trainer(tmp_path, config, tmp_path / "bench", "--steps", "20", "--bare-steps", "2",
+                                          "--short-steps", "2", "--breakdown", "--rounds", "1", "--bare-before",
+                                          "--interleave", "--interleave-fed")
     assert result["zero_stage"] == 2 and result["trainer_steps_measured"] == 10  # steps 11-20: after window one
     for key in ("trainer_tokens_per_s", "trainer_loop_tokens_per_s", "bare_tokens_per_s", "bare_replay_tokens_per_s",
                 "trainer_mfu", "bare_mfu", "bare_before_tokens_per_s", "trainer_second_half_tokens_per_s"):
@@ -32,7 +38,7 @@ def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throu
                                         "step, staged on thread", "step, GIL switch 5 ms"}
     for variant in result["breakdown"].values():
         assert variant["tokens_per_s"] > 0 and len(variant["rounds_tokens_per_s"]) == 1
-    assert "log windows:" in proc.stdout
+    assert "log windows:" in stdout
     assert (tmp_path / "bench" / "bench_trainer.json").is_file()
     assert (tmp_path / "bench" / "checkpoints" / "latest").read_text().strip() == "step_0000020"
     assert not (tmp_path / "bench" / "before_bare_step").exists()  # the scratch checkpoint is removed
@@ -43,13 +49,8 @@ def test_the_bare_step_before_the_run_is_undone_so_the_trainer_loses_the_same(tm
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
     losses = {}
     for flag in ([], ["--bare-before"]):
-        out = tmp_path / f"bench{len(flag)}"
-        proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config),
-                               "--steps", "12", "--bare-steps", "3", "--short-steps", "1", *flag,
-                               "--output_dir", str(out)],
-                              cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
-        assert proc.returncode == 0, explain(proc)
-        records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        _, records, _ = run_bench_trainer(tmp_path, config, tmp_path / f"bench{len(flag)}", "--steps", "12",
+                                          "--bare-steps", "3", "--short-steps", "1", *flag)
         losses[bool(flag)] = [r["train/loss"] for r in records if "train/loss" in r]
     assert losses[True] == pytest.approx(losses[False], rel=1e-6, abs=1e-6)  # fp32 on CPU: the same run
 
@@ -78,15 +79,9 @@ def test_interleaved_bare_blocks_stay_out_of_the_trainers_clock_and_schedule(tmp
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
     results, lrs = {}, {}
     for flag in ([], ["--interleave", "--breakdown", "--rounds", "2", "--variants", "bare"]):
-        out = tmp_path / f"bench{len(flag)}"
-        proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config),
-                               "--steps", "25", "--bare-steps", "2", "--short-steps", "1", *flag,
-                               "--output_dir", str(out)],
-                              cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
-        assert proc.returncode == 0, explain(proc)
-        line = next(l for l in proc.stdout.splitlines() if l.startswith("BENCH_TRAINER "))
-        results[bool(flag)] = json.loads(line[len("BENCH_TRAINER "):])
-        records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        results[bool(flag)], records, _ = run_bench_trainer(tmp_path, config, tmp_path / f"bench{len(flag)}",
+                                                            "--steps", "25", "--bare-steps", "2", "--short-steps",
+                                                            "1", *flag)
         lrs[bool(flag)] = [(r["step"], r["train/lr"]) for r in records if "train/lr" in r]
     plain, interleaved = results[False], results[True]
     assert "interleaved_bare" not in plain
