@@ -370,8 +370,8 @@ def _window_report(output_dir: Path, skip_lines: int, bare_blocks: list[float] =
                    fed_blocks: list[float] = ()) -> list[str]:
     """Per log window of this run: real tokens/s, and since the previous window the CUDA allocator's cudaMalloc
     calls, the process's CPU seconds (all threads), its minor page faults (first touches of memory) and the
-    garbage collector's seconds (in the loop only); with
-    --interleave, the tokens/s of the bare block (and with --interleave-fed the fed block) after the window."""
+    garbage collector's seconds (in the loop only); with --interleave, the tokens/s of the bare block (and with
+    --interleave-fed the fed block) after the window."""
     rows, previous = [], {}
     for i, record in enumerate(_windows(output_dir, skip_lines)):
         row = f"step {record['step']:>5}: {record['train/tokens_per_s']:>10,.0f} real tok/s"

@@ -8,10 +8,9 @@
 # The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
 # installed into /tmp/site first. The trainer section times the bare step between the trainer's log windows (the
 # ratio's reference), also fed by a second input pipeline (what feeding costs), and for comparison before and
-# after the run; TRAINER_STEPS, TRAINER_GLOBAL_BATCH,
-# TRAINER_BARE_STEPS, TRAINER_SHORT_STEPS and TRAINER_ROUNDS (rounds of --breakdown, default 0: none) size it and
-# TRAINER_EXTRA adds bench_trainer.py arguments (shell words, e.g. "--profile 10" or "--variants bare 'step, staged 2'");
-# nvidia-smi dmon logs clocks and power beside it.
+# after the run. TRAINER_STEPS, TRAINER_GLOBAL_BATCH, TRAINER_BARE_STEPS, TRAINER_SHORT_STEPS and TRAINER_ROUNDS
+# (rounds of --breakdown, default 0: none) size it; TRAINER_EXTRA adds bench_trainer.py arguments (shell words,
+# e.g. "--profile 10" or "--variants bare 'step, staged 2'"); nvidia-smi dmon logs clocks and power beside it.
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
 # H200; each section has its own time limit so one slow part cannot eat the others. Environment knobs for a shorter
