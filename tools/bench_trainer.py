@@ -10,7 +10,9 @@
      batches, so the device sees the varying token counts of real data (the reference), and one batch replayed
      (the fixed shapes of a kernel benchmark, for comparison);
   2b. with --interleave, the bare step also between the trainer's log windows (as many steps as a window has):
-     trainer window, bare block, trainer window, ... -- the ratio free of the machine's drift over the call;
+     trainer window, bare block, trainer window, ... -- the ratio free of the machine's drift over the call; with
+     --attribute also the bare step fed by a second input pipeline and the trainer's step on batches staged in
+     memory, which split the trainer's loss into feeding and the step's own work;
   3. with --breakdown, the host's share, in interleaved rounds: the bare step, the bare step while the staging
      thread and the DataLoader run beside it, and the trainer's own step on loader batches staged ahead on a
      thread or in the loop (StepVariants);
@@ -162,7 +164,7 @@ def bare_step_before_training(trainer: Trainer, steps: int, scratch: Path) -> di
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-class InterleavedBareSteps:
+class InterleavedBlocks:
     """Bare steps timed between the trainer's log windows (Trainer._between_windows): `steps` of them after every
     window but the last, on distinct global batches put on the device beforehand. Trainer window, bare block,
     trainer window, ... : both see the machine of the same minutes, so drift over the call (clocks, temperature,
@@ -173,35 +175,56 @@ class InterleavedBareSteps:
     own steps see the lr they would have. The halfway checkpoint is saved after the block, so its background write
     overlaps the trainer's next window, as in a plain run.
 
-    fed=True adds a second block per gap, "fed": the same bare steps on the same resident batches, while a second
-    input pipeline of the trainer (its own DataLoader worker and staging thread, started once and kept running)
-    hands over a staged micro-batch per micro-step, which is dropped. Bare vs fed is then the cost of feeding the
-    step alone, measured in steady state; the order of the two blocks alternates from gap to gap."""
+    attribute=True adds two more blocks per gap, which split the trainer's loss against the bare step in two:
+      fed   the same bare steps on the same resident batches, while a second input pipeline of the trainer (its own
+            DataLoader worker and staging thread, started once and kept running) hands over a staged micro-batch
+            per micro-step, which is dropped: what feeding costs the step, in steady state;
+      step  the trainer's own step (Trainer._train_step: the copy to the device, the loss and non-finite
+            bookkeeping) on the same batches staged and pinned beforehand, no pipeline running: what the step's
+            own extra work costs.
+    The order of the blocks rotates from gap to gap."""
 
-    def __init__(self, trainer: Trainer, steps: int, blocks: int, fed: bool = False):
+    KINDS = ("bare", "fed", "step")
+
+    def __init__(self, trainer: Trainer, steps: int, blocks: int, attribute: bool = False):
         self.trainer, self.steps = trainer, steps
         self.resident, self.real_tokens, self.flops = _resident_global_batches(trainer, steps * blocks)
-        self.step = _bare_step(trainer, self.resident)
-        self.seconds: list[float] = []
-        self.fed = fed
-        self.fed_seconds: list[float] = []
+        self.kinds = self.KINDS if attribute else ("bare",)
+        self.seconds: dict[str, list[float]] = {kind: [] for kind in self.kinds}
+        self._steps: dict[str, Callable[[], None]] = {"bare": _bare_step(trainer, self.resident)}
         self._feeding = None  # the second pipeline, started at the first gap (after the trainer's own)
-        self._fed_step: Callable[[], None] | None = None
+        if attribute:
+            self._steps["step"] = self._trainer_step_on(_staged_in_memory(trainer, steps * blocks))
+
+    def _trainer_step_on(self, staged: list) -> Callable[[], None]:
+        """Trainer._train_step on `staged`, in order (its flags read a step late, as in the loop)."""
+        from megabert.train.progress import Window
+
+        trainer, items, window = self.trainer, iter(staged), Window()
+        return lambda: trainer._train_step(items, window)
+
+    def _time_block(self, kind: str) -> float:
+        if kind != "step":
+            return _timed(self.trainer, self._steps[kind], self.steps, warmup=0)
+        trainer = self.trainer  # the loop's own pending non-finite flags wait aside, for its next step to check
+        kept, trainer._pending_flags = trainer._pending_flags, None
+        try:
+            return _timed(trainer, self._steps[kind], self.steps, warmup=0)
+        finally:
+            trainer._read_pending_flags()  # the block's last step's: dropped
+            trainer._pending_flags = kept
 
     def __call__(self) -> float:
         start = time.perf_counter()
         scheduler, optimizer = self.trainer.scheduler, self.trainer.optimizer
         schedule, lrs = scheduler.state_dict(), [group["lr"] for group in optimizer.param_groups]
-        blocks = [(self.step, self.seconds)]
-        if self.fed:
-            if self._feeding is None:
-                self._feeding = self.trainer._staged_train_batches()
-                self._fed_step = _bare_step(self.trainer, self.resident, staging=self._feeding)
-            blocks.append((self._fed_step, self.fed_seconds))
-            if len(self.seconds) % 2:
-                blocks.reverse()
-        for step, seconds in blocks:
-            seconds.append(_timed(self.trainer, step, self.steps, warmup=0))
+        if "fed" in self.kinds and self._feeding is None:
+            self._feeding = self.trainer._staged_train_batches()
+            self._steps["fed"] = _bare_step(self.trainer, self.resident, staging=self._feeding)
+        gap = len(self.seconds["bare"])
+        order = self.kinds[gap % len(self.kinds):] + self.kinds[:gap % len(self.kinds)]
+        for kind in order:
+            self.seconds[kind].append(self._time_block(kind))
         scheduler.load_state_dict(schedule)
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr
@@ -212,25 +235,35 @@ class InterleavedBareSteps:
             self._feeding.close()
             self._feeding = None
 
-    def _rates_of(self, seconds: list[float]) -> dict:
-        steps = self.steps * len(seconds)
+    def rates(self, kind: str = "bare") -> dict[str, float] | None:
+        """Over all blocks of `kind`: real tokens/s and MFU (totals over total seconds, as the trainer's clock
+        counts) and each block's tokens/s; None for a kind not timed."""
+        if kind not in self.seconds:
+            return None
+        seconds, steps = self.seconds[kind], self.steps * len(self.seconds[kind])
         return {**_rates(self.trainer, self.real_tokens * steps, self.flops * steps, sum(seconds)),
                 "steps": steps, "blocks_tokens_per_s": [_rates(self.trainer, self.real_tokens * self.steps,
                                                                self.flops * self.steps, s)["tokens_per_s"]
                                                         for s in seconds]}
 
-    def rates(self) -> dict[str, float]:
-        """Over all blocks: real tokens/s and MFU (totals over total seconds, as the trainer's clock counts)."""
-        return self._rates_of(self.seconds)
 
-    def fed_rates(self) -> dict[str, float] | None:
-        return self._rates_of(self.fed_seconds) if self.fed else None
+def _staged_in_memory(trainer: Trainer, steps: int) -> list:
+    """The micro-batches of `steps` global batches from the data position 0 (those the resident batches hold),
+    staged as the trainer's pipeline stages them and pinned on a GPU, kept in host memory."""
+    import functools
+
+    from megabert.train.trainer import stage_for_training
+
+    pin = (lambda staged: staged.pin_memory()) if trainer.device.type == "cuda" else (lambda staged: staged)
+    source = trainer.data.train_batches(consumed_samples=0)
+    stage = functools.partial(stage_for_training, model_cfg=trainer.cfg.model)
+    return [(counts, pin(staged)) for counts, staged in (stage(next(source)) for _ in range(steps * trainer.accum))]
 
 
 class InterleavedTrainer(Trainer):
-    """The trainer, with bare steps timed between its log windows when `bare_blocks` is set."""
+    """The trainer, with the blocks of `bare_blocks` (an InterleavedBlocks) timed between its log windows."""
 
-    bare_blocks: InterleavedBareSteps | None = None
+    bare_blocks: InterleavedBlocks | None = None
 
     def _between_windows(self) -> float:
         return self.bare_blocks() if self.bare_blocks is not None else 0.0
@@ -366,18 +399,17 @@ def _data_wait_seconds(output_dir: Path, skip_lines: int) -> float:
     return float(sum(r.get("train/data_seconds", 0.0) for r in _windows(output_dir, skip_lines)[1:]))
 
 
-def _window_report(output_dir: Path, skip_lines: int, bare_blocks: list[float] = (),
-                   fed_blocks: list[float] = ()) -> list[str]:
+def _window_report(output_dir: Path, skip_lines: int, blocks_after: dict[str, list[float]] | None = None) -> list[str]:
     """Per log window of this run: real tokens/s, and since the previous window the CUDA allocator's cudaMalloc
     calls, the process's CPU seconds (all threads), its minor page faults (first touches of memory) and the
-    garbage collector's seconds (in the loop only); with --interleave, the tokens/s of the bare block (and with
-    --interleave-fed the fed block) after the window."""
+    garbage collector's seconds (in the loop only); with --interleave, the tokens/s of the blocks timed after the
+    window, by kind (bare; with --attribute also fed and step)."""
     rows, previous = [], {}
     for i, record in enumerate(_windows(output_dir, skip_lines)):
         row = f"step {record['step']:>5}: {record['train/tokens_per_s']:>10,.0f} real tok/s"
-        if i < len(bare_blocks):
-            row += f" (then bare {bare_blocks[i]:>9,.0f}" + (f", fed {fed_blocks[i]:>9,.0f}" if i < len(fed_blocks)
-                                                             else "") + ")"
+        after = [f"{kind} {rates[i]:>9,.0f}" for kind, rates in (blocks_after or {}).items() if i < len(rates)]
+        if after:
+            row += f" (then {', '.join(after)})"
         for key, label, fmt in (("cuda/device_mallocs", "cudaMalloc calls", "{:>4.0f}"),
                                 ("host/cpu_seconds", "CPU s", "{:>5.2f}"),
                                 ("host/minor_page_faults", "page faults", "{:>7.0f}"),
@@ -427,9 +459,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--interleave", action="store_true", help="also time bare steps between the trainer's log "
                         "windows (as many as a window has): trainer and bare step measured over the same minutes, "
                         "the ratio free of the machine's drift over the call")
-    parser.add_argument("--interleave-fed", action="store_true", help="with --interleave, also time the bare steps "
-                        "fed by a second input pipeline after each window (the batches it stages are dropped): what "
-                        "feeding alone costs the step, in steady state")
+    parser.add_argument("--attribute", action="store_true", help="with --interleave, also time after each window "
+                        "the bare step fed by a second input pipeline (its batches dropped) and the trainer's own step "
+                        "on batches staged beforehand: what feeding and what the step's own work cost, in steady state")
     parser.add_argument("--bare-before", action="store_true", help="also time the bare step before the trainer's "
                         "run (then undone from a checkpoint): a machine drifting over the call shows up")
     parser.add_argument("--zero-stage", type=int, default=2)
@@ -460,9 +492,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.interleave:
         interval = cfg.logging.log_interval
         windows = -(-args.steps // interval)  # the last one ends at the last step, whole or not
-        trainer.bare_blocks = InterleavedBareSteps(trainer, interval, blocks=windows - 1, fed=args.interleave_fed)
-    elif args.interleave_fed:
-        parser.error("--interleave-fed needs --interleave")
+        trainer.bare_blocks = InterleavedBlocks(trainer, interval, blocks=windows - 1, attribute=args.attribute)
+    elif args.attribute:
+        parser.error("--attribute needs --interleave")
     try:
         summary = trainer.train()
     finally:
@@ -489,17 +521,18 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if before is not None:
         result["bare_before_tokens_per_s"], result["bare_before_mfu"] = before["tokens_per_s"], before["mfu"]
-    interleaved = trainer.bare_blocks.rates() if trainer.bare_blocks is not None else None
-    fed = trainer.bare_blocks.fed_rates() if trainer.bare_blocks is not None else None
+    blocks = trainer.bare_blocks
+    interleaved, fed, staged_step = ((blocks.rates(), blocks.rates("fed"), blocks.rates("step")) if blocks is not None
+                                     else (None, None, None))
     if interleaved is not None:
         result["interleaved_bare"] = interleaved
         for name in ("", "_loop"):
             result[f"trainer{name}_over_interleaved_bare"] = \
                 (result[f"trainer{name}_tokens_per_s"] or 0.0) / interleaved["tokens_per_s"]
     if fed is not None:
-        result["interleaved_fed"] = fed
+        result["interleaved_fed"], result["interleaved_step"] = fed, staged_step
         result["fed_over_interleaved_bare"] = fed["tokens_per_s"] / interleaved["tokens_per_s"]
-        result["trainer_loop_over_interleaved_fed"] = (result["trainer_loop_tokens_per_s"] or 0.0) / fed["tokens_per_s"]
+        result["step_over_interleaved_bare"] = staged_step["tokens_per_s"] / interleaved["tokens_per_s"]
     # The reference is the faster bare measurement: a machine that drifts over the call never flatters the trainer.
     reference = max(bare["tokens_per_s"], before["tokens_per_s"] if before else 0.0)
     result["bare_reference_tokens_per_s"] = reference
@@ -513,6 +546,7 @@ def main(argv: list[str] | None = None) -> dict:
     if before is not None:
         rows.insert(3, ("bare step, before the trainer's run", before["tokens_per_s"], before["mfu"]))
     if fed is not None:
+        rows.insert(3, ("trainer's step, staged in memory, between", staged_step["tokens_per_s"], staged_step["mfu"]))
         rows.insert(3, ("bare step fed by a 2nd pipeline, between", fed["tokens_per_s"], fed["mfu"]))
     if interleaved is not None:
         rows.insert(3, ("bare step, between the trainer's windows", interleaved["tokens_per_s"], interleaved["mfu"]))
@@ -523,10 +557,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile:
         result["profile"] = profile_steps(trainer, Path(cfg.output_dir), args.profile, stage_ahead)
     if trainer.rank == 0:
-        blocks = interleaved["blocks_tokens_per_s"] if interleaved is not None else []
-        fed_blocks = fed["blocks_tokens_per_s"] if fed is not None else []
-        print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics, blocks,
-                                                                fed_blocks)))
+        after = {name: rates["blocks_tokens_per_s"] for name, rates in
+                 (("bare", interleaved), ("fed", fed), ("step", staged_step)) if rates is not None}
+        print("\n".join(["", "log windows:"] + _window_report(Path(cfg.output_dir), earlier_metrics, after)))
         print(f"\n{'':48}{'real tokens/s':>16}{'MFU':>9}")
         for name, rate, mfu in rows:
             print(f"{name:48}{rate or 0.0:>16,.0f}" + ("" if mfu is None else f"{100 * mfu:>8.1f}%"))
@@ -545,8 +578,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{interleaved['steps']} steps) = {result['trainer_loop_over_interleaved_bare']:.3f} to the end of "
                   f"the last step, {result['trainer_over_interleaved_bare']:.3f} to the end of the final save")
         if fed is not None:
-            print(f"fed / bare step between the windows = {result['fed_over_interleaved_bare']:.3f} (what feeding "
-                  f"costs the step); trainer / fed = {result['trainer_loop_over_interleaved_fed']:.3f}")
+            print(f"between the windows, against the bare step: fed by a second pipeline "
+                  f"{result['fed_over_interleaved_bare']:.3f} (what feeding costs), the trainer's step on batches "
+                  f"staged in memory {result['step_over_interleaved_bare']:.3f} (what its own work costs)")
         print("BENCH_TRAINER " + json.dumps(result))
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "bench_trainer.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -7,8 +7,9 @@
 #
 # The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
 # installed into /tmp/site first. The trainer section times the bare step between the trainer's log windows (the
-# ratio's reference), also fed by a second input pipeline (what feeding costs), and for comparison before and
-# after the run. TRAINER_STEPS, TRAINER_GLOBAL_BATCH, TRAINER_BARE_STEPS, TRAINER_SHORT_STEPS and TRAINER_ROUNDS
+# ratio's reference) with, beside it, the bare step fed by a second input pipeline and the trainer's step on batches
+# staged in memory (--attribute: what feeding and what the step's own work cost), and for comparison before and
+# after the run (~7 minutes at the default 200 steps). TRAINER_STEPS, TRAINER_GLOBAL_BATCH, TRAINER_BARE_STEPS, TRAINER_SHORT_STEPS and TRAINER_ROUNDS
 # (rounds of --breakdown, default 0: none) size it; TRAINER_EXTRA adds bench_trainer.py arguments (shell words,
 # e.g. "--profile 10" or "--variants bare 'step, staged 2'"); nvidia-smi dmon logs clocks and power beside it.
 #
@@ -64,7 +65,7 @@ for section in "${SECTIONS[@]}"; do
       [ "${TRAINER_ROUNDS:-0}" -gt 0 ] && breakdown=(--breakdown --rounds "$TRAINER_ROUNDS")
       eval "extra=(${TRAINER_EXTRA:-})"  # shell words: quote arguments with spaces
       run bench_trainer 575 python3 tools/bench_trainer.py --config configs/base.json \
-        --steps "${TRAINER_STEPS:-300}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --interleave --interleave-fed \
+        --steps "${TRAINER_STEPS:-200}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --interleave --attribute \
         --bare-before --bare-steps "${TRAINER_BARE_STEPS:-100}" --short-steps "${TRAINER_SHORT_STEPS:-20}" \
         "${breakdown[@]}" "${extra[@]}"
       kill $dmon 2>/dev/null ;;

@@ -25,7 +25,7 @@ def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throu
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
     result, _, stdout = run_bench_trainer(tmp_path, config, tmp_path / "bench", "--steps", "20", "--bare-steps", "2",
                                           "--short-steps", "2", "--breakdown", "--rounds", "1", "--bare-before",
-                                          "--interleave", "--interleave-fed")
+                                          "--interleave", "--attribute")
     assert result["zero_stage"] == 2 and result["trainer_steps_measured"] == 10  # steps 11-20: after window one
     for key in ("trainer_tokens_per_s", "trainer_loop_tokens_per_s", "bare_tokens_per_s", "bare_replay_tokens_per_s",
                 "trainer_mfu", "bare_mfu", "bare_before_tokens_per_s", "trainer_second_half_tokens_per_s"):
@@ -33,7 +33,8 @@ def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throu
     assert result["trainer_loop_tokens_per_s"] >= result["trainer_tokens_per_s"]  # the final save only adds time
     assert result["bare_steps"] == 2
     assert result["interleaved_bare"]["steps"] == 10  # one block, after the first of two windows
-    assert result["interleaved_fed"]["steps"] == 10 and result["fed_over_interleaved_bare"] > 0
+    for kind in ("fed", "step"):  # --attribute: one block of each after the first window too
+        assert result[f"interleaved_{kind}"]["steps"] == 10 and result[f"{kind}_over_interleaved_bare"] > 0
     assert set(result["breakdown"]) == {"bare", "bare + staging thread", "step, staged 2 ahead", "step, staged in loop",
                                         "step, staged on thread", "step, GIL switch 5 ms"}
     for variant in result["breakdown"].values():
@@ -74,11 +75,12 @@ def test_bench_checkpoint_times_saves_with_and_without_the_zip_crc32(tmp_path, s
 @pytest.mark.slow
 def test_interleaved_bare_blocks_stay_out_of_the_trainers_clock_and_schedule(tmp_path, sample_corpus):
     """--interleave times 10 bare steps after each log window but the last. The trainer's throughput must not count
-    them (its clock leaves them out), and its own steps must see the learning rate of a plain run. (The breakdown
-    after the run, restricted by --variants, only checks that the restriction holds.)"""
+    them (its clock leaves them out), and its own steps must see the learning rate of a plain run, also with the
+    --attribute blocks, which run the trainer's own step. (The breakdown after the run, restricted by --variants,
+    only checks that the restriction holds.)"""
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
     results, lrs = {}, {}
-    for flag in ([], ["--interleave", "--breakdown", "--rounds", "2", "--variants", "bare"]):
+    for flag in ([], ["--interleave", "--attribute", "--breakdown", "--rounds", "2", "--variants", "bare"]):
         results[bool(flag)], records, _ = run_bench_trainer(tmp_path, config, tmp_path / f"bench{len(flag)}",
                                                             "--steps", "25", "--bare-steps", "2", "--short-steps",
                                                             "1", *flag)
