@@ -36,6 +36,7 @@ when the config's data is missing. Results: printed, and written to <output_dir>
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import itertools
 import json
@@ -54,8 +55,8 @@ import torch  # noqa: E402
 
 from megabert.config import apply_overrides, load_config  # noqa: E402
 from megabert.train import metrics as M  # noqa: E402
-from megabert.model.inputs import prepare_inputs  # noqa: E402
-from megabert.train.trainer import LOOP_SWITCH_INTERVAL_S, Trainer  # noqa: E402
+from megabert.model.inputs import StagedInputs  # noqa: E402
+from megabert.train.trainer import LOOP_SWITCH_INTERVAL_S, Trainer, stage_for_training, staged_finisher  # noqa: E402
 
 SAMPLE_PREFIX = "data/sample/c4_sample_text_document"
 
@@ -96,20 +97,27 @@ def _rates(trainer: Trainer, real_tokens: float, flops: float, seconds: float) -
             "mfu": flops / tp / seconds / trainer.peak_flops, "seconds": seconds}
 
 
-def _resident_global_batches(trainer: Trainer, count: int) -> tuple[list[list[dict]], float, float]:
-    """`count` global batches of this rank, fetched from the trainer's data and put on the device beforehand."""
-    source = trainer.data.train_batches(consumed_samples=0)
+def _staged_global_batches(trainer: Trainer, count: int) -> list[list[tuple[dict, StagedInputs]]]:
+    """`count` global batches of this rank from the start of the data, counted and staged as the trainer's own
+    pipeline does it (in the DataLoader worker) and pinned on a GPU: [global batch][micro-batch] (counts, staged)."""
+    stage = functools.partial(stage_for_training, model_cfg=trainer.cfg.model)
+    source, finish = trainer.data.train_batches(consumed_samples=0, transform=stage), staged_finisher(trainer.device)
+    return [[finish(next(source)) for _ in range(trainer.accum)] for _ in range(count)]
+
+
+def _resident_global_batches(trainer: Trainer, count: int,
+                             staged: list[list[tuple[dict, StagedInputs]]] | None = None
+                             ) -> tuple[list[list[dict]], float, float]:
+    """`count` global batches of this rank (or those of `staged`) put on the device beforehand, with their mean
+    real tokens and FLOPs per global batch."""
+    staged = staged if staged is not None else _staged_global_batches(trainer, count)
     batches, real_tokens, flops = [], 0, 0.0
-    for _ in range(count):
-        micro = []
-        for _ in range(trainer.accum):
-            batch = next(source)
-            c = M.batch_counts(batch, trainer.cfg.model.sparse_mlm_head)
-            real_tokens += c["real_tokens"]
-            flops += M.training_flops(trainer.cfg.model, c)
-            micro.append(prepare_inputs(batch, trainer.cfg.model, trainer.device))
-        batches.append(micro)
-    return batches, real_tokens / count, flops / count
+    for micro in staged:
+        for counts, _ in micro:
+            real_tokens += counts["real_tokens"]
+            flops += M.training_flops(trainer.cfg.model, counts)
+        batches.append([inputs.to(trainer.device) for _, inputs in micro])
+    return batches, real_tokens / len(staged), flops / len(staged)
 
 
 def _bare_step(trainer: Trainer, resident: list[list[dict]], staging=None) -> Callable[[], None]:
@@ -188,13 +196,14 @@ class InterleavedBlocks:
 
     def __init__(self, trainer: Trainer, steps: int, blocks: int, attribute: bool = False):
         self.trainer, self.steps = trainer, steps
-        self.resident, self.real_tokens, self.flops = _resident_global_batches(trainer, steps * blocks)
+        staged = _staged_global_batches(trainer, steps * blocks)
+        self.resident, self.real_tokens, self.flops = _resident_global_batches(trainer, steps * blocks, staged)
         self.kinds = self.KINDS if attribute else ("bare",)
         self.seconds: dict[str, list[float]] = {kind: [] for kind in self.kinds}
         self._steps: dict[str, Callable[[], None]] = {"bare": _bare_step(trainer, self.resident)}
         self._feeding = None  # the second pipeline, started at the first gap (after the trainer's own)
         if attribute:
-            self._steps["step"] = self._trainer_step_on(_staged_in_memory(trainer, steps * blocks))
+            self._steps["step"] = self._trainer_step_on([item for micro in staged for item in micro])
 
     def _trainer_step_on(self, staged: list) -> Callable[[], None]:
         """Trainer._train_step on `staged`, in order (its flags read a step late, as in the loop)."""
@@ -245,19 +254,6 @@ class InterleavedBlocks:
                 "steps": steps, "blocks_tokens_per_s": [_rates(self.trainer, self.real_tokens * self.steps,
                                                                self.flops * self.steps, s)["tokens_per_s"]
                                                         for s in seconds]}
-
-
-def _staged_in_memory(trainer: Trainer, steps: int) -> list:
-    """The micro-batches of `steps` global batches from the data position 0 (those the resident batches hold),
-    staged as the trainer's pipeline stages them and pinned on a GPU, kept in host memory."""
-    import functools
-
-    from megabert.train.trainer import stage_for_training
-
-    pin = (lambda staged: staged.pin_memory()) if trainer.device.type == "cuda" else (lambda staged: staged)
-    source = trainer.data.train_batches(consumed_samples=0)
-    stage = functools.partial(stage_for_training, model_cfg=trainer.cfg.model)
-    return [(counts, pin(staged)) for counts, staged in (stage(next(source)) for _ in range(steps * trainer.accum))]
 
 
 class InterleavedTrainer(Trainer):

@@ -322,7 +322,7 @@ class Trainer:
         receives a staged batch and page-locks it, on a thread up to data.stage_ahead micro-batches ahead.
         stage_in_workers=False stages on that thread instead (for comparison: tools/bench_trainer.py)."""
         stage = functools.partial(stage_for_training, model_cfg=self.cfg.model)
-        pin = _pinned if self.device.type == "cuda" else _unchanged
+        pin = staged_finisher(self.device)
         consumed = self.state.consumed_samples
         if stage_in_workers:
             source, finish = self.data.train_batches(consumed_samples=consumed, transform=stage), pin
@@ -543,6 +543,12 @@ def stage_for_training(batch: dict, model_cfg) -> tuple[dict[str, int], StagedIn
     """A micro-batch's counts (tokens, FLOPs' inputs) and its staged model inputs, unpinned: what a DataLoader
     worker computes and sends back (top level, so it pickles where workers are spawned)."""
     return M.batch_counts(batch, model_cfg.sparse_mlm_head), stage_inputs(batch, model_cfg)
+
+
+def staged_finisher(device: torch.device) -> Callable[[tuple[dict[str, int], StagedInputs]], Any]:
+    """What the training process does to a (counts, StagedInputs) item from stage_for_training: page-locks it for
+    a GPU (so its copy is asynchronous), nothing on a CPU."""
+    return _pinned if device.type == "cuda" else _unchanged
 
 
 def _pinned(item: tuple[dict[str, int], StagedInputs]) -> tuple[dict[str, int], StagedInputs]:
