@@ -20,11 +20,12 @@ Asynchronous saves (checkpoint.async_save, the default), after Megatron's and to
     as soon as this returns.
  2. write, on a background thread per rank: the recorded files, the RNG file, each fsynced, then a marker
     `.tmp.step_N/written/rank_XXXXX`. Rank 0's thread then waits on the file system (no collectives: they would
-    race the training loop's) until every rank's marker is there, writes trainer_state.json and config.json,
-    publishes as above and prunes. Until then `latest` names the previous checkpoint.
- 3. one save in flight: the next save() first waits for the previous one (host memory stays at one checkpoint per
-    rank). wait() returns when the save is published on every rank; the trainer calls it before it exports the
-    model, at the end and before it exits on a stop signal. A failed write (any rank) raises CheckpointWriteError
+    race the training loop's) until every rank's marker is there, writes trainer_state.json and config.json and
+    publishes as above; then it prunes. Until the publish `latest` names the previous checkpoint.
+ 3. one save in flight: the next save() first waits for the previous one and its pruning (host memory stays at one
+    checkpoint per rank). wait() returns when the save is published on every rank, without waiting for the
+    pruning (close() does); the trainer calls it before it exports the model, at the end and before it exits on a
+    stop signal. A failed write (any rank) raises CheckpointWriteError
     at the next save() or wait() on every rank, naming the checkpoint; nothing half-written is ever published.
 Device tensors are copied into pinned host buffers that the next snapshot reuses.
 """
