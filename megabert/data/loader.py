@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 TRAIN_STREAM, VALID_STREAM = 1, 2
 
+LOADER_PREFETCH = 4
+"""Micro-batches each DataLoader worker builds ahead of the consumer."""
+
 
 @dataclass
 class _BatchRecipe:
@@ -180,11 +183,9 @@ class MLMData:
         if workers == 0:
             return (dataset[t] for t in indices)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=indices, num_workers=workers,
-                                             prefetch_factor=4, persistent_workers=False,
+                                             prefetch_factor=LOADER_PREFETCH, persistent_workers=False,
                                              worker_init_fn=_ignore_stop_signals)
-        iterator = iter(loader)
-        _LIVE_ITERATORS.add(iterator)
-        return iterator
+        return WorkerBatches(iter(loader))
 
     def train_batches(self, consumed_samples: int = 0,
                       transform: Optional[Callable[[dict[str, torch.Tensor]], Any]] = None) -> Iterator[Any]:
@@ -212,6 +213,29 @@ class MLMData:
                                 self.dp_rank, self.dp_size)
         # Built in this process: an evaluation reads a few batches, less than worker start-up would cost.
         return (dataset[t] for t in range(len(dataset)))
+
+
+class WorkerBatches:
+    """A DataLoader's worker-backed iterator with a close() that stops its workers now. Left to the garbage
+    collector instead, workers linger until the iterator is collected -- which an exception raised through it
+    (its traceback holds the iterator in a reference cycle) postpones to some later collection."""
+
+    def __init__(self, iterator) -> None:
+        self._iterator = iterator
+        _LIVE_ITERATORS.add(iterator)
+
+    def __iter__(self) -> "WorkerBatches":
+        return self
+
+    def __next__(self):
+        return next(self._iterator)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [worker.pid for worker in self._iterator._workers]
+
+    def close(self) -> None:
+        self._iterator._shutdown_workers()
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

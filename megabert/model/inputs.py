@@ -78,6 +78,12 @@ def stage_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, pin: bool 
     return StagedInputs(flat, [(k, t.shape, t.dtype) for k, t in tensors.items()], numbers)
 
 
+def staged_numel_bound(batch_size: int, seq_len: int) -> int:
+    """The most values `stage_inputs` can pack for a [batch_size, seq_len] batch: the four model inputs, the
+    unpadding indices (at most every token), cu_seqlens and the masked-token rows (at most every token)."""
+    return (len(MODEL_INPUTS) + 2) * batch_size * seq_len + batch_size + 1
+
+
 def prepare_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, device: torch.device | str,
                    non_blocking: bool = True) -> dict:
     """Keyword arguments for MosaicBertForMaskedLM / ...ForSequenceClassification on `device`.

@@ -45,10 +45,10 @@ class StagedBatches(Generic[S]):
     """
 
     def __init__(self, source: Iterator[T], stage: Callable[[T], S], depth: int = 2,
-                 device: Optional[torch.device] = None) -> None:
+                 device: Optional[torch.device] = None, on_close: Optional[Callable[[], None]] = None) -> None:
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
-        self._source, self._stage, self._depth = source, stage, depth
+        self._source, self._stage, self._depth, self._on_close = source, stage, depth, on_close
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         if depth > 0:
@@ -73,9 +73,14 @@ class StagedBatches(Generic[S]):
         return item
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stops the thread (it finishes the item in hand) and drops what it staged. A thread still blocked on
-        its source after `timeout` seconds is left behind (it is a daemon)."""
+        """Calls `on_close` (it may unblock the source's producers), stops the thread (it finishes the item in
+        hand) and drops what it staged. A thread still blocked on its source after `timeout` seconds is left
+        behind (it is a daemon)."""
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
         if self._thread is None:
+            self._close_source()
             return
         self._stopping.set()
         deadline = time.monotonic() + timeout
@@ -85,7 +90,17 @@ class StagedBatches(Generic[S]):
             except queue.Empty:
                 pass
             self._thread.join(timeout=0.05)
+        if not self._thread.is_alive():  # a thread left behind may still be inside the source
+            self._close_source()
         self._thread = None
+        self._source = iter(())
+
+    def _close_source(self) -> None:
+        """Closes a source that can be closed (a generator, a worker-backed data iterator): its workers stop now
+        rather than whenever the source is collected."""
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
         self._source = iter(())
 
     def _run(self, device: Optional[torch.device]) -> None:

@@ -38,11 +38,13 @@ import torch
 import torch.distributed as dist
 
 from megabert.config import ConfigError, TrainConfig, to_dict
-from megabert.model.inputs import StagedInputs, prepare_inputs, stage_inputs
+from megabert.data.loader import LOADER_PREFETCH
+from megabert.model.inputs import StagedInputs, prepare_inputs, stage_inputs, staged_numel_bound
 from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.train import metrics as M
 from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_dir_name
 from megabert.train.prefetch import StagedBatches
+from megabert.train.shared_slots import SharedSlots, take_staged
 from megabert.train.progress import ProgressBar, RunClock, Window
 from megabert.utils.distributed import DistEnv, barrier, discover_env, init_distributed
 from megabert.utils.gc_clock import GcClock
@@ -318,17 +320,30 @@ class Trainer:
 
     def _staged_train_batches(self, stage_in_workers: bool = True) -> StagedBatches:
         """The training batches from the data position as (counts, StagedInputs). Counting and staging happen
-        where the batch is built (a DataLoader worker process with data.num_workers > 0), so this process only
-        receives a staged batch and page-locks it, on a thread up to data.stage_ahead micro-batches ahead.
-        stage_in_workers=False stages on that thread instead (for comparison: tools/bench_trainer.py)."""
+        where the batch is built (a DataLoader worker process with data.num_workers > 0), which hands the staged
+        buffer over through shared-memory slots made once (train/shared_slots.py); this process only copies it
+        out (page-locked on a GPU), on a thread up to data.stage_ahead micro-batches ahead. stage_in_workers=False
+        stages on that thread instead (for comparison: tools/bench_trainer.py)."""
         stage = functools.partial(stage_for_training, model_cfg=self.cfg.model)
-        pin = staged_finisher(self.device)
         consumed = self.state.consumed_samples
-        if stage_in_workers:
-            source, finish = self.data.train_batches(consumed_samples=consumed, transform=stage), pin
-        else:
-            source, finish = self.data.train_batches(consumed_samples=consumed), lambda batch: pin(stage(batch))
-        return StagedBatches(source, finish, depth=self.cfg.data.stage_ahead, device=self.device)
+        if not stage_in_workers:
+            pin = staged_finisher(self.device)
+            return StagedBatches(self.data.train_batches(consumed_samples=consumed), lambda batch: pin(stage(batch)),
+                                 depth=self.cfg.data.stage_ahead, device=self.device)
+        slots = self._shared_slots()
+        source = self.data.train_batches(consumed_samples=consumed,
+                                         transform=stage if slots is None else slots.writer(stage))
+        return StagedBatches(source, staged_finisher(self.device, slots), depth=self.cfg.data.stage_ahead,
+                             device=self.device, on_close=None if slots is None else slots.close)
+
+    def _shared_slots(self) -> Optional[SharedSlots]:
+        """Slots for the DataLoader workers to hand staged micro-batches over in (none without workers): enough
+        for each worker to run its prefetch ahead plus the item in the staging thread's hands."""
+        workers = self.cfg.data.num_workers
+        if workers == 0:
+            return None
+        return SharedSlots(workers, LOADER_PREFETCH + 2, staged_numel_bound(self.cfg.micro_batch_size,
+                                                                            self.cfg.data.seq_len))
 
     def _train_step(self, batches: Iterator[tuple[dict, StagedInputs]], window: Window) -> tuple[int, int, int]:
         """One optimizer step over `accum` micro-batches. Returns (step, non-finite flag, stop signal) for the
@@ -545,19 +560,11 @@ def stage_for_training(batch: dict, model_cfg) -> tuple[dict[str, int], StagedIn
     return M.batch_counts(batch, model_cfg.sparse_mlm_head), stage_inputs(batch, model_cfg)
 
 
-def staged_finisher(device: torch.device) -> Callable[[tuple[dict[str, int], StagedInputs]], Any]:
-    """What the training process does to a (counts, StagedInputs) item from stage_for_training: page-locks it for
-    a GPU (so its copy is asynchronous), nothing on a CPU."""
-    return _pinned if device.type == "cuda" else _unchanged
-
-
-def _pinned(item: tuple[dict[str, int], StagedInputs]) -> tuple[dict[str, int], StagedInputs]:
-    counts, staged = item
-    return counts, staged.pin_memory()
-
-
-def _unchanged(item):
-    return item
+def staged_finisher(device: torch.device, slots: Optional[SharedSlots] = None
+                    ) -> Callable[[tuple[dict[str, int], Any]], tuple[dict[str, int], StagedInputs]]:
+    """What the training process does to a (counts, StagedInputs or SlotRef) item from stage_for_training: takes it
+    out of its shared slot, and page-locks it for a GPU (so its copy is asynchronous)."""
+    return functools.partial(take_staged, slots=slots, pin=device.type == "cuda")
 
 
 def _freeze_setup_objects() -> None:

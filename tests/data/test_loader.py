@@ -226,9 +226,9 @@ def test_workers_survive_stop_signals_meant_for_the_trainer(tmp_path, sample_pre
     data = build_mlm_data(cfg, seed=3, micro_batch_size=8)
     it = data.train_batches()
     first = _take(it, 2)
-    for worker in it._workers:  # the DataLoader iterator's worker processes
-        os.kill(worker.pid, signal.SIGTERM)
-        os.kill(worker.pid, signal.SIGUSR1)
+    for pid in it.worker_pids:
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGUSR1)
     later = _take(it, 12)  # more than the prefetched batches: the workers must still be producing
     cfg.num_workers = 0
     want = _take(build_mlm_data(cfg, seed=3, micro_batch_size=8).train_batches(), 14)

@@ -1,0 +1,102 @@
+"""DataLoader workers hand staged micro-batches over through shared-memory slots: the training process gets exactly
+the batches staging in-process gives, a slot is never read after it was reused, and closing frees waiting workers."""
+
+import functools
+import time
+
+import pytest
+import torch
+
+from megabert.config import ModelConfig, load_config
+from megabert.data import build_mlm_data
+from megabert.model.inputs import stage_inputs, staged_numel_bound
+from megabert.train.prefetch import StagedBatches
+from megabert.train.shared_slots import SharedSlots, SlotRef, take_staged
+from megabert.train.trainer import stage_for_training
+from tests.train.launch import REPO
+
+MICRO = 8
+
+
+def _pipeline(sample_corpus, workers: int):
+    cfg = load_config(str(REPO / "configs" / "tiny.json"), validate=False)
+    cfg.data.data_path = list(sample_corpus["data_path"])
+    cfg.data.vocab_file = sample_corpus["vocab_file"]
+    cfg.data.cache_dir = sample_corpus["cache_dir"]
+    cfg.data.num_workers = workers
+    stage = functools.partial(stage_for_training, model_cfg=cfg.model)
+    data = build_mlm_data(cfg.data, seed=5, micro_batch_size=MICRO)
+    return cfg, stage, data
+
+
+def _assert_same_inputs(got, want):
+    got, want = got.to("cpu"), want.to("cpu")
+    assert set(got) == set(want)
+    for name in ("input_ids", "attention_mask", "token_type_ids", "labels", "masked_token_index"):
+        assert torch.equal(got[name], want[name]), name
+    for field in ("indices", "cu_seqlens"):
+        assert torch.equal(getattr(got["unpadded"], field), getattr(want["unpadded"], field))
+
+
+def test_batches_through_one_slot_per_worker_equal_the_batches_staged_in_process(sample_corpus):
+    """One slot per worker: every worker must wait for the consumer before each write; a consumer that dawdles
+    gives them the chance to overwrite a slot too early, which the equality (and the ticket check) would catch."""
+    cfg, stage, data = _pipeline(sample_corpus, workers=2)
+    slots = SharedSlots(workers=2, slots_per_worker=1, slot_numel=staged_numel_bound(MICRO, cfg.data.seq_len))
+    handed = data.train_batches(16, transform=slots.writer(stage))
+    in_process = data.train_batches(16)
+    try:
+        for i in range(10):
+            if i % 3 == 0:
+                time.sleep(0.2)  # the workers run ahead meanwhile, as far as their slots let them
+            item = next(handed)
+            assert isinstance(item[1], SlotRef)
+            counts, staged = take_staged(item, slots, pin=False)
+            want_counts, want = stage(next(in_process))
+            assert counts == want_counts
+            _assert_same_inputs(staged, want)
+    finally:
+        slots.close()
+        handed.close()
+
+
+def test_a_slot_taken_twice_fails_loudly():
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    batch = {"input_ids": torch.arange(8).view(2, 4), "attention_mask": torch.ones(2, 4, dtype=torch.long),
+             "labels": torch.full((2, 4), 7)}
+    slots = SharedSlots(workers=1, slots_per_worker=2, slot_numel=staged_numel_bound(2, 4))
+    ref = slots.put(0, stage_inputs(batch, cfg))
+    assert torch.equal(slots.take(ref).flat, stage_inputs(batch, cfg).flat)
+    with pytest.raises(RuntimeError, match="no longer holds"):
+        slots.take(ref)
+
+
+def test_the_slot_bound_is_exact_for_a_full_batch_and_a_larger_batch_is_refused():
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    full = {"input_ids": torch.arange(12).view(3, 4), "attention_mask": torch.ones(3, 4, dtype=torch.long),
+            "token_type_ids": torch.zeros(3, 4, dtype=torch.long), "labels": torch.full((3, 4), 7)}
+    staged = stage_inputs(full, cfg)  # every token real and masked: the worst case
+    assert staged.flat.numel() == staged_numel_bound(3, 4)
+    with pytest.raises(ValueError, match="does not fit a slot"):
+        SharedSlots(workers=1, slots_per_worker=1, slot_numel=staged_numel_bound(2, 4)).put(0, staged)
+
+
+def test_closing_lets_a_worker_waiting_for_a_slot_stop_at_once(sample_corpus):
+    """A worker blocked on a full slot would hold up the DataLoader's shutdown for its join timeout (5 s) and then
+    be killed; closing the slots first makes it give up, and the pipeline closes in well under that."""
+    cfg, stage, data = _pipeline(sample_corpus, workers=1)
+    slots = SharedSlots(workers=1, slots_per_worker=1, slot_numel=staged_numel_bound(MICRO, cfg.data.seq_len))
+    pipeline = StagedBatches(data.train_batches(0, transform=slots.writer(stage)), lambda item: item, depth=1,
+                             on_close=slots.close)
+    next(pipeline)  # its slot is never taken: the worker's next write waits for it
+    time.sleep(1.0)
+    start = time.perf_counter()
+    pipeline.close()  # closes the slots, then the loader (its workers joined)
+    assert time.perf_counter() - start < 3.0
+
+
+def test_slots_dropped_without_close_still_let_their_workers_go():
+    slots = SharedSlots(workers=1, slots_per_worker=1, slot_numel=4)
+    closing = slots.closing
+    del slots
+    assert int(closing[0]) == 1
