@@ -10,7 +10,7 @@
 # ratio's reference) with, beside it, the bare step fed by a second input pipeline and the trainer's step on batches
 # staged in memory (--attribute: what feeding and what the step's own work cost), and for comparison before and
 # after the run (~7 minutes at the default 200 steps). TRAINER_STEPS, TRAINER_GLOBAL_BATCH, TRAINER_BARE_STEPS, TRAINER_SHORT_STEPS and TRAINER_ROUNDS
-# (rounds of --breakdown, default 0: none) size it; TRAINER_EXTRA adds bench_trainer.py arguments (shell words,
+# (rounds of --breakdown, default 0: none) size it, TRAINER_ATTRIBUTE=0 leaves the fed and step blocks out; TRAINER_EXTRA adds bench_trainer.py arguments (shell words,
 # e.g. "--profile 10" or "--variants bare 'step, staged 2'"); nvidia-smi dmon logs clocks and power beside it.
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
@@ -63,9 +63,11 @@ for section in "${SECTIONS[@]}"; do
       dmon=$!
       breakdown=()
       [ "${TRAINER_ROUNDS:-0}" -gt 0 ] && breakdown=(--breakdown --rounds "$TRAINER_ROUNDS")
+      attribute=(--attribute)
+      [ "${TRAINER_ATTRIBUTE:-1}" = 0 ] && attribute=()
       eval "extra=(${TRAINER_EXTRA:-})"  # shell words: quote arguments with spaces
       run bench_trainer 575 python3 tools/bench_trainer.py --config configs/base.json \
-        --steps "${TRAINER_STEPS:-200}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --interleave --attribute \
+        --steps "${TRAINER_STEPS:-200}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --interleave "${attribute[@]}" \
         --bare-before --bare-steps "${TRAINER_BARE_STEPS:-100}" --short-steps "${TRAINER_SHORT_STEPS:-20}" \
         "${breakdown[@]}" "${extra[@]}"
       kill $dmon 2>/dev/null ;;
