@@ -57,6 +57,7 @@ from megabert.config import apply_overrides, load_config  # noqa: E402
 from megabert.train import metrics as M  # noqa: E402
 from megabert.model.inputs import StagedInputs  # noqa: E402
 from megabert.train.trainer import LOOP_SWITCH_INTERVAL_S, Trainer, stage_for_training, staged_finisher  # noqa: E402
+from trainer_ratio import paired_ratio  # noqa: E402  (tools/, this script's directory)
 
 SAMPLE_PREFIX = "data/sample/c4_sample_text_document"
 
@@ -525,6 +526,10 @@ def main(argv: list[str] | None = None) -> dict:
         for name in ("", "_loop"):
             result[f"trainer{name}_over_interleaved_bare"] = \
                 (result[f"trainer{name}_tokens_per_s"] or 0.0) / interleaved["tokens_per_s"]
+        windows = [r["train/tokens_per_s"] for r in _windows(Path(cfg.output_dir), earlier_metrics)]
+        pairs = list(zip(windows, interleaved["blocks_tokens_per_s"]))[1:]  # the first window: warm-up
+        if len(pairs) >= 2:
+            result["trainer_over_interleaved_bare_paired"] = paired_ratio(pairs)
     if fed is not None:
         result["interleaved_fed"], result["interleaved_step"] = fed, staged_step
         result["fed_over_interleaved_bare"] = fed["tokens_per_s"] / interleaved["tokens_per_s"]
@@ -573,6 +578,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"trainer / bare step between its windows ({interleaved['tokens_per_s']:,.0f}, "
                   f"{interleaved['steps']} steps) = {result['trainer_loop_over_interleaved_bare']:.3f} to the end of "
                   f"the last step, {result['trainer_over_interleaved_bare']:.3f} to the end of the final save")
+            paired = result.get("trainer_over_interleaved_bare_paired")
+            if paired:
+                print(f"trainer / bare per window pair: {paired['ratio']:.3f} +- {paired['se']:.3f} (standard error, "
+                      f"{paired['pairs']} pairs; pool runs with tools/trainer_ratio.py)")
         if fed is not None:
             print(f"between the windows, against the bare step: fed by a second pipeline "
                   f"{result['fed_over_interleaved_bare']:.3f} (what feeding costs), the trainer's step on batches "
