@@ -9,9 +9,12 @@ into one of its own slots and sends back only a SlotRef (slot number and layout:
 training process copies the slot (already mapped, its pages long resident) and frees it at once.
 
     slots = SharedSlots(workers=2, slots_per_worker=6, slot_numel=staged_numel_bound(micro, seq_len))
-    transform = slots.writer(stage)     # runs in the worker: (counts, StagedInputs) -> (counts, SlotRef)
-    counts, staged = slots.take(item)   # the training process: SlotRef -> StagedInputs (page-locked if asked)
+    transform = slots.writer(stage)     # runs in the worker: batch -> stage -> (counts, SlotRef)
+    staged = slots.take(ref, pin=True)  # the training process: SlotRef -> StagedInputs, page-locked; slot freed
     slots.close()                       # a worker waiting for a free slot gives up
+
+Every SlotRef must be taken, in the order the DataLoader yields them (a dropped one keeps its slot, and its
+worker waits for it until the slots are closed). take_staged does it for the trainer's staging thread.
 
 Protocol: worker w owns slots [w * per_worker, (w + 1) * per_worker) and fills them in turn; before writing one it
 waits until the training process has freed it. The training process takes items in the DataLoader's order (oldest

@@ -14,6 +14,7 @@ from megabert.train.prefetch import StagedBatches
 from megabert.train.shared_slots import SharedSlots, SlotRef, take_staged
 from megabert.train.trainer import stage_for_training
 from tests.train.launch import REPO
+from tests.train.test_staging_in_workers import assert_same_model_inputs
 
 MICRO = 8
 
@@ -27,15 +28,6 @@ def _pipeline(sample_corpus, workers: int):
     stage = functools.partial(stage_for_training, model_cfg=cfg.model)
     data = build_mlm_data(cfg.data, seed=5, micro_batch_size=MICRO)
     return cfg, stage, data
-
-
-def _assert_same_inputs(got, want):
-    got, want = got.to("cpu"), want.to("cpu")
-    assert set(got) == set(want)
-    for name in ("input_ids", "attention_mask", "token_type_ids", "labels", "masked_token_index"):
-        assert torch.equal(got[name], want[name]), name
-    for field in ("indices", "cu_seqlens"):
-        assert torch.equal(getattr(got["unpadded"], field), getattr(want["unpadded"], field))
 
 
 def test_batches_through_one_slot_per_worker_equal_the_batches_staged_in_process(sample_corpus):
@@ -54,7 +46,7 @@ def test_batches_through_one_slot_per_worker_equal_the_batches_staged_in_process
             counts, staged = take_staged(item, slots, pin=False)
             want_counts, want = stage(next(in_process))
             assert counts == want_counts
-            _assert_same_inputs(staged, want)
+            assert_same_model_inputs(staged, want)
     finally:
         slots.close()
         handed.close()

@@ -29,13 +29,18 @@ def test_inputs_staged_in_workers_equal_inputs_staged_in_the_training_process(sa
         (counts, staged), batch = next(in_workers), next(in_process)
         want_counts, want = stage(batch)
         assert counts == want_counts
-        got, expected = staged.to("cpu"), want.to("cpu")
-        assert set(got) == set(expected)
-        for name in ("input_ids", "attention_mask", "token_type_ids", "labels", "masked_token_index"):
-            assert torch.equal(got[name], expected[name]), name
-        for field in ("indices", "cu_seqlens"):
-            assert torch.equal(getattr(got["unpadded"], field), getattr(expected["unpadded"], field))
-        assert got["unpadded"].max_seqlen == expected["unpadded"].max_seqlen
+        assert_same_model_inputs(staged, want)
+
+
+def assert_same_model_inputs(staged, want) -> None:
+    """Two StagedInputs unpack to the same model inputs on the CPU, unpadding bookkeeping included."""
+    got, expected = staged.to("cpu"), want.to("cpu")
+    assert set(got) == set(expected)
+    for name in ("input_ids", "attention_mask", "token_type_ids", "labels", "masked_token_index"):
+        assert torch.equal(got[name], expected[name]), name
+    for field in ("indices", "cu_seqlens"):
+        assert torch.equal(getattr(got["unpadded"], field), getattr(expected["unpadded"], field))
+    assert got["unpadded"].max_seqlen == expected["unpadded"].max_seqlen
 
 
 def test_a_staged_batch_holds_one_buffer_and_its_unpadding_numbers():
