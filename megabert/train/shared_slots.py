@@ -68,8 +68,8 @@ class SharedSlots:
         self.state = torch.zeros(count, dtype=torch.int64).share_memory_()  # FREE / FULL
         self.tickets = torch.zeros(count, dtype=torch.int64).share_memory_()  # writes so far, per slot
         self.closing = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self.owner_pid = os.getpid()
         self._next: dict[int, int] = {}  # in a worker: its next slot (a worker's own copy of this object)
+        self._parent_pid: Optional[int] = None  # in a worker: the process that started it, seen at its first put
         # Slots dropped without close() still let their waiting workers go (workers ignore SIGTERM: the
         # DataLoader could not stop one that waits here).
         self._closer = weakref.finalize(self, self.closing.fill_, 1)
@@ -89,6 +89,8 @@ class SharedSlots:
         if flat.numel() > self.slot_numel:
             raise ValueError(f"a staged micro-batch of {flat.numel()} values does not fit a slot of "
                              f"{self.slot_numel}; the slot size must bound every micro-batch (staged_numel_bound)")
+        if self._parent_pid is None:
+            self._parent_pid = os.getppid()  # the training process, or a forkserver (Python 3.14's default)
         turn = self._next.get(worker_id, 0)
         self._next[worker_id] = turn + 1
         slot = worker_id * self.per_worker + turn % self.per_worker
@@ -106,7 +108,7 @@ class SharedSlots:
     def _wait_until_free(self, slot: int) -> None:
         state, closing = self.state, self.closing
         while int(state[slot]) != FREE:
-            if int(closing[0]) or os.getppid() != self.owner_pid:
+            if int(closing[0]) or os.getppid() != self._parent_pid:  # closed, or the parent died
                 raise SlotsClosed("the training process stopped taking batches")
             time.sleep(WAIT_POLL_S)
 

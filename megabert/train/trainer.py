@@ -44,8 +44,8 @@ from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.train import metrics as M
 from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_dir_name
 from megabert.train.prefetch import StagedBatches
-from megabert.train.shared_slots import SharedSlots, take_staged
 from megabert.train.progress import ProgressBar, RunClock, Window
+from megabert.train.shared_slots import SharedSlots, take_staged
 from megabert.utils.distributed import DistEnv, barrier, discover_env, init_distributed
 from megabert.utils.gc_clock import GcClock
 from megabert.utils.logging import get_logger, setup_logging

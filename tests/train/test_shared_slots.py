@@ -92,3 +92,32 @@ def test_slots_dropped_without_close_still_let_their_workers_go():
     closing = slots.closing
     del slots
     assert int(closing[0]) == 1
+
+
+def _put_twice(slots: SharedSlots, staged, done) -> None:
+    slots.put(0, staged)
+    slots.put(0, staged)  # one slot: waits until the parent takes the first
+    done.set()
+
+
+def test_a_worker_started_by_a_forkserver_waits_for_its_slot_instead_of_giving_up():
+    """Under the forkserver start method (Python 3.14's default on Linux) a worker's parent process is the
+    forkserver, not the training process: the waiting worker must not take that for its consumer's death."""
+    import multiprocessing
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    staged = stage_inputs({"input_ids": torch.arange(8).view(2, 4), "attention_mask": torch.ones(2, 4, dtype=torch.long),
+                           "labels": torch.full((2, 4), 7)}, cfg)
+    slots = SharedSlots(workers=1, slots_per_worker=1, slot_numel=staged_numel_bound(2, 4))
+    context = multiprocessing.get_context("forkserver")
+    done = context.Event()
+    worker = context.Process(target=_put_twice, args=(slots, staged, done))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while int(slots.state[0]) != 1 and time.monotonic() < deadline:  # the first put has landed
+        time.sleep(0.01)
+    time.sleep(0.3)  # the worker is now waiting for the slot
+    assert not done.is_set() and worker.is_alive()
+    slots.take(SlotRef(0, 1, staged.flat.numel(), staged.layout, staged.unpadded))
+    worker.join(60)
+    assert worker.exitcode == 0 and done.is_set()
