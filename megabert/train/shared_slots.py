@@ -64,7 +64,13 @@ class SharedSlots:
                              f"{slots_per_worker}, {slot_numel}")
         self.workers, self.per_worker, self.slot_numel = workers, slots_per_worker, slot_numel
         count = workers * slots_per_worker
-        self.data = torch.zeros(count, slot_numel, dtype=torch.int64).share_memory_()  # zeros: pages touched now
+        try:
+            self.data = torch.zeros(count, slot_numel, dtype=torch.int64).share_memory_()  # pages touched now
+        except RuntimeError as e:
+            raise RuntimeError(f"could not allocate {count * slot_numel * 8 / 2 ** 20:.1f} MiB of shared memory for "
+                               f"the DataLoader workers' hand-over slots ({count} x {slot_numel} int64): is /dev/shm "
+                               f"too small (a container's default is 64 MB)? Enlarge it (docker --shm-size) or lower "
+                               f"data.num_workers or the micro-batch. ({e})") from e
         self.state = torch.zeros(count, dtype=torch.int64).share_memory_()  # FREE / FULL
         self.tickets = torch.zeros(count, dtype=torch.int64).share_memory_()  # writes so far, per slot
         self.closing = torch.zeros(1, dtype=torch.int64).share_memory_()

@@ -121,3 +121,12 @@ def test_a_worker_started_by_a_forkserver_waits_for_its_slot_instead_of_giving_u
     slots.take(SlotRef(0, 1, staged.flat.numel(), staged.layout, staged.unpadded))
     worker.join(60)
     assert worker.exitcode == 0 and done.is_set()
+
+
+def test_too_little_shared_memory_for_the_slots_is_named_with_the_size_needed(monkeypatch):
+    def no_space(self):
+        raise RuntimeError("unable to write to file </torch_1_2_3>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", no_space)
+    with pytest.raises(RuntimeError, match=r"3\.0 MiB of shared memory .* /dev/shm .* No space left"):
+        SharedSlots(workers=2, slots_per_worker=3, slot_numel=2 ** 16)
