@@ -46,10 +46,7 @@ def _finisher(slots: SharedSlots | None, numel: int) -> Callable[[tuple[Any, Any
     def finish(item) -> torch.Tensor:
         staged = item[1]
         if isinstance(staged, SlotRef):
-            out = reused[:staged.numel]
-            out.copy_(slots.data[staged.slot, :staged.numel])
-            slots.state[staged.slot] = 0  # freed, as SharedSlots.take does
-            return out
+            return slots.take(staged, out=reused).flat
         return reused[:staged.flat.numel()].copy_(staged.flat)
 
     return finish

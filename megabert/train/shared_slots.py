@@ -119,15 +119,16 @@ class SharedSlots:
             time.sleep(WAIT_POLL_S)
 
     # ---------------------------------------------------------------------------------------------- consumer side
-    def take(self, ref: SlotRef, pin: bool = False) -> StagedInputs:
-        """The staged inputs of `ref`, copied out of its slot (into page-locked memory when `pin`); frees the slot."""
+    def take(self, ref: SlotRef, pin: bool = False, out: Optional[torch.Tensor] = None) -> StagedInputs:
+        """The staged inputs of `ref`, copied out of its slot into `out[:numel]` when given (a caller's own buffer,
+        e.g. tools/bench_handover.py), else into new memory, page-locked when `pin`; frees the slot."""
         slot = ref.slot
         if int(self.state[slot]) != FULL or int(self.tickets[slot]) != ref.ticket:
             raise RuntimeError(f"shared slot {slot} no longer holds the batch sent with ticket {ref.ticket} (state "
                                f"{int(self.state[slot])}, ticket {int(self.tickets[slot])}): items taken out of "
                                f"order or twice")
         source = self.data[slot, :ref.numel]
-        flat = torch.empty(ref.numel, dtype=torch.int64, pin_memory=pin)
+        flat = torch.empty(ref.numel, dtype=torch.int64, pin_memory=pin) if out is None else out[:ref.numel]
         flat.copy_(source)
         self.state[slot] = FREE
         return StagedInputs(flat, ref.layout, ref.unpadded)

@@ -130,3 +130,15 @@ def test_too_little_shared_memory_for_the_slots_is_named_with_the_size_needed(mo
     monkeypatch.setattr(torch.Tensor, "share_memory_", no_space)
     with pytest.raises(RuntimeError, match=r"3\.0 MiB of shared memory .* /dev/shm .* No space left"):
         SharedSlots(workers=2, slots_per_worker=3, slot_numel=2 ** 16)
+
+
+def test_a_slot_is_copied_into_the_callers_buffer_when_given_one():
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    staged = stage_inputs({"input_ids": torch.arange(8).view(2, 4), "attention_mask": torch.ones(2, 4, dtype=torch.long),
+                           "labels": torch.full((2, 4), 7)}, cfg)
+    slots = SharedSlots(workers=1, slots_per_worker=1, slot_numel=staged_numel_bound(2, 4))
+    out = torch.full((staged_numel_bound(2, 4),), -1, dtype=torch.int64)
+    taken = slots.take(slots.put(0, staged), out=out)
+    assert taken.flat.data_ptr() == out.data_ptr() and torch.equal(taken.flat, staged.flat)
+    assert int(slots.state[0]) == 0  # freed: the next put does not wait
+    slots.put(0, staged)
