@@ -1,6 +1,9 @@
-"""Shared test setup: one JIT-extension cache for every DeepSpeed start, markers for GPU and slow tests."""
+"""Shared test setup: one JIT-extension cache for every DeepSpeed start, markers for GPU and slow tests, the
+bundled sample corpus preprocessed once per session."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "mega
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 
 
 def pytest_configure(config):
@@ -33,3 +37,18 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory) -> dict:
+    """data section overrides pointing at the preprocessed sample corpus; sample-index caches go to a tmp dir."""
+    prefix = SAMPLE_DIR / "c4_sample_text_document"
+    if not Path(str(prefix) + ".idx").is_file():
+        out = tmp_path_factory.mktemp("sample")
+        subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "preprocess_data.py"), "--input",
+                        str(SAMPLE_DIR / "c4-train.00000-of-00001.json.gz"), "--output-prefix", str(out / "c4_sample"),
+                        "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", str(SAMPLE_DIR / "vocab.txt"),
+                        "--workers", "2"], check=True, capture_output=True)
+        prefix = out / "c4_sample_text_document"
+    return {"data_path": [str(prefix)], "vocab_file": str(SAMPLE_DIR / "vocab.txt"),
+            "cache_dir": str(tmp_path_factory.mktemp("index_cache"))}

@@ -17,7 +17,7 @@
      thread and the DataLoader run beside it, and the trainer's own step on loader batches staged ahead on a
      thread or in the loop (StepVariants);
   4. with --profile N, torch.profiler traces of N bare and N trainer steps: how long the device idled in each
-     and what the host was doing meanwhile (tools/device_timeline.py).
+     and what the host was doing meanwhile (benchmarks/device_timeline.py).
 
 All report real (non-pad) tokens/s and MFU with the same FLOP count and the same measured matmul peak; the
 trainer should keep >= 95% of the bare step. With --bare-before the bare step is timed before the run as well
@@ -25,9 +25,9 @@ trainer should keep >= 95% of the bare step. With --bare-before the bare step is
 a call were seen to speed up by ~9% over its first minutes, which would otherwise count against whichever runs
 first.
 
-    python tools/bench_trainer.py --config configs/base.json --steps 300            # one GPU (or CPU)
-    deepspeed --num_gpus 1 tools/bench_trainer.py --config configs/base.json      # through the launcher
-    python tools/bench_trainer.py --config configs/tiny.json --steps 20 --bare-steps 2 --short-steps 2 --parallel.device cpu
+    python -m benchmarks.trainer --config configs/base.json --steps 300            # one GPU (or CPU)
+    deepspeed --num_gpus 1 benchmarks/trainer.py --config configs/base.json      # through the launcher
+    python -m benchmarks.trainer --config configs/tiny.json --steps 20 --bare-steps 2 --short-steps 2 --parallel.device cpu
 
 Extra `--section.key value` arguments override the config. The bundled sample corpus is preprocessed first
 when the config's data is missing. Results: printed, and written to <output_dir>/bench_trainer.json.
@@ -49,15 +49,14 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from megabert.config import apply_overrides, load_config  # noqa: E402
-from megabert.train import metrics as M  # noqa: E402
-from megabert.model.inputs import StagedInputs  # noqa: E402
-from megabert.train.trainer import LOOP_SWITCH_INTERVAL_S, Trainer, stage_for_training, staged_finisher  # noqa: E402
-from trainer_ratio import paired_ratio  # noqa: E402  (tools/, this script's directory)
+from megabert.config import apply_overrides, load_config
+from megabert.train import metrics as M
+from megabert.model.inputs import StagedInputs
+from megabert.train.trainer import LOOP_SWITCH_INTERVAL_S, Trainer, stage_for_training, staged_finisher
+from benchmarks.trainer_ratio import paired_ratio
 
 SAMPLE_PREFIX = "data/sample/c4_sample_text_document"
 
@@ -344,10 +343,10 @@ class StepVariants:
 
 def profile_steps(trainer: Trainer, out: Path, steps: int, stage_ahead: int) -> dict[str, dict]:
     """torch.profiler traces of `steps` bare steps and `steps` trainer steps (staged ahead); how busy the device
-    was in each and its longest idle gaps, with the host work during them (tools/device_timeline.py)."""
+    was in each and its longest idle gaps, with the host work during them (benchmarks/device_timeline.py)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from device_timeline import device_timeline, summarize
+    from benchmarks.device_timeline import device_timeline, summarize
     from megabert.train.progress import Window
 
     resident, _, _ = _resident_global_batches(trainer, steps + 2)
@@ -581,7 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
             paired = result.get("trainer_over_interleaved_bare_paired")
             if paired:
                 print(f"trainer / bare per window pair: {paired['ratio']:.3f} +- {paired['se']:.3f} (standard error, "
-                      f"{paired['pairs']} pairs; pool runs with tools/trainer_ratio.py)")
+                      f"{paired['pairs']} pairs; pool runs with benchmarks/trainer_ratio.py)")
         if fed is not None:
             print(f"between the windows, against the bare step: fed by a second pipeline "
                   f"{result['fed_over_interleaved_bare']:.3f} (what feeding costs), the trainer's step on batches "

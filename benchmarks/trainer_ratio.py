@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """The trainer's throughput against its bare step, per window pair, with its uncertainty, over bench_trainer logs.
 
-tools/bench_trainer.py --interleave times a block of bare steps right after each of the trainer's log windows, on
+benchmarks/trainer.py --interleave times a block of bare steps right after each of the trainer's log windows, on
 the same global batches. Each (window, next bare block) pair is one paired measurement of trainer / bare; the
 machine's drift cancels within a pair but its short-term noise does not (single blocks vary by ~5% on an H200
 host). This pools the pairs: the geometric mean of the ratios and its standard error, per log and over all logs
 given, so that "does the trainer keep 95% of the bare step" is answered with an error bar rather than by one run.
 The first window of each run (warm-up) is left out.
 
-    python tools/trainer_ratio.py docs/logs/run2*_bench_trainer.log
+    python -m benchmarks.trainer_ratio docs/logs/run2*_bench_trainer.log
 """
 
 from __future__ import annotations

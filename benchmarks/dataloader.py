@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Masked batches per second from the megabert loader (CPU-bound: tokens from the memory map, then masking).
 
-    python tools/bench_dataloader.py --data-path data/sample/c4_sample_text_document \\
+    python -m benchmarks.dataloader --data-path data/sample/c4_sample_text_document \\
         --vocab-file data/sample/vocab.txt --seq-len 128 --micro-batch 256
 
 Runs each configuration (sample mode x whole-word masking x DataLoader workers) for --seconds after a warm-up
@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from megabert.config import DataConfig  # noqa: E402
-from megabert.data import build_mlm_data  # noqa: E402
+from megabert.config import DataConfig
+from megabert.data import build_mlm_data
 
 
 def measure(cfg: DataConfig, micro: int, seconds: float, warmup: int = 3) -> dict:

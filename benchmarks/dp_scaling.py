@@ -4,14 +4,14 @@
 One launch measures one world size, for each ZeRO stage asked for; launch it once per GPU count and let the
 summary divide:
 
-    torchrun --nproc_per_node 1 tools/bench_dp_scaling.py --config configs/base.json --json-out dp.jsonl
-    torchrun --nproc_per_node 8 tools/bench_dp_scaling.py --config configs/base.json --json-out dp.jsonl
-    python tools/bench_dp_scaling.py --summarize dp.jsonl        # efficiency = tokens/s(N) / (N x tokens/s(1))
+    torchrun --nproc_per_node 1 benchmarks/dp_scaling.py --config configs/base.json --json-out dp.jsonl
+    torchrun --nproc_per_node 8 benchmarks/dp_scaling.py --config configs/base.json --json-out dp.jsonl
+    python -m benchmarks.dp_scaling --summarize dp.jsonl        # efficiency = tokens/s(N) / (N x tokens/s(1))
 
 Weak scaling: the per-GPU micro-batch (--micro-batch-size, default the config's) and the accumulation steps
 (--accum, default 1) are fixed, so global_batch_size = micro x data-parallel size x accum grows with N. The
 engine is built exactly as training builds it (`Trainer(cfg).setup()`: model, data, decoupled AdamW, schedule,
-DeepSpeed JSON from the config), then `bare_step_throughput` from tools/bench_trainer.py times whole optimizer
+DeepSpeed JSON from the config), then `bare_step_throughput` from benchmarks/trainer.py times whole optimizer
 steps on the trainer's own first global batch kept on the device (no data loading, logging or checkpoints):
 warm-up excluded, device synchronised around the timed steps, the median of --rounds rounds. Real (non-pad)
 tokens are counted on every rank and summed, so tokens/s is the whole job's. Peak memory is rank 0's
@@ -20,7 +20,7 @@ torch.cuda.max_memory_allocated over the timed steps (model, optimizer state and
 Rank 0 prints one `BENCH_DP {json}` line per ZeRO stage and appends it to --json-out (JSON lines). Extra
 `--section.key value` arguments override the config; on CPU (gloo, DeepSpeed's CPU accelerator):
 
-    torchrun --nproc_per_node 2 tools/bench_dp_scaling.py --config configs/tiny.json --micro-batch-size 4 \\
+    torchrun --nproc_per_node 2 benchmarks/dp_scaling.py --config configs/tiny.json --micro-batch-size 4 \\
         --steps 2 --rounds 1 --warmup 1 --parallel.device cpu
 """
 
@@ -35,18 +35,16 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
-from bench_trainer import bare_step_throughput, ensure_sample_data  # noqa: E402
-from megabert.config import TrainConfig, apply_overrides, load_config  # noqa: E402
-from megabert.ops.attention import resolve_backend  # noqa: E402
-from megabert.train import metrics as M  # noqa: E402
-from megabert.train.trainer import Trainer  # noqa: E402
-from megabert.utils.distributed import barrier, discover_env, init_distributed  # noqa: E402
+from benchmarks.trainer import bare_step_throughput, ensure_sample_data
+from megabert.config import TrainConfig, apply_overrides, load_config
+from megabert.ops.attention import resolve_backend
+from megabert.train import metrics as M
+from megabert.train.trainer import Trainer
+from megabert.utils.distributed import barrier, discover_env, init_distributed
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

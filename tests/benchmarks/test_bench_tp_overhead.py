@@ -1,13 +1,12 @@
-"""tools/bench_tp_overhead.py runs end to end (tiny model, CPU, few steps) and reports what the lead needs."""
+"""benchmarks/tp_overhead.py runs end to end (tiny model, CPU, few steps) and reports what the lead needs."""
 
-import importlib.util
 import json
 
+from benchmarks import tp_overhead as bench
 
-def test_bench_tp_overhead_smoke(tmp_path, repo_root, capsys):
-    spec = importlib.util.spec_from_file_location("bench_tp_overhead", repo_root / "tools" / "bench_tp_overhead.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)  # in-process: a subprocess would re-import torch
+
+def test_bench_tp_overhead_smoke(tmp_path, capsys):
+    # in-process: a subprocess would re-import torch
     out = tmp_path / "bench.json"
     bench.main(["--tiny", "--device", "cpu", "--batch-size", "4", "--seq-len", "16", "--steps", "2", "--warmup", "1",
                 "--rounds", "1", "--json-out", str(out)])

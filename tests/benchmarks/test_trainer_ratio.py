@@ -1,4 +1,4 @@
-"""tools/trainer_ratio.py: trainer / bare per window pair of bench_trainer --interleave logs, with its error bar."""
+"""benchmarks/trainer_ratio.py: trainer / bare per window pair of bench_trainer --interleave logs, with its error bar."""
 
 import math
 import sys
@@ -7,8 +7,7 @@ import pytest
 
 from tests.train.launch import REPO
 
-sys.path.insert(0, str(REPO / "tools"))
-from trainer_ratio import main, paired_ratio, window_pairs  # noqa: E402
+from benchmarks.trainer_ratio import main, paired_ratio, window_pairs
 
 LOG = """\
 step    10:    200,000 real tok/s (then bare   400,000),  166 cudaMalloc calls

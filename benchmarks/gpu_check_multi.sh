@@ -3,11 +3,11 @@
 # the trainer's DeepSpeed engine, megabert-large at TP 1/2/4 (throughput, memory, first losses), and the README's
 # one-node command for a short run. Uses every GPU that `nvidia-smi -L` lists.
 #
-#   tools/gpu_check_multi.sh [SECTION ...]   sections: dp tp readme (default: all three, in that order)
+#   benchmarks/gpu_check_multi.sh [SECTION ...]   sections: dp tp readme (default: all three, in that order)
 #
-#   dp      torchrun --nproc_per_node N tools/bench_dp_scaling.py, N = 1, 2, 4, ... up to the GPU count (ZeRO-1
+#   dp      torchrun --nproc_per_node N benchmarks/dp_scaling.py, N = 1, 2, 4, ... up to the GPU count (ZeRO-1
 #           and ZeRO-2, bf16, seq 128, per-GPU micro-batch of configs/base.json): real tokens/s, efficiency.
-#   tp      torchrun --nproc_per_node <all GPUs> tools/bench_tp_scaling.py --model large --tp 1 2 4 --check on the
+#   tp      torchrun --nproc_per_node <all GPUs> benchmarks/tp_scaling.py --model large --tp 1 2 4 --check on the
 #           sample corpus: tokens/s, peak memory, fp32 equivalence, bf16 losses of the first 10 steps per TP size.
 #   readme  deepspeed --num_gpus <all GPUs> pretrain_bert.py --config configs/large.json, as README.md has it,
 #           plus a short schedule (README_STEPS, default 50 x GPUs, at most 300) and its own output directory.
@@ -65,9 +65,8 @@ run() {  # run LOG SECONDS CMD...: append the output to $OUT/LOG.log, within wha
 # The sample corpus every section trains on, preprocessed once here rather than by racing ranks.
 python3 - <<'EOF' 2>&1 | tee -a "$OUT/env.log"
 import sys
-sys.path.insert(0, "tools")
 import torch, deepspeed, triton
-from bench_trainer import ensure_sample_data
+from benchmarks.trainer import ensure_sample_data
 from megabert.config import load_config
 for config in ("configs/base.json", "configs/large.json"):
     ensure_sample_data(load_config(config))
@@ -80,12 +79,12 @@ for section in "${SECTIONS[@]}"; do
     dp)
       for n in $DP_SIZES; do
         # shellcheck disable=SC2086  # DP_ARGS: extra arguments, split on spaces
-        run dp 150 torchrun --standalone --nproc_per_node "$n" tools/bench_dp_scaling.py --config configs/base.json \
+        run dp 150 torchrun --standalone --nproc_per_node "$n" benchmarks/dp_scaling.py --config configs/base.json \
           --zero-stages 1 2 --json-out "$OUT/dp_scaling.jsonl" ${DP_ARGS:-}
       done ;;
     tp)
       # shellcheck disable=SC2086
-      run tp 150 torchrun --standalone --nproc_per_node "$NGPU" tools/bench_tp_scaling.py --model large \
+      run tp 150 torchrun --standalone --nproc_per_node "$NGPU" benchmarks/tp_scaling.py --model large \
         --tp $TP_SIZES --batch-per-gpu 64 --data-config configs/large.json --check \
         --json-out "$OUT/tp_scaling.json" ${TP_ARGS:-} ;;
     readme)
@@ -101,11 +100,11 @@ done
 { echo "## Summary ($(date -u '+%Y-%m-%d %H:%M UTC'), $NGPU GPUs, $((SECONDS - START)) s)"
   if [ -f "$OUT/dp_scaling.jsonl" ]; then
     echo; echo "### Data-parallel weak scaling (configs/base.json; overrides in dp.log)"
-    python3 tools/bench_dp_scaling.py --summarize "$OUT/dp_scaling.jsonl"
+    python3 -m benchmarks.dp_scaling --summarize "$OUT/dp_scaling.jsonl"
   fi
   if [ -f "$OUT/tp_scaling.json" ]; then
     echo; echo "### Tensor parallel (megabert-large)"
-    python3 tools/bench_tp_scaling.py --summarize "$OUT/tp_scaling.json"
+    python3 -m benchmarks.tp_scaling --summarize "$OUT/tp_scaling.json"
   fi
   if [ -f "$OUT/readme_metrics.jsonl" ]; then
     echo; echo "### README command (deepspeed --num_gpus $NGPU pretrain_bert.py --config configs/large.json)"

@@ -1,4 +1,4 @@
-"""tools/device_timeline.py: device busy time, idle gaps and the host work during them, from a Chrome trace."""
+"""benchmarks/device_timeline.py: device busy time, idle gaps and the host work during them, from a Chrome trace."""
 
 import gzip
 import json
@@ -8,8 +8,7 @@ import pytest
 
 from tests.train.launch import REPO
 
-sys.path.insert(0, str(REPO / "tools"))
-from device_timeline import device_timeline, load_trace, summarize  # noqa: E402
+from benchmarks.device_timeline import device_timeline, load_trace, summarize
 
 
 def _event(cat, ts, dur, name="k"):

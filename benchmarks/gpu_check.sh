@@ -2,7 +2,7 @@
 # One GPU check for megabert: GPU tests, attention and training-throughput benchmarks, the trainer against its bare
 # step, and the tensor-parallel code path's overhead at TP = 1.
 #
-#   tools/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large trainer checkpoint tp
+#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large trainer checkpoint tp
 #                                      (default: all but trainer, checkpoint and tp)
 #
 # The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
@@ -49,13 +49,13 @@ need_deepspeed() {  # DeepSpeed from the wheels in .whl/ when the image lacks it
 for section in "${SECTIONS[@]}"; do
   case $section in
     tests) run gpu_tests 100 python3 -m pytest -q -m gpu tests/ops tests/model -p no:cacheprovider ;;
-    attention) run bench_attention 90 python3 tools/bench_attention.py ;;
-    base) run bench_throughput_base 230 python3 tools/bench_throughput.py --models base \
+    attention) run bench_attention 90 python3 -m benchmarks.attention ;;
+    base) run bench_throughput_base 230 python3 -m benchmarks.throughput --models base \
             --dists c4-128 c4-512 --systems $BASE_SYSTEMS --warmup 3 --steps 15 ;;
-    profile) run bench_profile 40 python3 tools/bench_profile.py --model base --dist c4-128 ;;
-    ablation) run bench_ablation 120 python3 tools/bench_throughput.py --models base --systems \
+    profile) run bench_profile 40 python3 -m benchmarks.step_profile --model base --dist c4-128 ;;
+    ablation) run bench_ablation 120 python3 -m benchmarks.throughput --models base --systems \
                 --ablation --ablation-dists $ABLATION_DISTS --warmup 2 --steps 10 ;;
-    large) run bench_throughput_large 90 python3 tools/bench_throughput.py --models large \
+    large) run bench_throughput_large 90 python3 -m benchmarks.throughput --models large \
              --dists $LARGE_DISTS --systems megabert hf-sdpa --warmup 3 --steps 15 ;;
     trainer)
       need_deepspeed
@@ -66,16 +66,16 @@ for section in "${SECTIONS[@]}"; do
       attribute=(--attribute)
       [ "${TRAINER_ATTRIBUTE:-1}" = 0 ] && attribute=()
       eval "extra=(${TRAINER_EXTRA:-})"  # shell words: quote arguments with spaces
-      run bench_trainer 575 python3 tools/bench_trainer.py --config configs/base.json \
+      run bench_trainer 575 python3 -m benchmarks.trainer --config configs/base.json \
         --steps "${TRAINER_STEPS:-200}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --interleave "${attribute[@]}" \
         --bare-before --bare-steps "${TRAINER_BARE_STEPS:-100}" --short-steps "${TRAINER_SHORT_STEPS:-20}" \
         "${breakdown[@]}" "${extra[@]}"
       kill $dmon 2>/dev/null ;;
     checkpoint)
       need_deepspeed
-      run bench_checkpoint 220 python3 tools/bench_checkpoint.py --config configs/base.json \
+      run bench_checkpoint 220 python3 -m benchmarks.checkpoint --config configs/base.json \
         --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --rounds "${CHECKPOINT_ROUNDS:-3}" ;;
-    tp) run bench_tp_overhead 90 python3 tools/bench_tp_overhead.py --json-out "$OUT/tp_overhead.json" ;;
+    tp) run bench_tp_overhead 90 python3 -m benchmarks.tp_overhead --json-out "$OUT/tp_overhead.json" ;;
     *) echo "unknown section $section (tests attention base profile ablation large trainer checkpoint tp)"; exit 2 ;;
   esac
 done

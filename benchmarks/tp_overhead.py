@@ -6,8 +6,8 @@ fused AdamW step, bf16 autocast over fp32 weights, MosaicBERT masking (30%, spar
 rounds (plain, TP, plain, TP, ...) so clock and thermal drift hit both alike; each step is timed with CUDA events
 after a warm-up, and the medians are compared. Target: TP-path overhead < 2%.
 
-    python tools/bench_tp_overhead.py                       # megabert-base, batch 128 x seq 128, on the GPU
-    python tools/bench_tp_overhead.py --tiny --steps 2 --warmup 1 --rounds 1 --device cpu   # smoke test on CPU
+    python -m benchmarks.tp_overhead                       # megabert-base, batch 128 x seq 128, on the GPU
+    python -m benchmarks.tp_overhead --tiny --steps 2 --warmup 1 --rounds 1 --device cpu   # smoke test on CPU
 
 Batches ("c4-128"-like, fixed seed): 70% of sequences fill seq_len, the rest are uniform in [seq_len / 4,
 seq_len], about 10% padding overall.
@@ -23,15 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
-from megabert.config import ModelConfig  # noqa: E402
-from megabert.model.bert import IGNORE_INDEX, MosaicBertForMaskedLM  # noqa: E402
-from megabert.parallel.groups import ParallelGroups  # noqa: E402
-from megabert.parallel.parallelize import parallelize_model  # noqa: E402
+from megabert.config import ModelConfig
+from megabert.model.bert import IGNORE_INDEX, MosaicBertForMaskedLM
+from megabert.parallel.groups import ParallelGroups
+from megabert.parallel.parallelize import parallelize_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:

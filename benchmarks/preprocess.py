@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """preprocess_data.py throughput against the raw batch-encode throughput of the same tokenizer on the same text.
 
-    python tools/bench_preprocess.py --input data/sample/c4-train.00000-of-00001.json.gz \\
+    python -m benchmarks.preprocess --input data/sample/c4-train.00000-of-00001.json.gz \\
         --tokenizer-type BertWordPieceLowerCase --vocab-file data/sample/vocab.txt --workers 1 2
 
 For each N in --workers, in one run:
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def raw_encode(args: argparse.Namespace) -> dict:

@@ -6,7 +6,7 @@ sides; this module merges the device's activity (kernels, copies, memsets) into 
 idle gaps between them, each with the host work that was running during it, so two loops (the trainer's step
 and the bare step) can be compared by how long their device waited and for what.
 
-    python tools/device_timeline.py trace.json.gz [--top 10]
+    python -m benchmarks.device_timeline trace.json.gz [--top 10]
 
 bench_trainer.py --profile writes such traces and prints this report for the trainer's step and the bare one.
 """

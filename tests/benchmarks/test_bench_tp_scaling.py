@@ -1,4 +1,4 @@
-"""tools/bench_tp_scaling.py under torchrun (2 CPU ranks, gloo): TP = 1 and 2 run, its --check passes, and both
+"""benchmarks/tp_scaling.py under torchrun (2 CPU ranks, gloo): TP = 1 and 2 run, its --check passes, and both
 TP sizes record the same bf16 losses from the same weights and batches."""
 
 import json
@@ -14,7 +14,7 @@ def test_bench_tp_scaling_smoke(tmp_path, repo_root):
     out = tmp_path / "scaling.json"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "tools/bench_tp_scaling.py", "--tiny", "--device", "cpu", "--tp", "1", "2", "--steps", "1", "--warmup", "1",
+         "-m", "benchmarks.tp_scaling", "--tiny", "--device", "cpu", "--tp", "1", "2", "--steps", "1", "--warmup", "1",
          "--batch-per-gpu", "2", "--seq-len", "16", "--check", "--loss-steps", "2", "--json-out", str(out)],
         cwd=repo_root, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

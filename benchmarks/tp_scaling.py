@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Tensor-parallel scaling on one multi-GPU node: tokens/s, memory and the first losses at TP = 1, 2, 4, 8.
 
-    torchrun --nproc_per_node 8 tools/bench_tp_scaling.py --model large --tp 1 2 4 8 --check \
+    torchrun --nproc_per_node 8 benchmarks/tp_scaling.py --model large --tp 1 2 4 8 --check \
         --data-config configs/large.json --json-out tp.json
-    python tools/bench_tp_scaling.py --summarize tp.json          # the table again, from the JSON
+    python -m benchmarks.tp_scaling --summarize tp.json          # the table again, from the JSON
 
 For each TP size the same world is split into TP groups (consecutive ranks) and DP replicas. Every TP size
 trains on the same global batches (batch_per_gpu x world sequences per step; replica r takes its slice, so each
@@ -22,7 +22,7 @@ CUDA events, median over the timed steps after warm-up; peak memory is torch.cud
 unsharded model's on the same batch: the CPU tests' equivalence check, on NCCL.
 
 On CPU (gloo) it runs as a smoke test:
-    torchrun --nproc_per_node 2 tools/bench_tp_scaling.py --tiny --device cpu --tp 1 2 --steps 2 --warmup 1 --check
+    torchrun --nproc_per_node 2 benchmarks/tp_scaling.py --tiny --device cpu --tp 1 2 --steps 2 --warmup 1 --check
 """
 
 from __future__ import annotations
@@ -36,17 +36,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
-from megabert.config import ModelConfig, load_config  # noqa: E402
-from megabert.model.bert import IGNORE_INDEX, MosaicBertForMaskedLM  # noqa: E402
-from megabert.model.inputs import prepare_inputs  # noqa: E402
-from megabert.parallel.groups import ParallelGroups  # noqa: E402
-from megabert.parallel.parallelize import parallelize_model  # noqa: E402
-from megabert.parallel.tp_checkpoint import gather_full_tensors  # noqa: E402
+from megabert.config import ModelConfig, load_config
+from megabert.model.bert import IGNORE_INDEX, MosaicBertForMaskedLM
+from megabert.model.inputs import prepare_inputs
+from megabert.parallel.groups import ParallelGroups
+from megabert.parallel.parallelize import parallelize_model
+from megabert.parallel.tp_checkpoint import gather_full_tensors
 
 PRESETS = {
     "base": dict(),

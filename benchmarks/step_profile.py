@@ -1,6 +1,6 @@
 """Where a megabert training step spends GPU time: torch.profiler over a few steps, top kernels by CUDA time.
 
-    python tools/bench_profile.py [--model base] [--dist c4-128] [--rows 25]
+    python -m benchmarks.step_profile [--model base] [--dist c4-128] [--rows 25]
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_common import environment_line, make_mlm_batches  # noqa: E402
-from bench_throughput import BATCH, megabert_model  # noqa: E402
+from benchmarks.common import environment_line, make_mlm_batches
+from benchmarks.throughput import BATCH, megabert_model
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 and CheckpointManager, after a few training steps (so the optimizer state exists), saving alternately with and
 without torch.save's zip CRC32 (`checkpoint.zip_crc32`), each save waited for until it is published.
 
-    python tools/bench_checkpoint.py --config configs/base.json --global_batch_size 1024      # one GPU
-    python tools/bench_checkpoint.py --config configs/tiny.json --parallel.device cpu --rounds 1
+    python -m benchmarks.checkpoint --config configs/base.json --global_batch_size 1024      # one GPU
+    python -m benchmarks.checkpoint --config configs/tiny.json --parallel.device cpu --rounds 1
 
 Extra `--section.key value` arguments override the config; the bundled sample corpus is preprocessed first when
 the config's data is missing. Prints, per setting, the median over --rounds of the
@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from bench_trainer import ensure_sample_data  # noqa: E402
-from megabert.config import apply_overrides, load_config  # noqa: E402
-from megabert.train.progress import Window  # noqa: E402
-from megabert.train.trainer import Trainer  # noqa: E402
+from benchmarks.trainer import ensure_sample_data
+from megabert.config import apply_overrides, load_config
+from megabert.train.progress import Window
+from megabert.train.trainer import Trainer
 
 
 def main(argv: list[str] | None = None) -> dict:

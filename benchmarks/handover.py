@@ -2,7 +2,7 @@
 """What receiving one staged micro-batch from a DataLoader worker costs the training process: through a new
 shared-memory segment per batch (PyTorch's default for a returned tensor) or through SharedSlots.
 
-    python tools/bench_handover.py --config configs/base.json          # micro-batch 256 x 128 of the sample corpus
+    python -m benchmarks.handover --config configs/base.json          # micro-batch 256 x 128 of the sample corpus
 
 For each hand-over the worker stages batches exactly as the trainer's (stage_for_training, one DataLoader worker);
 after it has filled its prefetch, the training side takes `--batches` of them and the tool times, per batch, the
@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from megabert.config import apply_overrides, load_config  # noqa: E402
-from megabert.data import build_mlm_data  # noqa: E402
-from megabert.data.loader import LOADER_PREFETCH  # noqa: E402
-from megabert.model.inputs import staged_numel_bound  # noqa: E402
-from megabert.train.shared_slots import SharedSlots, SlotRef  # noqa: E402
-from megabert.train.trainer import stage_for_training  # noqa: E402
+from megabert.config import apply_overrides, load_config
+from megabert.data import build_mlm_data
+from megabert.data.loader import LOADER_PREFETCH
+from megabert.model.inputs import staged_numel_bound
+from megabert.train.shared_slots import SharedSlots, SlotRef
+from megabert.train.trainer import stage_for_training
 
 HANDOVERS = ("segment per batch", "shared slots")
 

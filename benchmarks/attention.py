@@ -1,6 +1,6 @@
 """Attention forward + backward on c4-like batches: megabert's Triton varlen kernel vs the alternatives.
 
-    python tools/bench_attention.py [--dists c4-128 c4-512] [--heads 12] [--head-dim 64]
+    python -m benchmarks.attention [--dists c4-128 c4-512] [--heads 12] [--head-dim 64]
 
 Systems, all bf16, same q/k/v values, non-causal, ALiBi where the system supports a bias:
   triton-varlen   megabert.ops.flash_attention_triton on unpadded tokens, ALiBi in the kernel
@@ -25,13 +25,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_common import DISTRIBUTIONS, environment_line, median, sample_lengths, time_cuda  # noqa: E402
+from benchmarks.common import DISTRIBUTIONS, environment_line, median, sample_lengths, time_cuda
 
-from megabert.ops import flash_attention_triton, flash_attn_backend  # noqa: E402
-from megabert.ops.alibi import alibi_slopes  # noqa: E402
-from megabert.ops.attention import padded_attention_bias  # noqa: E402
-from megabert.ops.padding import pad_input, unpad_indices  # noqa: E402
+from megabert.ops import flash_attention_triton, flash_attn_backend
+from megabert.ops.alibi import alibi_slopes
+from megabert.ops.attention import padded_attention_bias
+from megabert.ops.padding import pad_input, unpad_indices
 
 TOKENS_PER_BATCH = {"c4-128": 128 * 256, "c4-512": 512 * 64}
 

@@ -1,10 +1,10 @@
 """Training-step throughput: megabert vs Hugging Face BertForMaskedLM, plus a MosaicBERT ablation table.
 
-    python tools/bench_throughput.py --models base --dists c4-128 c4-512 \
+    python -m benchmarks.throughput --models base --dists c4-128 c4-512 \
         --systems megabert hf-sdpa hf-eager hf-compile [--ablation] [--steps 20]
 
 One process, one GPU, bf16 autocast with fp32 master weights, a full step: forward, MLM loss, backward,
-AdamW (fused). Batches come from the fixed-seed "c4-128" / "c4-512" length distributions (tools/bench_common.py),
+AdamW (fused). Batches come from the fixed-seed "c4-128" / "c4-512" length distributions (benchmarks/common.py),
 30% of real tokens masked, the same batches for every system. Per row: median step time (CUDA events, after
 warm-up), tokens/s (padded B x S), real tokens/s, peak memory, and MFU = useful FLOPs / step time / the bf16
 matmul rate measured at the start of this run (megabert.utils.flops; the same formula for every system, for its
@@ -27,15 +27,14 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_common import (DISTRIBUTIONS, environment_line, make_mlm_batches, median, padding_fraction,  # noqa: E402
+from benchmarks.common import (DISTRIBUTIONS, environment_line, make_mlm_batches, median, padding_fraction,
                           time_cuda)
 
-from megabert.config import ModelConfig  # noqa: E402
-from megabert.model.bert import MosaicBertForMaskedLM  # noqa: E402
-from megabert.model.inputs import prepare_inputs  # noqa: E402
-from megabert.ops.attention import resolve_backend  # noqa: E402
-from megabert.utils.flops import measure_matmul_tflops, training_step_flops  # noqa: E402
+from megabert.config import ModelConfig
+from megabert.model.bert import MosaicBertForMaskedLM
+from megabert.model.inputs import prepare_inputs
+from megabert.ops.attention import resolve_backend
+from megabert.utils.flops import measure_matmul_tflops, training_step_flops
 
 SIZES = {
     "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),

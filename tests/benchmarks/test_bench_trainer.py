@@ -1,4 +1,4 @@
-"""tools/bench_trainer.py end to end on CPU with a tiny model: trainer and bare-step throughput in one call."""
+"""benchmarks/trainer.py end to end on CPU with a tiny model: trainer and bare-step throughput in one call."""
 
 import json
 import subprocess
@@ -10,8 +10,8 @@ from tests.train.launch import REPO, child_env, explain, tiny_config_on_sample
 
 
 def run_bench_trainer(tmp_path, config, out, *args: str) -> tuple[dict, list[dict], str]:
-    """tools/bench_trainer.py on `config` into `out`: its result, the run's metrics.jsonl records, its stdout."""
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_trainer.py"), "--config", str(config), *args,
+    """benchmarks/trainer.py on `config` into `out`: its result, the run's metrics.jsonl records, its stdout."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.trainer", "--config", str(config), *args,
                            "--output_dir", str(out)],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, explain(proc)
@@ -59,7 +59,7 @@ def test_the_bare_step_before_the_run_is_undone_so_the_trainer_loses_the_same(tm
 @pytest.mark.slow
 def test_bench_checkpoint_times_saves_with_and_without_the_zip_crc32(tmp_path, sample_corpus):
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_checkpoint.py"), "--config", str(config),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.checkpoint", "--config", str(config),
                            "--rounds", "2", "--train-steps", "1"],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, explain(proc)

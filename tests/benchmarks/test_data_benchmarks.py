@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from .conftest import write_jsonl
+from tests.data.conftest import write_jsonl
 
 
 def test_bench_dataloader_reports_samples_per_second(tmp_path, sample_prefix, vocab_file):
-    import bench_dataloader
+    from benchmarks import dataloader as bench_dataloader
 
     out = tmp_path / "dl.json"
     bench_dataloader.main(["--data-path", sample_prefix, "--vocab-file", vocab_file, "--seconds", "0.2",
@@ -19,7 +19,7 @@ def test_bench_dataloader_reports_samples_per_second(tmp_path, sample_prefix, vo
 
 
 def test_bench_preprocess_compares_against_raw_encode(tmp_path, sample_texts, vocab_file):
-    import bench_preprocess
+    from benchmarks import preprocess as bench_preprocess
 
     src = write_jsonl(tmp_path / "c.json.gz", [{"text": t} for t in sample_texts[:100]])
     out = tmp_path / "pre.json"
@@ -31,7 +31,7 @@ def test_bench_preprocess_compares_against_raw_encode(tmp_path, sample_texts, vo
 
 
 def test_bench_handover_times_both_hand_overs_of_a_staged_micro_batch(tmp_path, sample_prefix, vocab_file):
-    import bench_handover
+    from benchmarks import handover as bench_handover
 
     result = bench_handover.main(["--config", str(bench_handover.REPO / "configs" / "tiny.json"), "--micro_batch_size", "8", "--batches", "2",
                                   "--rounds", "1", "--fill-seconds", "0.2", "--data.data_path",

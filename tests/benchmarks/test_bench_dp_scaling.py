@@ -1,4 +1,4 @@
-"""tools/bench_dp_scaling.py: the weak-scaling arithmetic of its summary, and a 2-rank CPU run of the real engine."""
+"""benchmarks/dp_scaling.py: the weak-scaling arithmetic of its summary, and a 2-rank CPU run of the real engine."""
 
 import json
 import subprocess
@@ -8,9 +8,8 @@ import pytest
 
 from tests.train.launch import REPO, _free_port, child_env, explain, tiny_config_on_sample
 
-sys.path.insert(0, str(REPO / "tools"))
 
-from bench_dp_scaling import scaling_table  # noqa: E402
+from benchmarks.dp_scaling import scaling_table
 
 
 def _record(world: int, tokens_per_s: float, zero: int = 1, **extra) -> dict:
@@ -43,7 +42,7 @@ def test_two_cpu_ranks_report_each_zero_stage_with_the_job_wide_token_count(tmp_
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=32)
     out = tmp_path / "dp.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(REPO / "tools" / "bench_dp_scaling.py"), "--config", str(config),
+           str(_free_port()), "-m", "benchmarks.dp_scaling", "--config", str(config),
            "--micro-batch-size", "3", "--accum", "2", "--steps", "1", "--rounds", "2", "--warmup", "1",
            "--json-out", str(out), "--parallel.device", "cpu"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
@@ -64,6 +63,6 @@ def test_two_cpu_ranks_report_each_zero_stage_with_the_job_wide_token_count(tmp_
         assert r["real_tokens_per_s"] == pytest.approx(r["real_tokens_per_step"] / r["median_step_ms"] * 1e3)
         assert r["real_tokens_per_s_per_gpu"] == pytest.approx(r["real_tokens_per_s"] / 2)
         assert 0 < r["mfu"] and r["device"] == "cpu" and r["attention_backend"] == "sdpa"
-    summary = subprocess.run([sys.executable, str(REPO / "tools" / "bench_dp_scaling.py"), "--summarize", str(out)],
+    summary = subprocess.run([sys.executable, "-m", "benchmarks.dp_scaling", "--summarize", str(out)],
                              cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
     assert summary.returncode == 0 and "n/a (no 1-GPU run)" in summary.stdout, explain(summary)
