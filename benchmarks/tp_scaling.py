@@ -45,7 +45,7 @@ from megabert.model.bert import IGNORE_INDEX, MosaicBertForMaskedLM
 from megabert.model.inputs import prepare_inputs
 from megabert.parallel.groups import ParallelGroups
 from megabert.parallel.parallelize import parallelize_model
-from megabert.parallel.tp_checkpoint import gather_full_tensors
+from megabert.checkpoint.tensor_parallel import gather_full_tensors
 
 PRESETS = {
     "base": dict(),

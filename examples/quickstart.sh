@@ -46,7 +46,7 @@ print(f"checkpoint: {run / 'checkpoints' / ckpt}    exported model: {run / 'mode
 PY
 
 # The trainer exported the final checkpoint already; the same export by hand (any checkpoint, offline):
-python3 -m megabert.train.export "$RUN/checkpoints" "$RUN/model"
+python3 -m megabert.checkpoint.export "$RUN/checkpoints" "$RUN/model"
 python3 - "$RUN/model" <<'PY'
 import sys
 import torch

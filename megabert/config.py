@@ -127,9 +127,9 @@ class DataConfig:
     """Mask whole words (WordPiece '##' continuations follow their head)."""
     num_workers: int = 1
     """DataLoader worker processes per rank."""
-    stage_ahead: int = 2
-    """Micro-batches the trainer stages ahead on a background thread (unpadding bookkeeping, counts, pinned
-    buffer) while the device computes; 0 stages them in the training loop."""
+    prefetch_depth: int = 2
+    """Micro-batches the trainer prepares ahead on a background thread (counts, packed inputs with the unpadding
+    bookkeeping, page-locked buffer) while the device computes; 0 prepares them in the training loop."""
     cache_dir: Optional[str] = None
     """Where sample indices are cached; default: beside the data."""
 
@@ -148,7 +148,7 @@ class DataConfig:
         _check(len(parts) <= 3 and sum(parts) > 0 and min(parts) >= 0,
                f"data.split ({self.split!r}) needs up to three non-negative weights with a positive sum")
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")
-        _check(self.stage_ahead >= 0, "data.stage_ahead must be >= 0")
+        _check(self.prefetch_depth >= 0, "data.prefetch_depth must be >= 0")
 
 
 @dataclass
@@ -270,6 +270,9 @@ class LoggingConfig:
     """Price per GPU-hour in dollars; when > 0 the progress bar shows the run's cost."""
     max_nonfinite_steps: int = 10
     """Stop with an error after this many consecutive non-finite losses."""
+    host_diagnostics: bool = False
+    """Also log the process's CPU seconds, page faults and peak RSS, and the CUDA allocator's cudaMalloc and
+    retry counters, per window (for finding where a host-bound step loses time)."""
 
     def validate(self) -> None:
         _check(self.log_interval > 0, "logging.log_interval must be > 0")
@@ -467,7 +470,14 @@ def _divisors(n: int, limit: int) -> list[int]:
     return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
 
 
+RENAMED = {"data.stage_ahead": "data.prefetch_depth"}
+"""Fields that have a new name: a config using the old one is told the new one."""
+
+
 def _unknown_key_message(dotted: str, key: str, names: list[str], prefix: str = "") -> str:
+    full = f"{prefix}.{key}" if prefix else dotted
+    if full in RENAMED:
+        return f"config key '{full}' is now called '{RENAMED[full]}'; rename it"
     close = difflib.get_close_matches(key, names, n=1)
     where = f" in section '{prefix}'" if prefix else ""
     hint = f"; did you mean '{(prefix + '.') if prefix else ''}{close[0]}'?" if close else ""

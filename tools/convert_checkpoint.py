@@ -403,7 +403,7 @@ def _model_config_arg(path: str | None):
 
 
 def _merge_tp(args: argparse.Namespace) -> int:
-    from megabert.parallel.tp_checkpoint import merge_checkpoint
+    from megabert.checkpoint.tensor_parallel import merge_checkpoint
 
     out = merge_checkpoint(args.source, args.output, _model_config_arg(args.model_config), args.strict,
                            fp32_master=not args.module_weights)
@@ -412,7 +412,7 @@ def _merge_tp(args: argparse.Namespace) -> int:
 
 
 def _split_tp(args: argparse.Namespace) -> int:
-    from megabert.parallel.tp_checkpoint import split_checkpoint
+    from megabert.checkpoint.tensor_parallel import split_checkpoint
 
     out = split_checkpoint(args.source, args.output, args.tp, _model_config_arg(args.model_config))
     print(f"split {args.source} into {args.tp} tensor-parallel shards -> {out}")

@@ -32,7 +32,8 @@ from megabert.model.pretrained import TokenizerError, attach_tokenizer  # noqa: 
 from megabert.tasks.tokenizer import resolve_tokenizer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OVERRIDABLE = ("lr", "epochs", "batch_size", "seq_len")
+OVERRIDABLE = {"lr": "optim.lr", "epochs": "epochs", "batch_size": "batch_size", "seq_len": "seq_len"}
+"""Command-line flag -> recipe field it overrides."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,10 +105,14 @@ def build_user_task(args: argparse.Namespace):
 
 
 def _apply_overrides(recipe: Recipe, args: argparse.Namespace) -> Recipe:
-    for name in OVERRIDABLE:
-        value = getattr(args, name)
+    for flag, field in OVERRIDABLE.items():
+        value = getattr(args, flag)
         if value is not None:
-            setattr(recipe, name, value)
+            *sections, name = field.split(".")
+            target = recipe
+            for section in sections:
+                target = getattr(target, section)
+            setattr(target, name, value)
     if args.seeds:
         try:
             recipe.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

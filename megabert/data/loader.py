@@ -182,9 +182,13 @@ class MLMData:
         workers = int(getattr(self.cfg, "num_workers", 0))
         if workers == 0:
             return (dataset[t] for t in indices)
+        # A generator of its own: a DataLoader iterator otherwise draws its workers' base seed from the global
+        # torch RNG, which would shift a resumed run's dropout stream (restored before the iterator is made).
+        # The batches do not depend on that seed (masking is seeded per sample).
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=indices, num_workers=workers,
                                              prefetch_factor=LOADER_PREFETCH, persistent_workers=False,
-                                             worker_init_fn=_ignore_stop_signals)
+                                             worker_init_fn=_ignore_stop_signals,
+                                             generator=torch.Generator().manual_seed(self.seed))
         return WorkerBatches(iter(loader))
 
     def train_batches(self, consumed_samples: int = 0,

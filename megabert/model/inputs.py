@@ -4,11 +4,10 @@ Unpadding needs `nonzero` and `max()`, and the sparse MLM head needs the positio
 each of these stalls the host until the device catches up. Computed here on the CPU copy of the batch, before
 the copy to the device, they cost microseconds and the host keeps running ahead of the GPU.
 
-The work comes in two halves so that a training loop can do the first elsewhere (a DataLoader worker process,
-a background thread):
-    staged = stage_inputs(batch, cfg)   # CPU only: bookkeeping, one int64 staging buffer (small to send)
-    staged = staged.pin_memory()        # in the training process: page-locked, so the copy is asynchronous
-    inputs = staged.to(device)          # one host-to-device copy, then views
+The work comes in two halves so that a training loop can do the first ahead of time (on a prefetch thread):
+    packed = pack_inputs(batch, cfg)    # CPU only: bookkeeping, all inputs packed into one int64 buffer
+    packed = packed.pin_memory()        # page-locked, so the copy is asynchronous
+    inputs = packed.to(device)          # one host-to-device copy, then views
 `prepare_inputs` does all three at once.
 """
 
@@ -27,14 +26,14 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 @dataclass
-class StagedInputs:
+class PackedInputs:
     """A batch's model inputs packed into one int64 host buffer, with what is needed to unpack them."""
 
-    flat: torch.Tensor  # int64 [sum of numels], pinned when staged for a GPU
+    flat: torch.Tensor  # int64 [sum of numels], pinned for a GPU
     layout: list[tuple[str, torch.Size, torch.dtype]]  # (name, shape, dtype) in buffer order
     unpadded: Optional[Unpadded]  # the numbers only: its tensors are None here, views of the copy after to()
 
-    def pin_memory(self) -> "StagedInputs":
+    def pin_memory(self) -> "PackedInputs":
         """The same inputs in page-locked memory (the DataLoader's pin_memory protocol; pinned only once)."""
         return self if self.flat.is_pinned() else replace(self, flat=self.flat.pin_memory())
 
@@ -55,10 +54,10 @@ class StagedInputs:
         return out
 
 
-def stage_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, pin: bool = False) -> StagedInputs:
-    """The host half of `prepare_inputs`: CPU tensors [B, S] in, one staging buffer out. No device is touched
+def pack_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, pin: bool = False) -> PackedInputs:
+    """The host half of `prepare_inputs`: CPU tensors [B, S] in, one packed buffer out. No device is touched
     unless `pin`, which page-locks the buffer so the later copy is truly asynchronous; without it this runs in
-    any process (a DataLoader worker) and the training process pins the result (StagedInputs.pin_memory)."""
+    any process (a DataLoader worker) and the training process pins the result (PackedInputs.pin_memory)."""
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch and batch[k] is not None}
     if "attention_mask" not in inputs:
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
@@ -75,11 +74,11 @@ def stage_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, pin: bool 
         flat = flat.pin_memory()
     # indices and cu_seqlens travel inside `flat`: no second copy of them (a worker would send each separately)
     numbers = None if info is None else info._replace(indices=None, cu_seqlens=None)
-    return StagedInputs(flat, [(k, t.shape, t.dtype) for k, t in tensors.items()], numbers)
+    return PackedInputs(flat, [(k, t.shape, t.dtype) for k, t in tensors.items()], numbers)
 
 
-def staged_numel_bound(batch_size: int, seq_len: int) -> int:
-    """The most values `stage_inputs` can pack for a [batch_size, seq_len] batch: the four model inputs, the
+def packed_numel_bound(batch_size: int, seq_len: int) -> int:
+    """The most values `pack_inputs` can pack for a [batch_size, seq_len] batch: the four model inputs, the
     unpadding indices (at most every token), cu_seqlens and the masked-token rows (at most every token)."""
     return (len(MODEL_INPUTS) + 2) * batch_size * seq_len + batch_size + 1
 
@@ -98,4 +97,4 @@ def prepare_inputs(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, device: 
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch and batch[k] is not None}
         inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
         return {k: v.to(device, non_blocking=non_blocking) for k, v in inputs.items()}
-    return stage_inputs(batch, cfg, pin=device.type == "cuda").to(device, non_blocking)
+    return pack_inputs(batch, cfg, pin=device.type == "cuda").to(device, non_blocking)

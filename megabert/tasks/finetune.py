@@ -1,7 +1,7 @@
 """Fine-tune one (task, seed) on one device: the loop every GLUE task and every user task runs through.
 
     model dir (encoder weights + tokenizer) --> MosaicBertForSequenceClassification(cfg, num_labels)
-    decoupled AdamW, linear warm-up then linear decay, bf16 autocast on GPU (fp32 on CPU)
+    pretraining's decoupled AdamW and warm-up/decay schedule (train/optimizer.py), bf16 autocast on GPU
     evaluate every eval split after each epoch; the last epoch's metrics are the run's result
     optionally save the fine-tuned model (a megabert model dir) so other tasks can start from it (MNLI)
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from megabert.tasks.metrics import compute_metrics
 from megabert.tasks.recipe import Recipe
 from megabert.tasks.task import TaskError, TaskSpec
 from megabert.tasks.tokenizer import PairEncoder, encode, load_tokenizer, resolve_tokenizer, training_run_config
+from megabert.train.optimizer import build_optimizer, build_scheduler
+from megabert.utils.rng import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _pretraining_seq_len(model_dir: str | Path) -> Optional[int]:
 def build_model(job: Job, num_labels: int) -> tuple[MosaicBertForSequenceClassification, ModelConfig]:
     """Classification model with the pretrained encoder (and, with init_dir, that run's encoder and pooler)."""
     cfg = load_model_config(job.model_dir)
-    recipe = Recipe(**job.recipe)
+    recipe = Recipe.from_dict(job.recipe)
     model = MosaicBertForSequenceClassification(cfg, num_labels, classifier_dropout=recipe.classifier_dropout)
     source = job.init_dir or job.model_dir
     if job.init_dir:
@@ -137,23 +138,10 @@ def _architecture(cfg: ModelConfig) -> tuple:
             cfg.position_embedding, cfg.mlp_type)
 
 
-def decoupled_adamw(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """torch AdamW decays by lr_t * wd; MosaicBERT's decoupled decay is wd * lr_t / lr: pass wd / lr."""
-    return torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=tuple(recipe.betas), eps=recipe.eps,
-                             weight_decay=recipe.weight_decay / recipe.lr)
-
-
-def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, recipe: Recipe):
-    warmup = int(recipe.warmup_fraction * total_steps)
-    final = recipe.final_lr_fraction
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return max(final, 1.0 - (1.0 - final) * progress)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def build_optimization(model: nn.Module, recipe: Recipe, total_steps: int):
+    """(optimizer, schedule) for `total_steps` steps: pretraining's builders on the recipe's sections."""
+    optimizer = build_optimizer(model, recipe.optim)
+    return optimizer, build_scheduler(optimizer, recipe.schedule_for(total_steps))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,15 +210,9 @@ def evaluate(model: nn.Module, data: Encoded, spec: TaskSpec, batch_size: int, p
     return compute_metrics(spec.metrics, outputs, data.labels)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def run_job(job: Job, task_data: Optional[TaskData] = None) -> dict:
     """Trains and evaluates one run; writes and returns its result (metrics per eval split, history, timing)."""
-    recipe = Recipe(**job.recipe)
+    recipe = Recipe.from_dict(job.recipe)
     recipe.validate()
     data = task_data or load_task_data(TaskSpec.from_dict(job.task))
     spec = data.spec
@@ -242,9 +224,8 @@ def run_job(job: Job, task_data: Optional[TaskData] = None) -> dict:
     evals = {name: encode_examples(tokenizer, ex) for name, ex in data.evals.items()}
     model, cfg = build_model(job, spec.num_labels)
     model.to(device).train()
-    optimizer = decoupled_adamw(model, recipe)
     steps_per_epoch = math.ceil(len(train.ids) / recipe.batch_size)
-    scheduler = linear_schedule(optimizer, steps_per_epoch * recipe.epochs, recipe)
+    optimizer, scheduler = build_optimization(model, recipe, steps_per_epoch * recipe.epochs)
     generator = np.random.default_rng(job.seed)
 
     history, start, step = [], time.perf_counter(), 0
@@ -258,8 +239,8 @@ def run_job(job: Job, task_data: Optional[TaskData] = None) -> dict:
                              batch["labels"]).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if recipe.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            if recipe.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach()

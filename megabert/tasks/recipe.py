@@ -1,7 +1,11 @@
 """Fine-tuning hyperparameters: one JSON file per GLUE task under configs/glue/ (MosaicBERT's recipe).
 
-    {"task": "rte", "lr": 1e-5, "weight_decay": 1e-5, "epochs": 3, "batch_size": 16, "seq_len": 256,
-     "seeds": [19, 8364, 717, 10536, 90166], "init_from": "mnli"}
+    {"task": "rte", "optim": {"lr": 1e-5, "weight_decay": 1e-5}, "schedule": {"warmup_fraction": 0.06},
+     "epochs": 3, "batch_size": 16, "seq_len": 256, "seeds": [19, 8364, 717, 10536, 90166], "init_from": "mnli"}
+
+The optimizer and schedule are pretraining's own sections (OptimConfig, ScheduleConfig) and are built by the same
+functions (megabert.train.optimizer), so decoupled weight decay means the same thing in both, and biases and
+LayerNorm parameters are not decayed in either. The schedule's total_steps is derived from epochs x batches.
 """
 
 from __future__ import annotations
@@ -12,22 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from megabert.config import ConfigError, from_dict
+from megabert.config import ConfigError, OptimConfig, ScheduleConfig, from_dict
+
+
+_MOVED = {"lr", "weight_decay", "betas", "eps", "grad_clip", "warmup_fraction", "final_lr_fraction"}
 
 
 @dataclass
 class Recipe:
     task: str = "custom"
     """Task the recipe is for (informational; the command line chooses the task)."""
-    lr: float = 5e-5
-    """Peak learning rate."""
-    weight_decay: float = 5e-6
-    """Decoupled weight decay: each step shrinks weights by weight_decay x lr_t / lr (MosaicBERT's
-    DecoupledAdamW), not by lr_t x weight_decay as torch's AdamW would with the same number."""
-    betas: list = field(default_factory=lambda: [0.9, 0.98])
-    """Adam betas."""
-    eps: float = 1e-6
-    """Adam epsilon."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=5e-6, grad_clip=0.0))
+    """Decoupled AdamW, as in pretraining (weight decay: each step shrinks weights by weight_decay x lr_t / lr).
+    MosaicBERT's GLUE recipe does not clip gradients (grad_clip 0)."""
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.06,
+                                                                             final_lr_fraction=0.0))
+    """Linear warm-up, then linear decay; total_steps is set from epochs x batches per epoch."""
     epochs: int = 3
     """Passes over the training set; the dev set is evaluated after each."""
     batch_size: int = 32
@@ -36,12 +40,6 @@ class Recipe:
     """Examples per evaluation forward."""
     seq_len: int = 256
     """Maximum tokens per example ([CLS]/[SEP] included); may exceed the pretraining length with ALiBi."""
-    warmup_fraction: float = 0.06
-    """Fraction of the steps warming up linearly from 0."""
-    final_lr_fraction: float = 0.0
-    """The lr decays linearly to this fraction of the peak."""
-    grad_clip: float = 0.0
-    """Clip the gradient norm to this (0 disables; MosaicBERT's GLUE recipe does not clip)."""
     classifier_dropout: Optional[float] = None
     """Dropout before the classifier; None uses the model's hidden_dropout."""
     seeds: list = field(default_factory=lambda: [19])
@@ -53,18 +51,37 @@ class Recipe:
 
     def validate(self) -> None:
         checks = [
-            (self.lr > 0, "lr must be > 0"), (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.epochs > 0, "epochs must be > 0"), (self.batch_size > 0, "batch_size must be > 0"),
             (self.eval_batch_size > 0, "eval_batch_size must be > 0"), (self.seq_len >= 8, "seq_len must be >= 8"),
-            (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
-            (0 <= self.final_lr_fraction <= 1, "final_lr_fraction must be in [0, 1]"),
-            (self.grad_clip >= 0, "grad_clip must be >= 0"), (len(self.seeds) > 0, "seeds must not be empty"),
+            (len(self.seeds) > 0, "seeds must not be empty"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'"),
-            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"recipe for {self.task}: {message}")
+        try:
+            self.optim.validate()
+            self.schedule.validate()
+        except ConfigError as e:
+            raise ConfigError(f"recipe for {self.task}: {e}") from None
+
+    def schedule_for(self, total_steps: int) -> ScheduleConfig:
+        """The schedule of a run of `total_steps` optimizer steps."""
+        return dataclasses.replace(self.schedule, total_steps=max(1, total_steps))
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "") -> "Recipe":
+        flat = sorted(set(data) & _MOVED)
+        if flat:
+            raise ConfigError(f"{where}recipe keys {', '.join(flat)} now live in its sections: lr, weight_decay, "
+                              f"betas, eps and grad_clip under \"optim\", warmup_fraction and final_lr_fraction under "
+                              f"\"schedule\" (see configs/glue/*.json)")
+        defaults = cls()
+        data = dict(data)
+        for name in ("optim", "schedule"):  # a section given in part keeps the recipe's values for the rest
+            if isinstance(data.get(name), dict):
+                data[name] = {**dataclasses.asdict(getattr(defaults, name)), **data[name]}
+        return from_dict(cls, data, where)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,7 +95,7 @@ def load_recipe(path: str | Path) -> Recipe:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"recipe file {path} is not valid JSON: {e}") from None
-    recipe = from_dict(Recipe, data, f"{path.name}: ")
+    recipe = Recipe.from_dict(data, f"{path.name}: ")
     recipe.validate()
     return recipe
 

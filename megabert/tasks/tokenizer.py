@@ -17,7 +17,7 @@ from typing import Optional
 from megabert.model.pretrained import CONFIG_NAME, TokenizerError, tokenizer_entry
 
 def training_run_config(model_dir: str | Path) -> Optional[dict]:
-    """The pretraining run's config for a model dir exported by megabert.train.export (it records the
+    """The pretraining run's config for a model dir exported by megabert.checkpoint.export (it records the
     checkpoint it came from, whose config.json is the whole TrainConfig), or None."""
     config_path = Path(model_dir) / CONFIG_NAME
     if not config_path.is_file():

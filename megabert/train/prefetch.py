@@ -1,17 +1,17 @@
-"""Stage the next micro-batches on a background thread while the device computes the current one.
+"""Prepare the next micro-batches on a background thread while the device computes the current one.
 
 Why: DeepSpeed's ZeRO optimizer synchronises the device at the end of every backward when it overlaps gradient
 reduction with compute (`overlap_comm`, the right setting for data parallelism). After that sync the GPU idles
 until the host has launched the next forward, so everything the host does between two micro-batches -- taking
-the batch from the DataLoader worker (unpickling a shared-memory batch), page-locking its staging buffer, and
-(when no worker did it) the unpadding bookkeeping and counting -- is time the GPU waits. Done here on a thread,
-it overlaps with the previous micro-batch's compute and the training loop is left with one asynchronous copy.
+the batch from the DataLoader worker, counting its tokens, packing its inputs with the unpadding bookkeeping,
+page-locking the buffer -- is time the GPU waits. Done here on a thread, it overlaps with the previous
+micro-batch's compute and the training loop is left with one asynchronous copy.
 
-    staged = StagedBatches(batches, stage_fn, depth=2)
-    for item in staged: ...
-    staged.close()
+    prefetched = Prefetcher(batches, prepare, depth=2)
+    for item in prefetched: ...
+    prefetched.close()
 
-The thread only reads ahead: the data order is unchanged, and the batches it staged but nobody took are dropped
+The thread only reads ahead: the data order is unchanged, and the batches it prepared but nobody took are dropped
 at close(), so the trainer's own consumed-samples count stays the single record of the data position.
 """
 
@@ -31,54 +31,50 @@ _END = object()  # the source is exhausted
 
 
 class _Failure:
-    """An exception raised on the staging thread, re-raised where the item would have been taken."""
+    """An exception raised on the prefetch thread, re-raised where the item would have been taken."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
 
-class StagedBatches(Generic[S]):
-    """Iterates over `stage(item)` for the items of `source`, computed up to `depth` items ahead on a thread.
+class Prefetcher(Generic[S]):
+    """Iterates over `prepare(item)` for the items of `source`, computed up to `depth` items ahead on a thread.
 
-    depth 0 stages in the caller's thread (no thread at all): the same items, for debugging or for CPU-only
+    depth 0 prepares in the caller's thread (no thread at all): the same items, for debugging or for CPU-only
     runs where a spare core is not there to overlap with.
     """
 
-    def __init__(self, source: Iterator[T], stage: Callable[[T], S], depth: int = 2,
-                 device: Optional[torch.device] = None, on_close: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, source: Iterator[T], prepare: Callable[[T], S], depth: int = 2,
+                 device: Optional[torch.device] = None) -> None:
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
-        self._source, self._stage, self._depth, self._on_close = source, stage, depth, on_close
+        self._source, self._prepare, self._depth = source, prepare, depth
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         if depth > 0:
             self._queue: queue.Queue = queue.Queue(maxsize=depth)
-            self._thread = threading.Thread(target=self._run, args=(device,), name="megabert-stage-batches",
+            self._thread = threading.Thread(target=self._run, args=(device,), name="megabert-prefetch",
                                             daemon=True)
             self._thread.start()
 
-    def __iter__(self) -> "StagedBatches[S]":
+    def __iter__(self) -> "Prefetcher[S]":
         return self
 
     def __next__(self) -> S:
         if self._thread is None:
-            return self._stage(next(self._source))
+            return self._prepare(next(self._source))
         item = self._queue.get()
         if item is _END:
             self._queue.put(_END)  # later calls see the end too
             raise StopIteration
         if isinstance(item, _Failure):
             self._queue.put(item)
-            raise RuntimeError(f"staging the next batch failed: {item.error!r}") from item.error
+            raise RuntimeError(f"preparing the next batch failed: {item.error!r}") from item.error
         return item
 
     def close(self, timeout: float = 30.0) -> None:
-        """Calls `on_close` (it may unblock the source's producers), stops the thread (it finishes the item in
-        hand) and drops what it staged. A thread still blocked on its source after `timeout` seconds is left
-        behind (it is a daemon)."""
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
+        """Stops the thread (it finishes the item in hand) and drops what it prepared. A thread still blocked on
+        its source after `timeout` seconds is left behind (it is a daemon)."""
         if self._thread is None:
             self._close_source()
             return
@@ -108,8 +104,8 @@ class StagedBatches(Generic[S]):
             torch.cuda.set_device(device)  # pinned buffers belong to the training device's context
         try:
             for item in self._source:
-                staged = self._stage(item)
-                if not self._put(staged):
+                prepared = self._prepare(item)
+                if not self._put(prepared):
                     return
             self._put(_END)
         except BaseException as error:  # handed to the consumer, which raises it in the training loop

@@ -28,14 +28,3 @@ def test_bench_preprocess_compares_against_raw_encode(tmp_path, sample_texts, vo
     (row,) = json.loads(out.read_text())
     assert row["raw"]["tokens"] == row["preprocess"]["tokens"] > 0  # same text, same tokens
     assert row["ratio"] > 0
-
-
-def test_bench_handover_times_both_hand_overs_of_a_staged_micro_batch(tmp_path, sample_prefix, vocab_file):
-    from benchmarks import handover as bench_handover
-
-    result = bench_handover.main(["--config", str(bench_handover.REPO / "configs" / "tiny.json"), "--micro_batch_size", "8", "--batches", "2",
-                                  "--rounds", "1", "--fill-seconds", "0.2", "--data.data_path",
-                                  json.dumps([sample_prefix]), "--data.vocab_file", vocab_file,
-                                  "--data.cache_dir", str(tmp_path / "cache")])
-    assert set(result) == set(bench_handover.HANDOVERS)
-    assert all(r["wall_ms"] > 0 and r["cpu_ms"] >= 0 for r in result.values())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from megabert.parallel.sharding import shard_spec, split_tensor
-from megabert.parallel.tp_checkpoint import merge_state_dicts
+from megabert.checkpoint.tensor_parallel import merge_state_dicts
 from tests.parallel.launch import run_on_processes
 from tests.parallel.workers import forward_backward_worker
 

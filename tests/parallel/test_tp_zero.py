@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megabert.config import TrainConfig, to_dict
-from megabert.parallel.tp_checkpoint import merge_checkpoint, merge_state_dicts, read_config, read_shards
+from megabert.checkpoint.tensor_parallel import merge_checkpoint, merge_state_dicts, read_config, read_shards
 from tests.parallel.launch import run_on_processes
 from tests.parallel.tiny import tiny_config
 from tests.parallel.workers import single_process_reference, zero_tp_worker

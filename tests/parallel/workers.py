@@ -10,7 +10,7 @@ from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClas
 from megabert.parallel.cross_entropy import vocab_parallel_argmax
 from megabert.parallel.groups import ParallelGroups
 from megabert.parallel.parallelize import parallelize_model
-from megabert.parallel.tp_checkpoint import gather_full_state_dict
+from megabert.checkpoint.tensor_parallel import gather_full_state_dict
 from tests.parallel.tiny import mlm_batch, plain_bert_config, tiny_config
 
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from megabert.config import OptimConfig
 from megabert.tasks.data import load_task_data
 from megabert.tasks.finetune import Job, build_model, run_job
 from megabert.tasks.glue import glue_task
@@ -15,7 +16,7 @@ from tests.tasks.tiny_model import GLUE_SAMPLE, load_tool, make_model_dir, read_
 
 run_glue = load_tool("run_glue")
 
-FAST = Recipe(lr=2e-3, weight_decay=1e-5, epochs=4, batch_size=16, seq_len=64)
+FAST = Recipe(optim=OptimConfig(lr=2e-3, weight_decay=1e-5, grad_clip=0.0), epochs=4, batch_size=16, seq_len=64)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_finetuning_longer_than_pretraining_uses_alibi_extrapolation(tmp_path, v
     lines = ["text\tlabel"] + [f"{filler} {text}\t{label}" for text, label in zip(rows.texts_a, rows.labels)]
     (tmp_path / "long.tsv").write_text("\n".join(lines) + "\n")
     spec = user_task("long", tmp_path / "long.tsv", {"dev": tmp_path / "long.tsv"}, ["text"], "label")
-    recipe = Recipe(lr=3e-3, epochs=6, batch_size=16, seq_len=64)
+    recipe = Recipe(optim=OptimConfig(lr=3e-3, weight_decay=5e-6, grad_clip=0.0), epochs=6, batch_size=16, seq_len=64)
     result = run_job(Job(task=spec.to_dict(), recipe=recipe.to_dict(), seed=3, model_dir=str(pretrained),
                          output_dir=str(tmp_path / "out"), device="cpu"))
     assert result["metrics"]["dev"]["accuracy"] > 0.75
@@ -60,7 +61,7 @@ def test_finetuning_longer_than_pretraining_uses_alibi_extrapolation(tmp_path, v
 
 def test_init_from_finetuned_checkpoint_keeps_encoder_and_pooler_not_classifier(model_dir, tmp_path):
     spec = glue_task("mnli", GLUE_SAMPLE)
-    recipe = Recipe(lr=1e-3, epochs=1, batch_size=32, seq_len=32)
+    recipe = Recipe(optim=OptimConfig(lr=1e-3, weight_decay=5e-6, grad_clip=0.0), epochs=1, batch_size=32, seq_len=32)
     mnli = run_job(Job(task=spec.to_dict(), recipe=recipe.to_dict(), seed=0, model_dir=str(model_dir),
                        output_dir=str(tmp_path / "mnli"), save_model=True, device="cpu"))
     rte_job = Job(task=glue_task("rte", GLUE_SAMPLE).to_dict(), recipe=recipe.to_dict(), seed=0,
@@ -124,7 +125,7 @@ def test_cli_user_task_and_bad_input_fail_before_training(model_dir, tmp_path, c
 @pytest.mark.slow
 def test_parallel_runner_pins_one_job_per_slot(model_dir, tmp_path):
     spec = load_task_data(glue_task("sst2", GLUE_SAMPLE)).spec
-    recipe = Recipe(lr=1e-3, epochs=1, batch_size=32, seq_len=32)
+    recipe = Recipe(optim=OptimConfig(lr=1e-3, weight_decay=5e-6, grad_clip=0.0), epochs=1, batch_size=32, seq_len=32)
     jobs = [Job(task=spec.to_dict(), recipe=recipe.to_dict(), seed=s, model_dir=str(model_dir),
                 output_dir=str(tmp_path / f"seed_{s}"), device="cpu") for s in (1, 2)]
     results = run_parallel(jobs, slots=["", ""])  # CPU stand-ins for two GPUs

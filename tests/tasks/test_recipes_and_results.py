@@ -15,13 +15,13 @@ def test_every_glue_task_has_a_recipe_in_mosaicberts_shape():
     assert sorted(p.stem for p in RECIPES.glob("*.json")) == sorted(GLUE_TASKS)
     for task in GLUE_TASKS:
         recipe = glue_recipe(task, RECIPES)
-        assert recipe.task == task and recipe.seq_len == 256 and recipe.warmup_fraction == 0.06
+        assert recipe.task == task and recipe.seq_len == 256 and recipe.schedule.warmup_fraction == 0.06
         assert recipe.init_from == ("mnli" if task in ("rte", "mrpc", "stsb") else None)
     assert glue_recipe("rte", RECIPES).seeds == [19, 8364, 717, 10536, 90166]
 
 
 def test_bad_recipe_is_named(tmp_path):
-    (tmp_path / "x.json").write_text('{"task": "x", "lr": -1}')
+    (tmp_path / "x.json").write_text('{"task": "x", "optim": {"lr": -1}}')
     with pytest.raises(ConfigError, match="lr must be > 0"):
         load_recipe(tmp_path / "x.json")
     (tmp_path / "y.json").write_text('{"task": "y", "epoch": 3}')
@@ -49,26 +49,30 @@ def test_median_over_seeds_task_scores_and_partial_glue_average():
 
 
 def test_optimizer_decay_is_decoupled_and_schedule_is_linear():
+    """Fine-tuning builds pretraining's optimizer and schedule: decoupled decay of matrices only (a bias, like
+    every 1-d parameter, is not decayed), linear warm-up then linear decay."""
     import torch
 
-    from megabert.tasks.finetune import decoupled_adamw, linear_schedule
+    from megabert.config import OptimConfig, ScheduleConfig
+    from megabert.tasks.finetune import build_optimization
     from megabert.tasks.recipe import Recipe
 
-    recipe = Recipe(lr=1e-3, weight_decay=1e-2, warmup_fraction=0.1, final_lr_fraction=0.0)
-    param = torch.nn.Parameter(torch.ones(3))
+    recipe = Recipe(optim=OptimConfig(lr=1e-3, weight_decay=1e-2, grad_clip=0.0),
+                    schedule=ScheduleConfig(warmup_fraction=0.1, final_lr_fraction=0.0))
+    param, bias = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(3))
     model = torch.nn.Module()
-    model.p = param
-    optimizer = decoupled_adamw(model, recipe)
-    schedule = linear_schedule(optimizer, total_steps=100, recipe=recipe)
+    model.p, model.b = param, bias
+    optimizer, schedule = build_optimization(model, recipe, total_steps=100)
     lrs = []
     for _ in range(100):
         lrs.append(optimizer.param_groups[0]["lr"])
-        param.grad = torch.zeros(3)  # Adam's update is 0: only the weight decay moves the weights
+        param.grad, bias.grad = torch.zeros(3, 2), torch.zeros(3)  # Adam's update is 0: only decay moves them
         before = param.detach().clone()
         optimizer.step()
         schedule.step()
         # MosaicBERT's decoupled decay: w <- w * (1 - wd * lr_t / lr), independent of the lr's size
-        torch.testing.assert_close(param.detach(), before * (1 - recipe.weight_decay * lrs[-1] / recipe.lr))
+        torch.testing.assert_close(param.detach(), before * (1 - recipe.optim.weight_decay * lrs[-1] / recipe.optim.lr))
+        assert torch.equal(bias.detach(), torch.ones(3))
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
     assert lrs[-1] == pytest.approx(1e-3 / 90) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
@@ -77,3 +81,16 @@ def test_nan_correlation_counts_as_zero_in_the_median():
     results = [_run("stsb", s, {"dev": {"pearson": p, "spearman": 0.5}}) for s, p in
                [(1, float("nan")), (2, 0.8), (3, 0.9)]]
     assert summarize(results)["tasks"]["stsb"]["metrics"]["pearson"] == pytest.approx(0.8)
+
+
+def test_a_recipe_in_the_flat_layout_is_told_where_its_keys_moved(tmp_path):
+    (tmp_path / "old.json").write_text('{"task": "x", "lr": 1e-5, "warmup_fraction": 0.1}')
+    with pytest.raises(ConfigError, match=r'recipe keys lr, warmup_fraction now live.*"optim".*"schedule"'):
+        load_recipe(tmp_path / "old.json")
+
+
+def test_a_section_given_in_part_keeps_the_recipe_defaults_for_the_rest(tmp_path):
+    (tmp_path / "r.json").write_text('{"task": "x", "optim": {"lr": 1e-5}, "schedule": {"warmup_fraction": 0.1}}')
+    recipe = load_recipe(tmp_path / "r.json")
+    assert recipe.optim.lr == 1e-5 and recipe.optim.grad_clip == 0.0  # not OptimConfig's pretraining default 1.0
+    assert recipe.schedule.final_lr_fraction == 0.0  # not ScheduleConfig's 0.02

@@ -41,7 +41,7 @@ def test_model_dir_tokenizer_round_trip(tmp_path, vocab_file):
 
 
 def test_model_exported_by_the_trainer_finds_its_run_tokenizer_and_length(tmp_path, vocab_file):
-    """megabert.train.export records source_checkpoint; its config.json (the TrainConfig) names the tokenizer."""
+    """megabert.checkpoint.export records source_checkpoint; its config.json (the TrainConfig) names the tokenizer."""
     import json
 
     from megabert.model.pretrained import load_state_dict, save_pretrained, load_model_config

@@ -29,7 +29,9 @@ from tests.train import synthetic_data  # noqa: E402
 
 def main(argv: list[str]) -> None:
     import pretrain_bert
-    from megabert.train import checkpoint
+    from megabert.checkpoint import manager as checkpoint
+    from megabert.checkpoint.writer import BackgroundWriter
+    from megabert.train.step import TrainStep
     from megabert.train.trainer import Trainer
 
     sweep, builder = None, synthetic_data.build
@@ -45,34 +47,34 @@ def main(argv: list[str]) -> None:
     if kill_step >= 0:
         publish = checkpoint.CheckpointManager._publish
 
-        def publish_then_die(self, tmp, final):
-            if final.name == checkpoint.step_dir_name(kill_step):
+        def publish_then_die(self, job):
+            if job.final.name == checkpoint.step_dir_name(kill_step):
                 os.kill(os.getpid(), signal.SIGKILL)
-            publish(self, tmp, final)
+            publish(self, job)
 
         checkpoint.CheckpointManager._publish = publish_then_die
 
     delays = {int(rank): float(seconds) for rank, seconds in
               (item.split(":") for item in os.environ.get("MEGABERT_TEST_WRITE_DELAY", "").split(",") if item)}
     if delays:
-        write = checkpoint.CheckpointManager._write
+        write = BackgroundWriter._run
 
         def write_late(self, job):
             time.sleep(delays.get(self.rank, 0.0))
             write(self, job)
 
-        checkpoint.CheckpointManager._write = write_late
+        BackgroundWriter._run = write_late
 
     term_step = int(os.environ.get("MEGABERT_TEST_SIGTERM_AT_STEP", "-1"))
     if term_step >= 0:
-        train_step = Trainer._train_step
+        train_step = TrainStep.__call__
 
-        def train_step_then_signal(self, *args):
-            if self.state.step + 1 == term_step:
+        def train_step_then_signal(self, step, *args):
+            if step == term_step:
                 os.kill(os.getpid(), signal.SIGTERM)
-            return train_step(self, *args)
+            return train_step(self, step, *args)
 
-        Trainer._train_step = train_step_then_signal
+        TrainStep.__call__ = train_step_then_signal
 
     nan_at = {tuple(int(x) for x in item.split(":")) for item in os.environ.get("MEGABERT_TEST_NAN", "").split(",")
               if item}
@@ -80,11 +82,11 @@ def main(argv: list[str]) -> None:
         from megabert.model.bert import MosaicBertForMaskedLM
 
         where = {}
-        train_step_before_nan = Trainer._train_step
+        train_step_before_nan = TrainStep.__call__
 
-        def train_step_noting_step(self, *args):
-            where.update(rank=self.rank, step=self.state.step + 1)
-            return train_step_before_nan(self, *args)
+        def train_step_noting_step(self, step, *args):
+            where.update(rank=int(os.environ.get("RANK", "0")), step=step)
+            return train_step_before_nan(self, step, *args)
 
         forward = MosaicBertForMaskedLM.forward
 
@@ -94,7 +96,7 @@ def main(argv: list[str]) -> None:
                 out.loss = out.loss * float("nan")
             return out
 
-        Trainer._train_step = train_step_noting_step
+        TrainStep.__call__ = train_step_noting_step
         MosaicBertForMaskedLM.forward = forward_with_nan
 
     base = load_config(config_path, overrides)

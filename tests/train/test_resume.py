@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from megabert.train.checkpoint import latest_checkpoint, list_checkpoints
+from megabert.checkpoint.manager import latest_checkpoint, list_checkpoints
 from tests.train.launch import explain, losses, run_trainer, summaries, tiny_config
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from megabert.train.checkpoint import latest_checkpoint
+from megabert.checkpoint.manager import latest_checkpoint
 from tests.train.launch import REPO, child_env, explain, tiny_config
 
 FAKE_SRUN = r"""#!/usr/bin/env bash

@@ -8,7 +8,7 @@ import torch
 from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 from megabert.model.pretrained import save_pretrained
 from megabert.parallel.sharding import ShardSpec, merge_tensors, split_tensor
-from megabert.parallel.tp_checkpoint import (load_rank_state_dict, merge_state_dicts, read_shards, save_sharded,
+from megabert.checkpoint.tensor_parallel import (load_rank_state_dict, merge_state_dicts, read_shards, save_sharded,
                                              split_state_dict)
 from tests.parallel.tiny import plain_bert_config, tiny_config
 

@@ -3,7 +3,7 @@
 import pytest
 
 from megabert.config import CheckpointConfig
-from megabert.train.checkpoint import STATE_FILE, latest_checkpoint, list_checkpoints, resolve_resume
+from megabert.checkpoint.manager import STATE_FILE, latest_checkpoint, list_checkpoints, resolve_resume
 
 
 def make(root, name, complete=True):

@@ -7,11 +7,9 @@ resumes the moment save_checkpoint returns and keeps mutating the live objects: 
 optimizer's param_groups (lr, step), the schedule's counters. So every tensor becomes a compact host tensor of its
 own, every container is rebuilt, and any other mutable leaf is deep-copied; only immutable leaves are shared.
 
-`HostStaging` keeps the pinned host buffers that device tensors are copied into. They are reused by the next
+`PinnedBuffers` keeps the page-locked host buffers that device tensors are copied into. They are reused by the next
 snapshot (the caller guarantees the previous write has finished), so only the first save pays for pinning, and the
-device-to-host copies run asynchronously with one synchronisation at the end. In the trainer on an H200 a
-megabert-base save (1.9 GB, ZeRO-2 bf16) stopped training for 0.04 s, against 3.4-4.0 s for DeepSpeed's own
-torch.save of the device tensors (runs 6-7); pinning the buffers once took 1.5-1.8 s (docs/BENCHMARKS.md, runs 9-11).
+device-to-host copies run asynchronously with one synchronisation at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, range, torch.dt
               torch.memory_format, torch.layout, enum.Enum, type(Ellipsis))
 
 
-class HostStaging:
+class PinnedBuffers:
     """Pinned host buffers for device tensors, handed out in the same order at every snapshot and reused when the
     shape and dtype match (the state of one run has the same structure at every save)."""
 
@@ -69,10 +67,10 @@ class Snapshot:
     two copies cannot hand its address to another tensor and alias it.
     """
 
-    def __init__(self, staging: Optional[HostStaging] = None):
-        self.staging = staging
-        if staging is not None:
-            staging.start()
+    def __init__(self, pinned: Optional[PinnedBuffers] = None):
+        self.pinned = pinned
+        if pinned is not None:
+            pinned.start()
         self._tensors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_copies = False
 
@@ -103,8 +101,8 @@ class Snapshot:
         """Waits for the device-to-host copies; after this the copies are complete and independent."""
         if self._device_copies:
             torch.cuda.synchronize()
-        if self.staging is not None:
-            self.staging.release()
+        if self.pinned is not None:
+            self.pinned.release()
         self._tensors.clear()
 
     def _tensor(self, t: torch.Tensor) -> torch.Tensor:
@@ -119,8 +117,8 @@ class Snapshot:
             # A new contiguous tensor holding exactly these elements: a view of a flat buffer does not drag the
             # whole buffer into the file (torch.save writes a view's entire storage).
             host = t.clone(memory_format=torch.contiguous_format)
-        elif self.staging is not None and t.device.type == "cuda":
-            host = self.staging.buffer(t)
+        elif self.pinned is not None and t.device.type == "cuda":
+            host = self.pinned.buffer(t)
             host.copy_(t, non_blocking=True)
             self._device_copies = True
         else:
@@ -129,9 +127,9 @@ class Snapshot:
         return host
 
 
-def host_copy(obj: Any, staging: Optional[HostStaging] = None) -> Any:
+def host_copy(obj: Any, pinned: Optional[PinnedBuffers] = None) -> Any:
     """A private copy of `obj` whose tensors all live in host memory (compact, detached); see the module doc."""
-    snapshot = Snapshot(staging)
+    snapshot = Snapshot(pinned)
     out = snapshot.copy(obj)
     snapshot.finish()
     return out

@@ -1,7 +1,7 @@
 """Turn a training checkpoint into a plain model directory (config.json + one model.safetensors, fp32).
 
-    python -m megabert.train.export runs/tiny/checkpoints runs/tiny/model      # latest checkpoint
-    python -m megabert.train.export runs/tiny/checkpoints/step_0000300 out/
+    python -m megabert.checkpoint.export runs/tiny/checkpoints runs/tiny/model      # latest checkpoint
+    python -m megabert.checkpoint.export runs/tiny/checkpoints/step_0000300 out/
 
 Runs offline on one process (no GPU, no process group): ZeRO 1-3 checkpoints are consolidated from their fp32
 master partitions with DeepSpeed's zero_to_fp32; a ZeRO-0 checkpoint holds the module in its training dtype,
@@ -18,7 +18,7 @@ import torch
 
 from megabert.config import ModelConfig, from_dict
 from megabert.model.pretrained import TokenizerError, attach_tokenizer, save_pretrained
-from megabert.train.checkpoint import ENGINE_TAG, STATE_FILE, latest_checkpoint
+from megabert.checkpoint.manager import ENGINE_TAG, STATE_FILE, latest_checkpoint
 from megabert.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from megabert.config import CheckpointConfig, ConfigError
-from megabert.train.checkpoint import (CheckpointManager, CheckpointWriteError, latest_checkpoint, list_checkpoints,
+from megabert.checkpoint.manager import (CheckpointManager, CheckpointWriteError, latest_checkpoint, list_checkpoints,
                                        resolve_resume)
 from tests.train.launch import explain, losses, run_trainer, tiny_config
 

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import torch
 
-from megabert.train.snapshot import HostStaging, host_copy
+from megabert.checkpoint.snapshot import PinnedBuffers, host_copy
 
 
 class LossScaler:  # stands in for the small mutable objects DeepSpeed puts in its state dicts
@@ -60,7 +60,7 @@ def test_parameters_are_detached_and_keep_their_values():
 
 
 def test_staging_hands_out_the_same_buffers_when_the_structure_repeats():
-    staging = HostStaging(pin_memory=torch.cuda.is_available())
+    staging = PinnedBuffers(pin_memory=torch.cuda.is_available())
     staging.start()
     matrix = staging.buffer(torch.empty(3, 4))
     staging.buffer(torch.empty(2, dtype=torch.bfloat16))
