@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How long does a checkpoint stop training, and how long does its background write take? The trainer's own engine
 and CheckpointManager, after a few training steps (so the optimizer state exists), saving alternately with and
 without torch.save's zip CRC32 (`checkpoint.zip_crc32`), each save waited for until it is published.
@@ -14,17 +13,13 @@ time training stopped (the snapshot into pinned host memory) and of the time unt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 from benchmarks.trainer import ensure_sample_data
 from megabert.config import apply_overrides, load_config
-from megabert.train.progress import Window
 from megabert.train.trainer import Trainer
 
 
@@ -45,12 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
     ensure_sample_data(cfg)
     trainer = Trainer(cfg)
     trainer.setup()
-    batches = trainer._staged_train_batches()
-    try:
-        for _ in range(args.train_steps):
-            trainer._train_step(batches, Window())
-    finally:
-        batches.close()
+    with contextlib.closing(trainer.train_batches()) as batches:
+        for step in range(1, args.train_steps + 1):
+            trainer.step(step, batches)
     pinning = trainer.checkpoints.prepare(trainer.engine)
 
     times: dict[bool, dict[str, list[float]]] = {crc: {"stop": [], "published": []} for crc in (True, False)}

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Masked batches per second from the megabert loader (CPU-bound: tokens from the memory map, then masking).
 
     python -m benchmarks.dataloader --data-path data/sample/c4_sample_text_document \\

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Data-parallel weak scaling through the trainer's own DeepSpeed engine: real tokens/s on N GPUs vs on one.
 
 One launch measures one world size, for each ZeRO stage asked for; launch it once per GPU count and let the
@@ -11,7 +10,7 @@ summary divide:
 Weak scaling: the per-GPU micro-batch (--micro-batch-size, default the config's) and the accumulation steps
 (--accum, default 1) are fixed, so global_batch_size = micro x data-parallel size x accum grows with N. The
 engine is built exactly as training builds it (`Trainer(cfg).setup()`: model, data, decoupled AdamW, schedule,
-DeepSpeed JSON from the config), then `bare_step_throughput` from benchmarks/trainer.py times whole optimizer
+DeepSpeed JSON from the config), then `engine_step_seconds` from benchmarks/trainer.py times whole optimizer
 steps on the trainer's own first global batch kept on the device (no data loading, logging or checkpoints):
 warm-up excluded, device synchronised around the timed steps, the median of --rounds rounds. Real (non-pad)
 tokens are counted on every rank and summed, so tokens/s is the whole job's. Peak memory is rank 0's
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 import torch
 import torch.distributed as dist
 
-from benchmarks.trainer import bare_step_throughput, ensure_sample_data
+from benchmarks.trainer import engine_step_seconds, ensure_sample_data
 from megabert.config import TrainConfig, apply_overrides, load_config
 from megabert.ops.attention import resolve_backend
 from megabert.train import metrics as M
@@ -88,7 +87,7 @@ def stage_config(args: argparse.Namespace, overrides: list[str], zero_stage: int
 
 
 def global_batch_counts(trainer: Trainer) -> tuple[float, float]:
-    """(real tokens, useful FLOPs) of one global batch over every rank: the batches bare_step_throughput replays
+    """(real tokens, useful FLOPs) of one global batch over every rank: the batch engine_step_seconds replays
     (each rank's first `accum` micro-batches), counted on the host and summed (tensor-parallel ranks share one)."""
     source = trainer.data.train_batches(consumed_samples=0)
     local = torch.zeros(2, dtype=torch.float64)
@@ -115,9 +114,8 @@ def measure(cfg: TrainConfig, args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize(trainer.device)
             torch.cuda.reset_peak_memory_stats(trainer.device)
-        rounds = [bare_step_throughput(trainer, args.steps, warmup=args.warmup if i == 0 else 1)
-                  for i in range(args.rounds)]
-        step_seconds = [r["seconds"] / r["steps"] for r in rounds]
+        step_seconds = [engine_step_seconds(trainer, args.steps, warmup=args.warmup if i == 0 else 1)
+                         for i in range(args.rounds)]
         median_step = statistics.median(step_seconds)
         import deepspeed
 
@@ -136,8 +134,8 @@ def measure(cfg: TrainConfig, args: argparse.Namespace) -> dict:
             "median_step_ms": 1e3 * median_step, "step_ms_rounds": [1e3 * s for s in step_seconds],
             "real_tokens_per_s": tokens / median_step,
             "real_tokens_per_s_per_gpu": tokens / median_step / trainer.world_size,
-            "mfu": flops / median_step / (trainer.peak_flops * trainer.world_size),
-            "peak_matmul_tflops": trainer.peak_flops / 1e12,
+            "mfu": flops / median_step / (trainer.telemetry.peak_flops * trainer.world_size),
+            "peak_matmul_tflops": trainer.telemetry.peak_flops / 1e12,
             "peak_memory_mib": torch.cuda.max_memory_allocated(trainer.device) / 2 ** 20 if cuda else None,
             "memory_before_setup_mib": left_over,
             "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,

@@ -6,12 +6,10 @@
 #                                      (default: all but trainer, checkpoint and tp)
 #
 # The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
-# installed into /tmp/site first. The trainer section times the bare step between the trainer's log windows (the
-# ratio's reference) with, beside it, the bare step fed by a second input pipeline and the trainer's step on batches
-# staged in memory (--attribute: what feeding and what the step's own work cost), and for comparison before and
-# after the run (~7 minutes at the default 200 steps). TRAINER_STEPS, TRAINER_GLOBAL_BATCH, TRAINER_BARE_STEPS, TRAINER_SHORT_STEPS and TRAINER_ROUNDS
-# (rounds of --breakdown, default 0: none) size it, TRAINER_ATTRIBUTE=0 leaves the fed and step blocks out; TRAINER_EXTRA adds bench_trainer.py arguments (shell words,
-# e.g. "--profile 10" or "--variants bare 'step, staged 2'"); nvidia-smi dmon logs clocks and power beside it.
+# installed into /tmp/site first. The trainer section times the plain step (megabert + fused AdamW, no engine)
+# between the trainer's log windows (the ratio's reference) and the trainer's engine step on in-memory batches
+# beside it (~4 minutes at the default 200 steps). TRAINER_STEPS and TRAINER_GLOBAL_BATCH size it; TRAINER_EXTRA
+# adds benchmarks/trainer.py arguments (shell words); nvidia-smi dmon logs clocks and power beside it.
 #
 # Logs go to $OUT (the device machine's output folder) or ./gpu_logs. Sized to finish in ~8 minutes on one
 # H200; each section has its own time limit so one slow part cannot eat the others. Environment knobs for a shorter
@@ -61,15 +59,11 @@ for section in "${SECTIONS[@]}"; do
       need_deepspeed
       nvidia-smi dmon -s pc -d 1 -o T > "$OUT/dmon.log" 2>&1 &  # clocks and power beside the run
       dmon=$!
-      breakdown=()
-      [ "${TRAINER_ROUNDS:-0}" -gt 0 ] && breakdown=(--breakdown --rounds "$TRAINER_ROUNDS")
-      attribute=(--attribute)
-      [ "${TRAINER_ATTRIBUTE:-1}" = 0 ] && attribute=()
       eval "extra=(${TRAINER_EXTRA:-})"  # shell words: quote arguments with spaces
       run bench_trainer 575 python3 -m benchmarks.trainer --config configs/base.json \
-        --steps "${TRAINER_STEPS:-200}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --interleave "${attribute[@]}" \
-        --bare-before --bare-steps "${TRAINER_BARE_STEPS:-100}" --short-steps "${TRAINER_SHORT_STEPS:-20}" \
-        "${breakdown[@]}" "${extra[@]}"
+        --steps "${TRAINER_STEPS:-200}" --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --engine-step \
+        "${extra[@]}"
+      cp runs/bench_trainer/base/bench_trainer.json "$OUT/" 2>/dev/null
       kill $dmon 2>/dev/null ;;
     checkpoint)
       need_deepspeed

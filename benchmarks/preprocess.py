@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """preprocess_data.py throughput against the raw batch-encode throughput of the same tokenizer on the same text.
 
     python -m benchmarks.preprocess --input data/sample/c4-train.00000-of-00001.json.gz \\

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Overhead of the tensor-parallel code path at TP = 1: parallelize_model(model, 1-rank groups) vs the plain model.
 
 Both models (same seed, same weights) train side by side in one process on one device: forward, backward and a

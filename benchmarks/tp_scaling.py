@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Tensor-parallel scaling on one multi-GPU node: tokens/s, memory and the first losses at TP = 1, 2, 4, 8.
 
     torchrun --nproc_per_node 8 benchmarks/tp_scaling.py --model large --tp 1 2 4 8 --check \

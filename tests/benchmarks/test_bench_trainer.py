@@ -21,39 +21,19 @@ def run_bench_trainer(tmp_path, config, out, *args: str) -> tuple[dict, list[dic
 
 
 @pytest.mark.slow
-def test_bench_trainer_reports_trainer_bare_step_interleaved_and_breakdown_throughput(tmp_path, sample_corpus):
+def test_bench_trainer_reports_the_trainer_and_the_plain_step_between_its_windows(tmp_path, sample_corpus):
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
-    result, _, stdout = run_bench_trainer(tmp_path, config, tmp_path / "bench", "--steps", "20", "--bare-steps", "2",
-                                          "--short-steps", "2", "--breakdown", "--rounds", "1", "--bare-before",
-                                          "--interleave", "--attribute")
-    assert result["zero_stage"] == 2 and result["trainer_steps_measured"] == 10  # steps 11-20: after window one
-    for key in ("trainer_tokens_per_s", "trainer_loop_tokens_per_s", "bare_tokens_per_s", "bare_replay_tokens_per_s",
-                "trainer_mfu", "bare_mfu", "bare_before_tokens_per_s", "trainer_second_half_tokens_per_s"):
+    result, _, stdout = run_bench_trainer(tmp_path, config, tmp_path / "bench", "--steps", "40", "--engine-step")
+    assert result["zero_stage"] == 2 and result["trainer_steps_measured"] == 30  # steps 11-40: after window one
+    for key in ("trainer_tokens_per_s", "trainer_loop_tokens_per_s", "trainer_mfu", "trainer_over_plain"):
         assert result[key] > 0, key
     assert result["trainer_loop_tokens_per_s"] >= result["trainer_tokens_per_s"]  # the final save only adds time
-    assert result["bare_steps"] == 2
-    assert result["interleaved_bare"]["steps"] == 10  # one block, after the first of two windows
-    for kind in ("fed", "step"):  # --attribute: one block of each after the first window too
-        assert result[f"interleaved_{kind}"]["steps"] == 10 and result[f"{kind}_over_interleaved_bare"] > 0
-    assert set(result["breakdown"]) == {"bare", "bare + staging thread", "step, staged 2 ahead", "step, staged in loop",
-                                        "step, staged on thread", "step, GIL switch 5 ms"}
-    for variant in result["breakdown"].values():
-        assert variant["tokens_per_s"] > 0 and len(variant["rounds_tokens_per_s"]) == 1
-    assert "log windows:" in stdout
+    assert result["plain"]["steps"] == 30 and len(result["plain"]["blocks_tokens_per_s"]) == 3  # not after the last
+    assert result["engine"]["steps"] == 30 and result["engine_over_plain"] > 0
+    assert len(result["window_pairs"]) == 2 and result["trainer_over_plain_paired"]["pairs"] == 2
+    assert "log windows" in stdout
     assert (tmp_path / "bench" / "bench_trainer.json").is_file()
-    assert (tmp_path / "bench" / "checkpoints" / "latest").read_text().strip() == "step_0000020"
-    assert not (tmp_path / "bench" / "before_bare_step").exists()  # the scratch checkpoint is removed
-
-
-@pytest.mark.slow
-def test_the_bare_step_before_the_run_is_undone_so_the_trainer_loses_the_same(tmp_path, sample_corpus):
-    config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
-    losses = {}
-    for flag in ([], ["--bare-before"]):
-        _, records, _ = run_bench_trainer(tmp_path, config, tmp_path / f"bench{len(flag)}", "--steps", "12",
-                                          "--bare-steps", "3", "--short-steps", "1", *flag)
-        losses[bool(flag)] = [r["train/loss"] for r in records if "train/loss" in r]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-6, abs=1e-6)  # fp32 on CPU: the same run
+    assert (tmp_path / "bench" / "checkpoints" / "latest").read_text().strip() == "step_0000040"
 
 
 @pytest.mark.slow
@@ -73,26 +53,33 @@ def test_bench_checkpoint_times_saves_with_and_without_the_zip_crc32(tmp_path, s
 
 
 @pytest.mark.slow
-def test_interleaved_bare_blocks_stay_out_of_the_trainers_clock_and_schedule(tmp_path, sample_corpus):
-    """--interleave times 10 bare steps after each log window but the last. The trainer's throughput must not count
-    them (its clock leaves them out), and its own steps must see the learning rate of a plain run, also with the
-    --attribute blocks, which run the trainer's own step. (The breakdown after the run, restricted by --variants,
-    only checks that the restriction holds.)"""
+def test_the_plain_blocks_stay_out_of_the_trainers_clock_and_leave_its_run_unchanged(tmp_path, sample_corpus):
+    """The plain steps after each log window but the last must not count in the trainer's throughput (its clock
+    leaves callbacks out), and the trainer's own run must be exactly a run without them (same lr, same losses:
+    the plain step has its own model, and the RNG streams are put back after each block)."""
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
-    results, lrs = {}, {}
-    for flag in ([], ["--interleave", "--attribute", "--breakdown", "--rounds", "2", "--variants", "bare"]):
-        results[bool(flag)], records, _ = run_bench_trainer(tmp_path, config, tmp_path / f"bench{len(flag)}",
-                                                            "--steps", "25", "--bare-steps", "2", "--short-steps",
-                                                            "1", *flag)
-        lrs[bool(flag)] = [(r["step"], r["train/lr"]) for r in records if "train/lr" in r]
-    plain, interleaved = results[False], results[True]
-    assert "interleaved_bare" not in plain
-    blocks = interleaved["interleaved_bare"]
+    records = run_trainer_plainly(tmp_path, config)
+    plain_run = [(r["step"], r["train/lr"], r["train/loss"]) for r in records if "train/loss" in r]
+    plain_seconds = next(r["final/loop_seconds_measured"] for r in records if "final/loop_seconds_measured" in r)
+    result, records, _ = run_bench_trainer(tmp_path, config, tmp_path / "bench", "--steps", "25")
+    bench_run = [(r["step"], r["train/lr"], r["train/loss"]) for r in records if "train/loss" in r]
+    assert [s for s, _, _ in bench_run] == [10, 20, 25]
+    assert bench_run == plain_run  # fp32 on CPU: the same run, bit for bit
+    blocks = result["plain"]
     assert blocks["steps"] == 20 and len(blocks["blocks_tokens_per_s"]) == 2  # after steps 10 and 20, not 25
-    assert interleaved["trainer_loop_over_interleaved_bare"] > 0
-    assert lrs[True] == lrs[False] and [s for s, _ in lrs[True]] == [10, 20, 25]
-    assert set(interleaved["breakdown"]) == {"bare", "bare + staging thread"}  # --variants picks by prefix
-    assert all(len(v["rounds_tokens_per_s"]) == 2 for v in interleaved["breakdown"].values())
-    # Both measure steps 11-25; counted in, the 20 bare steps would add about their own time to the interleaved run.
-    assert interleaved["trainer_steps_measured"] == plain["trainer_steps_measured"] == 15
-    assert interleaved["trainer_loop_seconds_measured"] < plain["trainer_loop_seconds_measured"] + 0.5 * blocks["seconds"]
+    assert result["trainer_steps_measured"] == 15  # steps 11-25
+    # Counted in, the 20 plain steps would add about their own time to the trainer's measured seconds.
+    assert result["trainer_loop_seconds_measured"] < plain_seconds + 0.5 * blocks["seconds"]
+
+
+def run_trainer_plainly(tmp_path, config) -> list[dict]:
+    """pretrain_bert.py on the bench's settings (25 steps, ZeRO-2, the same intervals): its metrics records."""
+    out = tmp_path / "plain_run"
+    proc = subprocess.run([sys.executable, str(REPO / "pretrain_bert.py"), "--config", str(config),
+                           "--schedule.total_steps", "25", "--parallel.zero_stage", "2", "--output_dir", str(out),
+                           "--checkpoint.dir", str(out / "checkpoints"), "--checkpoint.resume", "none",
+                           "--checkpoint.save_interval", "12", "--checkpoint.keep_last", "1",
+                           "--logging.log_interval", "10", "--logging.eval_interval", "0"],
+                          cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, explain(proc)
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
