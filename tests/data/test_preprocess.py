@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from megabert.data import IndexedDataset, load_tokenizer
-from megabert.data.jsonl import InputError
 
 from .conftest import preprocess, write_jsonl
 
@@ -108,33 +107,6 @@ def test_every_bad_input_class_is_counted_and_the_run_continues(tmp_path, vocab_
     assert ds.document(0).tolist() == tok.encode("good line one")
     assert ds.document(1).tolist() == tok.encode("good two")
     assert 2 < ds.num_documents < 200 + 2  # the complete lines before the gzip damage are kept
-
-
-@pytest.mark.parametrize("line, reason", [("{not json", "malformed_json"), ('{"url": 1}', "missing_key"),
-                                          ('{"text": ""}', "empty_text"), (b'{"text": "\xff"}', "non_utf8")])
-def test_on_error_fail_stops_naming_file_line_and_reason(tmp_path, vocab_file, line, reason):
-    src = write_jsonl(tmp_path / "in.json", [json.dumps({"text": "fine"}), line])
-    with pytest.raises(InputError, match=rf"in\.json:2: {reason}"):
-        preprocess(["--input", str(src), "--output-prefix", str(tmp_path / "o"), *WP, "--vocab-file", vocab_file,
-                    "--on-error", "fail"])
-    assert sorted(os.listdir(tmp_path)) == ["in.json"]  # no output, not even temporaries
-
-
-def test_truncated_gzip_fails_under_on_error_fail(tmp_path, vocab_file):
-    files = _bad_input(tmp_path)
-    with pytest.raises(InputError, match="b.json.gz: truncated_gzip"):
-        preprocess(["--input", files[1], "--output-prefix", str(tmp_path / "o"), *WP, "--vocab-file", vocab_file,
-                    "--on-error", "fail"])
-    assert not list(tmp_path.glob("o_*"))
-
-
-def test_missing_input_and_tokenizer_files_are_clear_errors(tmp_path, vocab_file):
-    with pytest.raises(InputError, match="matches no file"):
-        preprocess(["--input", str(tmp_path / "*.json.gz"), "--output-prefix", str(tmp_path / "o"), *WP,
-                    "--vocab-file", vocab_file])
-    src = write_jsonl(tmp_path / "in.json", [json.dumps({"text": "x"})])
-    with pytest.raises(ValueError, match="needs a vocab file"):
-        preprocess(["--input", str(src), "--output-prefix", str(tmp_path / "o"), *WP])
 
 
 def test_merge_concatenates_shards(tmp_path, sample_texts, vocab_file):
