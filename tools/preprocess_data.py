@@ -8,21 +8,26 @@ writes data/c4_text_document.bin/.idx (one file pair per --json-keys key; "_sent
 with --split-sentences), the names Megatron's tools/preprocess_data.py gives. Flags follow Megatron's, so its
 users' commands carry over. Output is identical for any --workers (chunks are written in input order).
 
-Bad lines (malformed JSON, missing key or non-string value, empty text, invalid UTF-8) and truncated or corrupt
-gzip files are counted per reason and skipped; ``--on-error fail`` stops at the first one instead, naming the
-file and line. Outputs are written under temporary names and renamed only at the very end, so a killed or
-failed run never leaves a dataset that looks complete.
+Bad lines (malformed JSON, missing key or non-string value, empty text, invalid UTF-8, a line over
+--max-line-bytes, a text over --max-document-chars) and truncated or corrupt gzip files are counted per reason and
+skipped; ``--on-error fail`` stops at the first one instead, naming the file and line. A line is read bounded, so
+an oversize one never sits in memory whole. Outputs are written under temporary names and renamed only at the
+very end, so a killed or failed run never leaves a dataset that looks complete; worker processes die with the
+main process, however it ends (SIGKILL included).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import itertools
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from megabert.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype  # noqa: E402
-from megabert.data.jsonl import SKIP_REASONS, InputError, expand_inputs, read_lines  # noqa: E402
+from megabert.data.jsonl import (  # noqa: E402
+    MAX_DOCUMENT_CHARS, MAX_LINE_BYTES, SKIP_REASONS, InputError, expand_inputs, parse_record, read_lines)
 from megabert.data.sentences import split_sentences  # noqa: E402
 from megabert.data.tokenizer import TOKENIZER_TYPES, load_tokenizer  # noqa: E402
 
@@ -62,12 +68,13 @@ class ChunkEncoder:
         self.split = args.split_sentences
         self.eod = self.tokenizer.eod_id if args.append_eod else None
         self.dtype = np.dtype(optimal_dtype(self.tokenizer.vocab_size))
+        self.max_document_chars = args.max_document_chars
 
     def encode(self, lines: list[bytes]) -> ChunkResult:
         result = ChunkResult([], [], [])
         texts: list[list[str]] = []  # per good line, per key
         for offset, raw in enumerate(lines):
-            reason, detail, fields = self._parse(raw)
+            reason, detail, fields = parse_record(raw, self.keys, self.max_document_chars)
             if reason == "blank":
                 continue
             if reason:
@@ -118,37 +125,52 @@ class ChunkEncoder:
         result.documents = int(keep.sum())
         return result
 
-    def _parse(self, raw: bytes) -> tuple[Optional[str], str, list[str]]:
-        """(skip reason or None, detail, texts per key)."""
-        if not raw.strip():
-            return "blank", "", []
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            return "non_utf8", str(err), []
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            return "malformed_json", str(err), []
-        if not isinstance(obj, dict):
-            return "malformed_json", f"a JSON {type(obj).__name__}, not an object", []
-        fields = []
-        for key in self.keys:
-            value = obj.get(key)
-            if not isinstance(value, str):
-                what = "missing" if key not in obj else f"a {type(value).__name__}, not a string"
-                return "missing_key", f"key {key!r} is {what}", []
-            if not value.strip():
-                return "empty_text", f"key {key!r} is empty", []
-            fields.append(value)
-        return None, "", fields
-
 
 _ENCODER: Optional[ChunkEncoder] = None
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 0.25
 
-def _init_worker(args: argparse.Namespace) -> None:
+
+def _set_parent_death_signal() -> bool:
+    """Linux: ask the kernel to SIGKILL this process when its parent dies. False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exits the process as soon as it is re-parented, i.e. its parent is gone."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def bind_to_parent(parent_pid: int, use_prctl: bool = True) -> None:
+    """Makes this worker die with its parent, however the parent ends (SIGKILL, a crash, an OOM kill), instead of
+    tokenizing on for minutes with nobody to read the result. Linux: the kernel's parent-death signal, SIGKILL
+    (it fires when the thread that forked the worker ends: the main thread, or for a replacement worker the
+    pool's handler thread, both alive as long as the pool). Elsewhere, or when prctl fails: a daemon thread that
+    notices the re-parenting within PARENT_POLL_S."""
+    if use_prctl and _set_parent_death_signal():
+        if os.getppid() != parent_pid:  # the parent died before the signal was armed
+            os._exit(1)
+        return
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
+
+def _init_worker(args: argparse.Namespace, parent_pid: int) -> None:
     global _ENCODER
+    bind_to_parent(parent_pid)
+    # Ctrl-C reaches the whole process group: the main process handles it and stops the pool; a worker that
+    # raised KeyboardInterrupt too would only print a traceback. SIGTERM (how the pool stops workers) is
+    # reset from the main process's handler to its default: end now.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _ENCODER = ChunkEncoder(args)
 
 
@@ -157,12 +179,12 @@ def _encode_in_worker(lines: list[bytes]) -> ChunkResult:
     return _ENCODER.encode(lines)
 
 
-def _jobs(files: list[str], chunk_lines: int, progress, state: dict):
+def _jobs(files: list[str], chunk_lines: int, max_line_bytes: int, progress, state: dict):
     """(path, first line number, lines) chunks of every file in order; notes truncated gzips in ``state``."""
     for path in files:
         size = os.path.getsize(path)
         line_no, last = 1, 0
-        for lines, position, error in read_lines(path, chunk_lines):
+        for lines, position, error in read_lines(path, chunk_lines, max_line_bytes):
             if lines:
                 yield path, line_no, lines
             line_no += len(lines)
@@ -211,10 +233,10 @@ def run(args: argparse.Namespace) -> dict:
     writers = [IndexedDatasetWriter(p, encoder.dtype) for p in prefixes]
     pool = None
     try:
-        jobs = _jobs(files, args.chunk_lines, progress, state)
+        jobs = _jobs(files, args.chunk_lines, args.max_line_bytes, progress, state)
         if args.workers > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(args.workers, initializer=_init_worker, initargs=(args,))
+            pool = ctx.Pool(args.workers, initializer=_init_worker, initargs=(args, os.getpid()))
             results = _ordered_map(pool, jobs, window=4 * args.workers)
         else:
             results = ((path, line_no, encoder.encode(lines)) for path, line_no, lines in jobs)
@@ -272,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("input")
     g.add_argument("--input", nargs="+", required=True, help="JSON-lines files or globs, plain or gzip")
     g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract (one output per key)")
+    g.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES,
+                   help="skip (and count as oversize_line) a line longer than this, read without holding it "
+                        f"whole (default {MAX_LINE_BYTES:,}: far above any real C4 or Wikipedia line)")
+    g.add_argument("--max-document-chars", type=int, default=MAX_DOCUMENT_CHARS,
+                   help="skip (and count as oversize_document) a text longer than this before tokenizing it "
+                        f"(default {MAX_DOCUMENT_CHARS:,}, about 0.6 GB of tokenizer memory at most)")
     g.add_argument("--split-sentences", action="store_true", help="one sequence per sentence")
     g.add_argument("--keep-newlines", action="store_true", help="accepted for Megatron compatibility (no effect)")
     g = p.add_argument_group("tokenizer")
@@ -292,15 +320,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Stopped(Exception):
+    """SIGTERM arrived: unwinds like Ctrl-C (KeyboardInterrupt), so temporaries are removed and the workers
+    stopped instead of the process ending on the spot."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        build_parser().error("--workers must be >= 1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("workers", "max_line_bytes", "max_document_chars"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         summary = run(args)
     except (InputError, ValueError, OSError) as err:
         print(f"preprocess_data.py: error: {err}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Stopped) as err:
+        signum = err.signum if isinstance(err, Stopped) else signal.SIGINT
+        print(f"preprocess_data.py: stopped by {signal.Signals(signum).name}; no output written", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items())
     print(f"documents {summary['documents']:,}  tokens {summary['tokens']:,}  input {summary['input_mb']} MB  "
           f"{summary['seconds']} s ({summary['docs_per_s']:,} docs/s, {summary['mb_per_s']} MB/s)")

@@ -8,40 +8,49 @@ WordPiece writes vocab.txt ([PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4; use --
 BertWordPieceLowerCase/BertWordPieceCase --vocab-file vocab.txt). SentencePiece writes spm.model/spm.vocab with
 the same special tokens ([PAD]=0, [UNK]=1; use --tokenizer-type SentencePieceTokenizer --tokenizer-model
 spm.model). A trainer that stops short of the requested size (small corpus) is padded with [unusedN] tokens.
+
+Bad lines are skipped and counted per reason as in preprocess_data.py (malformed JSON, missing key, empty text,
+non-UTF-8, truncated gzip, a line over --max-line-bytes or a text over --max-document-chars); an input with no
+usable text is an error, not a vocabulary of special tokens only.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from megabert.data.jsonl import expand_inputs, read_lines  # noqa: E402
+from megabert.data.jsonl import (  # noqa: E402
+    MAX_DOCUMENT_CHARS, MAX_LINE_BYTES, SKIP_REASONS, InputError, expand_inputs, parse_record, read_lines)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def iter_texts(files: list[str], key: str, max_docs: int | None) -> Iterator[str]:
-    """Texts of valid lines; bad lines are skipped silently here (preprocess_data.py reports them)."""
+def iter_texts(files: list[str], key: str, max_docs: int | None, skipped: Counter,
+               max_line_bytes: int = MAX_LINE_BYTES, max_document_chars: int = MAX_DOCUMENT_CHARS) -> Iterator[str]:
+    """Texts of the usable lines; ``skipped`` counts the others per reason (preprocess_data.py's reasons)."""
     seen = 0
     for path in files:
-        for lines, _, _ in read_lines(path):
+        for lines, _, error in read_lines(path, max_line_bytes=max_line_bytes):
             for line in lines:
-                try:
-                    text = json.loads(line)[key]
-                except (ValueError, KeyError, TypeError):
+                reason, _, fields = parse_record(line, [key], max_document_chars)
+                if reason:
+                    if reason != "blank":
+                        skipped[reason] += 1
                     continue
-                if isinstance(text, str) and text.strip():
-                    yield text
-                    seen += 1
-                    if max_docs and seen >= max_docs:
-                        return
+                yield fields[0]
+                seen += 1
+                if max_docs and seen >= max_docs:
+                    return
+            if error:
+                skipped[error] += 1
 
 
 def pad_to_multiple(size: int, multiple: int = 64) -> int:
@@ -97,7 +106,7 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="JSON-lines files or globs (plain or .gz)")
     p.add_argument("--json-key", default="text", help="field holding the text (default: text)")
@@ -110,19 +119,39 @@ def main(argv: list[str] | None = None) -> None:
     case.add_argument("--cased", dest="lowercase", action="store_false", help="cased WordPiece (BertWordPieceCase)")
     p.add_argument("--spm-model-type", default="unigram", choices=["unigram", "bpe"])
     p.add_argument("--max-docs", type=int, default=None, help="train on at most this many documents")
+    p.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES,
+                   help="skip a line longer than this (as preprocess_data.py)")
+    p.add_argument("--max-document-chars", type=int, default=MAX_DOCUMENT_CHARS,
+                   help="skip a text longer than this (as preprocess_data.py)")
     p.add_argument("--output-dir", required=True)
     args = p.parse_args(argv)
     if args.vocab_size < 64:
         p.error("--vocab-size must be >= 64")
+    if args.max_line_bytes < 1 or args.max_document_chars < 1:
+        p.error("--max-line-bytes and --max-document-chars must be >= 1")
     out = Path(args.output_dir)
+    skipped: Counter = Counter()
+    try:
+        files = expand_inputs(args.input)
+        texts = iter_texts(files, args.json_key, args.max_docs, skipped, args.max_line_bytes,
+                           args.max_document_chars)
+        first = next(texts, None)
+        if first is None:
+            raise InputError(f"no usable text under key {args.json_key!r} in {len(files)} input file(s); skipped: "
+                             f"{dict(skipped) or 'none'}")
+    except InputError as err:
+        print(f"train_tokenizer.py: error: {err}", file=sys.stderr)
+        return 1
     out.mkdir(parents=True, exist_ok=True)
-    texts = iter_texts(expand_inputs(args.input), args.json_key, args.max_docs)
+    texts = itertools.chain([first], texts)
     if args.type == "wordpiece":
         path = train_wordpiece(texts, args.vocab_size, args.lowercase, out)
     else:
         path = train_sentencepiece(texts, args.vocab_size, out, args.spm_model_type)
+    print("skipped: " + ", ".join(f"{r} {skipped.get(r, 0)}" for r in SKIP_REASONS))
     print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

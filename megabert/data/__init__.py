@@ -6,6 +6,7 @@ Public entry points::
     data = build_mlm_data(data_cfg, seed, micro_batch_size, dp_rank, dp_size, train_samples)
     it = data.train_batches(consumed_samples)   # infinite, this rank's micro-batches
     vit = data.valid_batches()                   # one deterministic pass over the validation split
+    check_training_data(data_cfg, model_vocab_size)  # preflight: the data can train (raises DataCheckError)
 
 Names are imported lazily, so the preprocessing tools (numpy + tokenizers only) never pay for importing torch.
 """
@@ -17,6 +18,7 @@ import importlib
 _EXPORTS = {
     "IndexedDataset": "indexed_dataset", "IndexedDatasetWriter": "indexed_dataset", "optimal_dtype": "indexed_dataset",
     "MLMData": "loader", "build_mlm_data": "loader",
+    "DataCheckError": "check", "check_training_data": "check",
     "IGNORE_INDEX": "masking", "MaskingSpec": "masking", "mask_tokens": "masking",
     "Tokenizer": "tokenizer", "build_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
 }

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from megabert.data.cache import cache_directory, parameter_key
+from megabert.data.check import check_token_ids
 from megabert.data.indexed_dataset import IndexedDataset
 from megabert.data.masking import MaskingSpec, mask_tokens, sample_keys
 from megabert.data.samples import BlendIndex, SplitSamples, parse_data_path
@@ -137,7 +138,7 @@ class MLMData:
         prefixes, weights = parse_data_path(data_cfg.data_path)
         datasets = [IndexedDataset(p) for p in prefixes]
         for ds in datasets:
-            _check_token_range(ds, tokenizer.vocab_size)
+            check_token_ids(ds, tokenizer.vocab_size)  # another vocabulary's data, caught on a bounded sample
 
         def splits(name: str) -> list[SplitSamples]:
             return [SplitSamples(ds, data_cfg.split, name, data_cfg.sample_mode, data_cfg.seq_len, seed, i,
@@ -261,14 +262,6 @@ _LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
 def _shutdown_live_iterators() -> None:
     for iterator in list(_LIVE_ITERATORS):
         iterator._shutdown_workers()
-
-
-def _check_token_range(ds: IndexedDataset, vocab_size: int, probe: int = 1 << 20) -> None:
-    """Catches data tokenized with another vocabulary early, reading only the first ``probe`` tokens."""
-    head = ds.tokens[:probe]
-    if head.size and int(head.max()) >= vocab_size:
-        raise ValueError(f"{ds.prefix!r} holds token id {int(head.max())} >= the tokenizer's vocabulary "
-                         f"({vocab_size}); was it preprocessed with another tokenizer?")
 
 
 class _Counter(torch.utils.data.Sampler):

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from megabert.data.indexed_dataset import (IndexedDataset, IndexedDatasetError, IndexedDatasetWriter,
+from megabert.data.indexed_dataset import (HEADER_BYTES, IndexedDataset, IndexedDatasetError, IndexedDatasetWriter,
                                            optimal_dtype)
 
 
@@ -80,24 +80,6 @@ def test_ids_that_do_not_fit_the_dtype_are_rejected(tmp_path):
         w.add_document(np.array([1, 70000]))
 
 
-def test_damaged_files_give_clear_errors(tmp_path):
-    _write(tmp_path / "ds", _random_docs(np.random.default_rng(2), 5))
-    with pytest.raises(IndexedDatasetError, match="does not exist"):
-        IndexedDataset(tmp_path / "nope")
-    raw = (tmp_path / "ds.idx").read_bytes()
-    (tmp_path / "ds.idx").write_bytes(raw[:-9])
-    with pytest.raises(IndexedDatasetError, match="truncated"):
-        IndexedDataset(tmp_path / "ds")
-    (tmp_path / "ds.idx").write_bytes(b"NOTMAGIC!" + raw[9:])
-    with pytest.raises(IndexedDatasetError, match="magic"):
-        IndexedDataset(tmp_path / "ds")
-    (tmp_path / "ds.idx").write_bytes(raw)
-    bin_bytes = (tmp_path / "ds.bin").read_bytes()
-    (tmp_path / "ds.bin").write_bytes(bin_bytes[:-2])
-    with pytest.raises(IndexedDatasetError, match="truncated"):
-        IndexedDataset(tmp_path / "ds")
-
-
 def _megatron():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -135,3 +117,28 @@ def test_we_read_files_written_by_megatrons_builder(tmp_path):
     assert ours.num_documents == len(docs) and ours.dtype == np.uint16
     for j, doc in enumerate(docs):
         np.testing.assert_array_equal(ours.document(j), np.concatenate(doc))
+
+
+def test_a_worker_reopening_unchanged_files_skips_the_check_and_changed_files_are_checked_again(tmp_path,
+                                                                                               monkeypatch):
+    """DataLoader workers started with 'spawn' re-open every dataset: the body check runs once per file version."""
+    import pickle
+
+    from megabert.data import indexed_dataset
+
+    _write(tmp_path / "ds", _random_docs(np.random.default_rng(5), 20))
+    original = IndexedDataset(tmp_path / "ds")
+    blob = pickle.dumps(original)
+    calls = []
+    real_check = indexed_dataset.check_index
+    monkeypatch.setattr(indexed_dataset, "check_index", lambda *a, **k: calls.append(a) or real_check(*a, **k))
+    clone = pickle.loads(blob)
+    assert calls == []  # re-opened, not re-checked
+    np.testing.assert_array_equal(clone.tokens, original.tokens)
+    IndexedDataset(tmp_path / "ds")
+    assert len(calls) == 1  # a fresh open is checked
+    raw = bytearray((tmp_path / "ds.idx").read_bytes())
+    raw[HEADER_BYTES] ^= 0x01  # the first sequence's length
+    (tmp_path / "ds.idx").write_bytes(bytes(raw))
+    with pytest.raises(IndexedDatasetError, match="corrupt length"):
+        pickle.loads(blob)

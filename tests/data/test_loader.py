@@ -173,15 +173,8 @@ def test_validation_is_deterministic_and_uses_eval_mask_prob(tmp_path, sample_pr
     assert len({len(list(d.valid_batches())) for d in ranks}) == 1  # every rank evaluates the same count
 
 
-def test_bad_configs_fail_with_clear_messages(tmp_path, sample_prefix, vocab_file):
-    with pytest.raises(Exception, match="does not exist"):
-        build_mlm_data(_cfg([str(tmp_path / "missing_text_document")], vocab_file, tmp_path), 1, 8)
-    with pytest.raises(ValueError, match="weighted form"):
-        build_mlm_data(_cfg(["0.5", sample_prefix, "0.5"], vocab_file, tmp_path), 1, 8)
-    small = tmp_path / "small_vocab.txt"
-    small.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"t{i}" for i in range(59)]))
-    with pytest.raises(ValueError, match="another tokenizer"):
-        build_mlm_data(_cfg([sample_prefix], str(small), tmp_path), 1, 8)
+def test_a_bad_batch_layout_is_named(tmp_path, sample_prefix, vocab_file):
+    """(Bad data and data paths: tests/data/test_bad_inputs.py.)"""
     with pytest.raises(ValueError, match="dp_rank"):
         build_mlm_data(_cfg([sample_prefix], vocab_file, tmp_path), 1, 8, dp_rank=2, dp_size=2)
 

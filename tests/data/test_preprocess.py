@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from megabert.data import IndexedDataset, load_tokenizer
-from megabert.data.jsonl import InputError
 
 from .conftest import preprocess, write_jsonl
 
@@ -88,7 +87,9 @@ def _bad_input(tmp_path):
     """One file with a sample of every bad-line class, and one truncated gzip."""
     lines = [json.dumps({"text": "good line one"}), "{not json", json.dumps({"url": "no text key"}),
              json.dumps({"text": None}), json.dumps({"text": "   "}), b'{"text": "caf\xe9 latin-1"}',
-             json.dumps(["a", "list"]), json.dumps({"text": "\u0000\u0001"}), "", json.dumps({"text": "good two"})]
+             json.dumps(["a", "list"]), json.dumps({"text": "\u0000\u0001"}), "",
+             json.dumps({"text": "x", "meta": "m" * 5000}), json.dumps({"text": "long " * 600}),
+             json.dumps({"text": "good two"})]
     write_jsonl(tmp_path / "a.json", lines)
     good = gzip.compress(b"".join(json.dumps({"text": f"doc {i} " * 50}).encode() + b"\n" for i in range(200)))
     (tmp_path / "b.json.gz").write_bytes(good[: len(good) // 2])
@@ -98,41 +99,14 @@ def _bad_input(tmp_path):
 def test_every_bad_input_class_is_counted_and_the_run_continues(tmp_path, vocab_file):
     files = _bad_input(tmp_path)
     summary = preprocess(["--input", *files, "--output-prefix", str(tmp_path / "o"), *WP, "--vocab-file",
-                          vocab_file])
+                          vocab_file, "--max-line-bytes", "4096", "--max-document-chars", "2000"])
     assert summary["skipped"] == {"malformed_json": 2, "missing_key": 2, "empty_text": 2, "non_utf8": 1,
-                                  "truncated_gzip": 1}
+                                  "truncated_gzip": 1, "oversize_line": 1, "oversize_document": 1}
     ds = IndexedDataset(tmp_path / "o_text_document")
     tok = load_tokenizer("BertWordPieceLowerCase", vocab_file)
     assert ds.document(0).tolist() == tok.encode("good line one")
     assert ds.document(1).tolist() == tok.encode("good two")
     assert 2 < ds.num_documents < 200 + 2  # the complete lines before the gzip damage are kept
-
-
-@pytest.mark.parametrize("line, reason", [("{not json", "malformed_json"), ('{"url": 1}', "missing_key"),
-                                          ('{"text": ""}', "empty_text"), (b'{"text": "\xff"}', "non_utf8")])
-def test_on_error_fail_stops_naming_file_line_and_reason(tmp_path, vocab_file, line, reason):
-    src = write_jsonl(tmp_path / "in.json", [json.dumps({"text": "fine"}), line])
-    with pytest.raises(InputError, match=rf"in\.json:2: {reason}"):
-        preprocess(["--input", str(src), "--output-prefix", str(tmp_path / "o"), *WP, "--vocab-file", vocab_file,
-                    "--on-error", "fail"])
-    assert sorted(os.listdir(tmp_path)) == ["in.json"]  # no output, not even temporaries
-
-
-def test_truncated_gzip_fails_under_on_error_fail(tmp_path, vocab_file):
-    files = _bad_input(tmp_path)
-    with pytest.raises(InputError, match="b.json.gz: truncated_gzip"):
-        preprocess(["--input", files[1], "--output-prefix", str(tmp_path / "o"), *WP, "--vocab-file", vocab_file,
-                    "--on-error", "fail"])
-    assert not list(tmp_path.glob("o_*"))
-
-
-def test_missing_input_and_tokenizer_files_are_clear_errors(tmp_path, vocab_file):
-    with pytest.raises(InputError, match="matches no file"):
-        preprocess(["--input", str(tmp_path / "*.json.gz"), "--output-prefix", str(tmp_path / "o"), *WP,
-                    "--vocab-file", vocab_file])
-    src = write_jsonl(tmp_path / "in.json", [json.dumps({"text": "x"})])
-    with pytest.raises(ValueError, match="needs a vocab file"):
-        preprocess(["--input", str(src), "--output-prefix", str(tmp_path / "o"), *WP])
 
 
 def test_merge_concatenates_shards(tmp_path, sample_texts, vocab_file):
@@ -155,3 +129,177 @@ def test_sentence_splitter_keeps_abbreviations_and_numbers_together():
     text = 'Dr. Smith left at 3.30 p.m. yesterday. He said "Hello!" Then left.\nSee e.g. Fig. 3? Yes.'
     assert split_sentences(text) == ["Dr. Smith left at 3.30 p.m. yesterday.", 'He said "Hello!"', "Then left.",
                                      "See e.g. Fig. 3?", "Yes."]
+
+
+def _gzip_with_a_huge_line(path, text_bytes: int) -> None:
+    """A good line, one line of ``text_bytes`` characters of text (compresses to almost nothing), a good line."""
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(json.dumps({"text": "good one"}).encode() + b"\n")
+        f.write(b'{"text": "')
+        block = b"a" * (1 << 20)
+        for _ in range(text_bytes >> 20):
+            f.write(block)
+        f.write(b'"}\n' + json.dumps({"text": "good two"}).encode() + b"\n")
+
+
+@pytest.mark.parametrize("cap", [None, 1 << 20], ids=["default cap", "1 MiB cap"])
+def test_a_huge_line_is_skipped_and_counted_without_holding_it_in_memory(tmp_path, vocab_file, cap):
+    """A 48 MB line is counted as oversize_line; the run's peak Python memory follows the cap, not the line."""
+    import tracemalloc
+
+    from megabert.data.jsonl import MAX_LINE_BYTES
+
+    src = tmp_path / "huge.json.gz"
+    _gzip_with_a_huge_line(src, 48 << 20)
+    argv = ["--input", str(src), "--output-prefix", str(tmp_path / "o"), *WP, "--vocab-file", vocab_file]
+    argv += ["--max-line-bytes", str(cap)] if cap else []
+    tracemalloc.start()
+    try:
+        summary = preprocess(argv)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary["skipped"]["oversize_line"] == 1 and summary["documents"] == 2
+    limit = cap or MAX_LINE_BYTES  # a bounded read holds at most one piece of the cap's size (and its copy)
+    assert peak < 2 * limit + (6 << 20), f"peak {peak / 2**20:.1f} MiB for a cap of {limit / 2**20:.0f} MiB"
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_until(condition, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _start_preprocess(tmp_path, vocab_file, sample_texts):
+    """tools/preprocess_data.py with 2 workers, returned once both are tokenizing a chunk that takes them seconds
+    (~6 MB of text in two chunks: a killed parent leaves them mid-task, not waiting for one)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    src = tmp_path / "big.json"
+    line = b"".join(json.dumps({"text": t}).encode() + b"\n" for t in sample_texts[:200])
+    copies = max(2, (6 << 20) // len(line))
+    src.write_bytes(line * copies)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(src),
+                             "--output-prefix", str(tmp_path / "o"), *WP, "--vocab-file", vocab_file, "--workers",
+                             "2", "--chunk-lines", str(copies * 200 // 2), "--no-progress"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert _wait_until(lambda: len(_children(proc.pid)) == 2, 30), "the workers did not start"
+    workers = _children(proc.pid)
+    busy = 30 * os.sysconf("SC_CLK_TCK") // 100  # 0.3 s of CPU each: past start-up, inside their chunk
+    assert _wait_until(lambda: all(_cpu_ticks(w) >= busy for w in workers), 30), "the workers got no work"
+    return proc, workers
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_workers_die_with_a_preprocess_killed_by_sigkill(tmp_path, vocab_file, sample_texts):
+    import signal
+
+    proc, workers = _start_preprocess(tmp_path, vocab_file, sample_texts)
+    try:
+        proc.kill()
+        proc.wait(10)
+        assert _wait_until(lambda: not any(_alive(w) for w in workers), 2.0), "workers outlived their parent"
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_a_preprocess_with_its_workers_and_leaves_nothing(tmp_path, vocab_file, sample_texts,
+                                                                             name):
+    import signal
+
+    sig = getattr(signal, name)
+    proc, workers = _start_preprocess(tmp_path, vocab_file, sample_texts)
+    try:
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + sig and f"stopped by {name}; no output written".encode() in err, err
+        assert _wait_until(lambda: not any(_alive(w) for w in workers), 2.0), "workers outlived their parent"
+        assert not list(tmp_path.glob("o_*")), "temporaries or outputs left behind"
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.parametrize("use_prctl", [True, False], ids=["parent-death signal", "polling fallback"])
+def test_a_bound_worker_dies_within_a_second_of_its_parent(use_prctl):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from .conftest import REPO
+
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(REPO / "tools")!r})
+        import preprocess_data
+        parent = os.getpid()
+        child = os.fork()
+        if child == 0:
+            preprocess_data.bind_to_parent(parent, use_prctl={use_prctl})
+            time.sleep(60)
+            os._exit(0)
+        print(child, flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = int(proc.stdout.readline())
+    try:
+        import time
+
+        time.sleep(0.3)  # the child has armed its binding
+        assert _alive(child)
+        proc.kill()
+        proc.wait(10)
+        assert _wait_until(lambda: not _alive(child), 1.5), "the bound child outlived its parent"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
