@@ -75,3 +75,69 @@ def test_deepspeed_launcher_local_rank_argument_is_ignored():
     assert pretrain_bert.parse_args(["--local_rank=3", "--config", "c.json", "--optim.lr", "1"]) == \
         ("c.json", ["--optim.lr", "1"])
     assert pretrain_bert.parse_args(["--local-rank", "0", "--config=c.json"]) == ("c.json", [])
+
+
+def test_learned_positions_longer_than_their_table(config_file, monkeypatch):
+    message = run(config_file, monkeypatch, "--model.position_embedding", "learned", "--model.mlp_type", "gelu",
+                  "--model.max_position_embeddings", "16")
+    assert "data.seq_len (32) exceeds model.max_position_embeddings (16)" in message
+
+
+def test_evaluation_on_without_iterations(config_file, monkeypatch):
+    assert "logging.eval_iters (0) must be >= 1" in run(config_file, monkeypatch, "--logging.eval_iters", "0")
+
+
+def test_a_checkpoint_dir_that_cannot_be_written(config_file, monkeypatch, tmp_path):
+    (tmp_path / "a_file").write_text("")  # a directory cannot be made inside a file, even by root
+    message = run(config_file, monkeypatch, "--checkpoint.dir", str(tmp_path / "a_file" / "ckpt"))
+    assert "checkpoint.dir" in message and "cannot be written" in message
+
+
+def test_too_little_free_space_for_a_checkpoint(config_file, monkeypatch):
+    import collections
+
+    from megabert.train import preflight
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10, 10, 1000))
+    message = run(config_file, monkeypatch)
+    assert "GiB free, but a checkpoint of this model takes up to" in message
+
+
+def test_a_checkpoint_of_another_model_in_the_checkpoint_dir(config_file, monkeypatch, tmp_path):
+    step = tmp_path / "ckpt" / "step_0000010"
+    step.mkdir(parents=True)
+    saved = json.loads(config_file.read_text())
+    saved["model"] = {**saved["model"], "hidden_size": 64}
+    (step / "config.json").write_text(json.dumps(saved))
+    (step / "trainer_state.json").write_text(json.dumps({"step": 10, "consumed_samples": 80}))
+    message = run(config_file, monkeypatch, "--checkpoint.dir", str(tmp_path / "ckpt"))
+    assert "holds another model than this config (model.hidden_size 64 -> 32)" in message
+
+
+def _on_sample(config_file, sample_corpus, tmp_path):
+    cfg = json.loads(config_file.read_text())
+    cfg["model"]["vocab_size"] = 8192
+    cfg["data"] = {**sample_corpus, "seq_len": 32}
+    path = tmp_path / "on_sample.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_no_validation_share_while_evaluation_is_on(config_file, monkeypatch, tmp_path, sample_corpus):
+    message = run(_on_sample(config_file, sample_corpus, tmp_path), monkeypatch, "--data.split", "100,0,0")
+    assert "leaves no validation samples" in message and "logging.eval_interval 0" in message
+
+
+def test_a_damaged_index_is_named_before_anything_starts(config_file, monkeypatch, tmp_path, sample_corpus):
+    import shutil
+
+    prefix = sample_corpus["data_path"][0]
+    damaged = tmp_path / "damaged"
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(prefix + ext, str(damaged) + ext)
+    data = bytearray((tmp_path / "damaged.idx").read_bytes())
+    data[-200] ^= 0xFF  # inside the document index or the pointers, near the end
+    (tmp_path / "damaged.idx").write_bytes(bytes(data))
+    message = run(_on_sample(config_file, sample_corpus, tmp_path), monkeypatch, "--data.data_path", str(damaged))
+    assert "damaged.idx" in message
