@@ -1,6 +1,6 @@
 """Shared pieces of the GPU benchmarks: fixed-seed length distributions, batches, CUDA-event timing.
 
-Length distributions (DESIGN.md's benchmark protocol), fixed seed, lengths in [8, seq]:
+Length distributions (the benchmark protocol of docs/ARCHITECTURE.md), fixed seed, lengths in [8, seq]:
   c4-128  seq 128: 80% of samples full length, the rest log-normal (median 60, sigma 0.8)  -> ~10% padding
   c4-512  seq 512: 15% full length, the rest log-normal (median 160, sigma 1.0)            -> ~50% padding
 They mimic C4 documents truncated to seq tokens (most are longer than 128, few longer than 512).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8's multi-GPU measurements on one node, in one call: data-parallel weak scaling of megabert-base through
+# Multi-GPU measurements on one node, in one call: data-parallel weak scaling of megabert-base through
 # the trainer's DeepSpeed engine, megabert-large at TP 1/2/4 (throughput, memory, first losses), and the README's
 # one-node command for a short run. Uses every GPU that `nvidia-smi -L` lists.
 #

@@ -144,8 +144,9 @@ def engine_step_seconds(trainer: Trainer, steps: int, warmup: int = 3) -> float:
     return seconds / steps
 
 
-def _windows(output_dir: Path, skip_lines: int) -> list[dict]:
-    lines = (output_dir / "metrics.jsonl").read_text().splitlines()[skip_lines:]
+def _windows(output_dir: Path) -> list[dict]:
+    """This run's log windows (a fresh run moves an earlier run's metrics.jsonl aside)."""
+    lines = (output_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if "train/tokens_per_s" in r]
 
 
@@ -173,8 +174,6 @@ def main(argv: list[str] | None = None) -> dict:
     apply_overrides(cfg, overrides)
     cfg.validate()
     ensure_sample_data(cfg)
-    metrics_file = Path(cfg.output_dir) / "metrics.jsonl"
-    earlier_lines = len(metrics_file.read_text().splitlines()) if metrics_file.is_file() else 0
 
     trainer = Trainer(cfg)
     trainer.setup()
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = trainer.train()
 
     plain, engine = blocks.rates("plain"), blocks.rates("engine")
-    windows = [r["train/tokens_per_s"] for r in _windows(Path(cfg.output_dir), earlier_lines)]
+    windows = [r["train/tokens_per_s"] for r in _windows(Path(cfg.output_dir))]
     pairs = list(zip(windows, plain["blocks_tokens_per_s"]))[1:]  # the first window: start-up
     result = {
         "config": args.config, "steps": args.steps, "zero_stage": cfg.parallel.zero_stage,

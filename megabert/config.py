@@ -241,7 +241,7 @@ class CheckpointConfig:
     zip_crc32: bool = False
     """Compute torch.save's per-record CRC32 in checkpoint files. torch.load never checks it (a flipped byte loads
     silently either way), so it guards nothing on resume, while it costs time: on an H200 machine a base
-    checkpoint was published 2.84 s after the save with it and 2.12 s without (docs/BENCHMARKS.md, run 15).
+    checkpoint was published 2.84 s after the save with it and 2.12 s without (docs/BENCHMARKS.md).
     true keeps the files checkable with zip tools (`unzip -t`)."""
 
     def validate(self) -> None:

@@ -130,6 +130,13 @@ class CheckpointManager:
         """A save is being written in the background (wait() publishes it)."""
         return self._pending is not None
 
+    @property
+    def write_failed(self) -> bool:
+        """This rank's background write of the save in flight has failed (wait() will raise on every rank).
+        A host-side read: the trainer checks it every step."""
+        job = self._pending
+        return job is not None and (job.error is not None or job.publish_error is not None)
+
     def due(self, step: int, last_step: bool = False) -> bool:
         """Whether `step` is to be saved: every save_interval steps and at the last one, once."""
         if step == self.last_saved_step:

@@ -86,7 +86,7 @@ def build_deepspeed_config(parallel: ParallelConfig, optim: OptimConfig, global_
 def _zero_section(stage: int, on_gpu: bool) -> dict[str, Any]:
     """ZeRO settings. `overlap_comm` stays on on GPUs even for one replica: it moves the gradient bucket copies to
     a side stream; with it off, ZeRO-2's 1-GPU step on an H200 took 87.5 ms against 79-82 ms on 2-4 GPUs with it on
-    (separate launches, docs/BENCHMARKS.md run 8). It costs a device synchronisation at the end of every backward;
+    (separate launches, docs/BENCHMARKS.md). It costs a device synchronisation at the end of every backward;
     the trainer stages the next micro-batch on a thread so that little host work is left after that sync."""
     section: dict[str, Any] = {"stage": stage}
     if stage >= 1:

@@ -1,6 +1,6 @@
 """Counting what a step did (tokens, FLOPs) and writing it down (JSON lines, TensorBoard, Weights & Biases).
 
-FLOPs follow docs' benchmark protocol (shared/DESIGN.md): 6 x matmul parameters x real tokens, the MLM head
+FLOPs follow the benchmark protocol (docs/ARCHITECTURE.md): 6 x matmul parameters x real tokens, the MLM head
 counted on the tokens it runs on (masked ones with the sparse head), plus attention 12 x layers x hidden x
 sum(s_i^2), as megabert/utils/flops.py computes it for the benchmarks. It counts useful work, not the kernels' work, so padding and recomputation never raise it.
 """
@@ -61,22 +61,32 @@ def measure_peak_flops(device: torch.device, dtype: Optional[torch.dtype] = None
 
 
 class MetricsWriter:
-    """metrics.jsonl (always, appended across resumes), TensorBoard events and wandb (optional). Rank 0 only."""
+    """metrics.jsonl (always, appended across resumes), TensorBoard events and wandb (optional). Rank 0 only.
+
+    A run resumed at step N first drops the records of steps after N (written before it was stopped, and about to
+    be written again), so each step has one record; TensorBoard is told the same (purge_step). A run that starts
+    from step 0 where a metrics.jsonl already is moves that file aside (metrics.jsonl.1, .2, ...): never lost,
+    never mixed with this run's."""
 
     def __init__(self, output_dir: str | Path, tensorboard: bool = True, wandb_project: Optional[str] = None,
-                 run_config: Optional[dict] = None, enabled: bool = True):
+                 run_config: Optional[dict] = None, enabled: bool = True, resume_step: Optional[int] = None):
         self.enabled = enabled
         self._tb = self._wandb = None
         if not enabled:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        if resume_step:
+            _drop_records_after(out / "metrics.jsonl", resume_step)
+        elif resume_step == 0:
+            _move_aside(out / "metrics.jsonl")
         self._jsonl = open(out / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(out / "tensorboard"))
+                purge = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(str(out / "tensorboard"), purge_step=purge)
             except ImportError:
                 log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
         if wandb_project:
@@ -106,3 +116,33 @@ class MetricsWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Rewrites a metrics.jsonl without the records of steps after `step` (atomically: a temporary file renamed)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and _record_step(line) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def _record_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", -1)
+    except json.JSONDecodeError:
+        return float("inf")  # a torn last line (the process was killed mid-write): dropped
+
+
+def _move_aside(path: Path) -> None:
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    n = 1
+    while path.with_name(f"{path.name}.{n}").exists():
+        n += 1
+    path.rename(path.with_name(f"{path.name}.{n}"))
+    log.info("%s held the records of an earlier run: moved to %s.%d", path, path.name, n)

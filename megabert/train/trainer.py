@@ -154,7 +154,7 @@ class Trainer:
             (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
             (out / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
         self.writer = M.MetricsWriter(out, cfg.logging.tensorboard, cfg.logging.wandb_project, to_dict(cfg),
-                                      enabled=self.is_main)
+                                      enabled=self.is_main, resume_step=self.state.step)
         peak_flops = M.measure_peak_flops(self.device)
         self.telemetry = Telemetry(cfg, self.writer, self.device, self.world_size, peak_flops, self.state.step,
                                    self.is_main)
@@ -194,7 +194,7 @@ class Trainer:
         if st.step >= total:
             return self._already_finished()
         with contextlib.ExitStack() as stack:
-            stop = stack.enter_context(StopSignals())
+            stop = stack.enter_context(StopSignals(lambda: self.checkpoints.write_failed))
             batches = stack.enter_context(contextlib.closing(self.train_batches()))
             stack.callback(self.writer.close)
             stack.callback(self.telemetry.close)
@@ -264,6 +264,8 @@ class Trainer:
         self.checkpoints.wait()
 
     def _stop(self, signum: int) -> dict[str, Any]:
+        if signum == WRITE_FAILED:
+            self.checkpoints.wait()  # raises CheckpointWriteError on every rank, naming the cause
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else signum
         log.warning("signal %s received: saving a checkpoint at step %d and exiting", name, self.state.step)
         self._save_now()
@@ -306,20 +308,30 @@ class Trainer:
         barrier()
 
 
-class StopSignals:
-    """SIGTERM / SIGUSR1 handlers for the loop: a signal is remembered (`signal`), and the step all-reduces it so
-    every rank stops at the same step."""
+WRITE_FAILED = 255
+"""The stop code of a rank whose background checkpoint write failed (above every signal number)."""
 
-    def __init__(self) -> None:
-        self.signal = 0
+
+class StopSignals:
+    """Why the loop should stop, as a number the step all-reduces (max) so that every rank stops at the same step:
+    a SIGTERM / SIGUSR1 received, or WRITE_FAILED when `write_failed()` says this rank's background checkpoint
+    write failed (a full disk should stop the run now, not at the next save)."""
+
+    def __init__(self, write_failed: Callable[[], bool] = lambda: False) -> None:
+        self.received = 0
+        self._write_failed = write_failed
         self._previous: dict = {}
+
+    @property
+    def signal(self) -> int:
+        return WRITE_FAILED if self._write_failed() else self.received
 
     def __enter__(self) -> "StopSignals":
         self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         return self
 
     def _on_signal(self, signum: int, frame) -> None:
-        self.signal = signum
+        self.received = signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

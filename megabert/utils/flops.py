@@ -1,4 +1,4 @@
-"""Useful model FLOPs and MFU, one formula for every system compared (docs/BENCHMARKS.md, DESIGN.md).
+"""Useful model FLOPs and MFU, one formula for every system compared (docs/ARCHITECTURE.md's benchmark protocol).
 
 Useful FLOPs of one training step (forward + backward = 3 x forward, 2 FLOPs per multiply-add):
     6 x encoder matmul parameters x real (non-pad) tokens
