@@ -256,6 +256,7 @@ def time_block(setup: Setup, runner: Runner, batches: list[list], first: int, st
 
 def profile_steps(setup: Setup, runner: Runner, batches: list[list], first: int, steps: int) -> dict[str, float]:
     """Kernel launches, device synchronisations and device time per step from torch.profiler (CPU: ops only)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setup.cuda else [])
@@ -266,7 +267,7 @@ def profile_steps(setup: Setup, runner: Runner, batches: list[list], first: int,
         _sync(setup)
     table = prof.key_averages()
     count = lambda names: sum(e.count for e in table if e.key in names)
-    device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in table)
+    device_us = sum(e.self_device_time_total for e in table if e.device_type == DeviceType.CUDA)  # kernels once
     ops = sum(e.count for e in table if e.key.startswith("aten::"))
     syncs = max(0, count(SYNC_CALLS) - (1 if setup.cuda else 0))  # less the drain at the end of the trace
     return {"launches_per_step": count(LAUNCH_CALLS) / steps, "syncs_per_step": syncs / steps,
@@ -297,7 +298,7 @@ def max_relative_difference(a: list[float], b: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     env = discover_env()
-    device_choice = "cpu" if args.tiny or args.device == "cpu" else args.device
+    device_choice = "cpu" if args.tiny and args.device == "auto" else args.device
     if device_choice == "cpu" or not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
     device = init_distributed(env, "auto", device_choice)
@@ -331,12 +332,12 @@ def run(args: argparse.Namespace) -> dict:
         for runner in order:
             blocks[runner.variant.name].append(time_block(setup, runner, batches, args.warmup + r * args.steps,
                                                           args.steps))
+    losses = {runner.variant.name: runner.losses() for runner in runners}  # the warm-up and timed steps
     profiles = {}
     if args.profile:
         for runner in runners:
             profiles[runner.variant.name] = profile_steps(setup, runner, batches, args.warmup, args.profile)
 
-    losses = {runner.variant.name: runner.losses() for runner in runners}
     result = report(args, setup, variants, runners, blocks, tokens, persistent, profiles, losses)
     for runner in runners:
         runner.close()
@@ -424,7 +425,8 @@ f"{r.get('device_ms_per_step', 0):.1f} |")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/base.json", help="model sizes, optimizer and seed from this config")
-    p.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU (gloo): a smoke run")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer model, on the CPU (gloo) unless --device cuda: a "
+                   "smoke run")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--zero-stages", type=int, nargs="+", default=[1, 2], choices=[0, 1, 2, 3])
     p.add_argument("--variants", nargs="+", metavar="PREFIX", help="time only these variants (name prefixes; the "

@@ -1,5 +1,6 @@
-"""benchmarks/engine_overhead.py: which variants it times, and CPU runs (gloo, 1 and 2 processes, a tiny model) in
-which every engine variant trains exactly like today's engine and the loss check can fail."""
+"""benchmarks/engine_overhead.py: which variants it times; CPU runs (gloo, 1 and 2 processes, a tiny model) in which
+every engine variant trains exactly like today's engine and the loss check can fail; on a GPU, the device syncs per
+step that the switches remove (docs/ENGINE.md's count)."""
 
 import json
 import subprocess
@@ -53,6 +54,7 @@ def test_relative_difference_is_the_largest_over_the_steps():
 
 
 def _run(tmp_path, nproc: int, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The benchmark on the tiny model (the CPU unless args say --device cuda), 1 step x 2 rounds."""
     out = tmp_path / f"engine_overhead_{nproc}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
            str(_free_port()), "-m", "benchmarks.engine_overhead", "--tiny", "--steps", "1", "--rounds", "2",
@@ -92,3 +94,19 @@ def test_two_cpu_processes_time_the_plain_step_under_ddp_and_the_engines(tmp_pat
     assert proc.returncode == 0, explain(proc)
     assert result["loss_check_passed"] and result["global_batch_size"] == 4 * 4 * 2
     _check_variants(result, 2)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_switches_remove_the_device_syncs_of_each_step(tmp_path):
+    proc, result = _run(tmp_path, 1, "--device", "cuda", "--warmup", "3", "--profile", "2", "--variants",
+                        "zero1 today", "zero1 neutral", "zero2 today", "zero2 neutral")
+    assert proc.returncode == 0, explain(proc)
+    syncs = {r["variant"]: r["syncs_per_step"] for r in result["variants"]}
+    assert syncs["plain"] == 0, syncs  # the trainer's protocol: nothing waits for the device
+    for stage in (1, 2):
+        # today: the throughput timer (2 per micro-batch), overlap_comm's epilogue, 3 in the step
+        assert syncs[f"zero{stage} today"] >= 2 * 4 + 3, syncs
+        assert syncs[f"zero{stage} neutral"] <= 3, syncs  # the step's scan, norm check and clip check remain
+        assert syncs[f"zero{stage} neutral + bf16_no_overflow_scan"] <= 1, syncs  # the clip check remains
+    for r in result["variants"]:
+        assert r.get("loss_vs_today", 0.0) < 1e-2, r["variant"]  # the same arithmetic, up to GPU nondeterminism
