@@ -11,6 +11,8 @@ which is upcast. The result loads with megabert.model.pretrained (fine-tuning, i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -39,12 +41,26 @@ def consolidated_state_dict(checkpoint: Path, zero_stage: int) -> dict[str, torc
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:
-        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=ENGINE_TAG)
+        with _quiet():  # zero_to_fp32 prints five lines and a progress bar per export
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=ENGINE_TAG)
     except ValueError as e:  # e.g. DeepSpeed's BF16_Optimizer partitions (bf16 + ZeRO-1 + fp32 accumulation)
         if zero_stage == 3:
             raise
         log.warning("zero_to_fp32 cannot read %s (%s); exporting the saved module weights instead", checkpoint, e)
         return module_state_dict(checkpoint)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """stdout and stderr captured (tqdm bars included); logged at debug level afterwards."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        text = (out.getvalue() + err.getvalue()).strip()
+        if text:
+            log.debug("zero_to_fp32: %s", text)
 
 
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from megabert.config import ConfigError, OptimConfig, ParallelConfig
+from megabert.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 # Top-level keys of DeepSpeed's config (deepspeed.ai/docs/config-json and deepspeed/runtime/config.py, 0.14-0.19).
 KNOWN_DEEPSPEED_KEYS = frozenset({
@@ -260,8 +265,35 @@ def initialize(model, optimizer, lr_scheduler, ds_config: dict[str, Any], mpu: O
     Returns the engine; engine.optimizer wraps `optimizer`, engine.lr_scheduler is `lr_scheduler`.
     """
     import deepspeed
+    from deepspeed.utils import logger as deepspeed_logger
 
+    _announce_first_compile()
+    deepspeed_logger.addFilter(_known_warnings)
     deepspeed.init_distributed(auto_mpi_discovery=False)  # adopts the torch.distributed group already running
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                            config=ds_config, mpu=mpu, dist_init_required=False)
     return engine
+
+
+def _known_warnings(record: logging.LogRecord) -> bool:
+    """Drops DeepSpeed's warning about an "untested" optimizer: megabert's DecoupledAdamW is torch's Adam with an
+    elementwise decay before it, which every ZeRO stage partitions like Adam (zero_allow_untested_optimizer)."""
+    return "untested optimizer" not in record.getMessage()
+
+
+def _announce_first_compile() -> None:
+    """DeepSpeed JIT-compiles its shared-memory communication op (CPU runs) the first time it starts on a machine,
+    for about a minute without a word: say so before it starts, and where the result is cached."""
+    try:
+        from deepspeed.accelerator import get_accelerator
+        from torch.utils.cpp_extension import _get_build_directory
+
+        builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+        if builder is None:
+            return
+        directory = Path(_get_build_directory(builder.name, verbose=False))
+        if not list(directory.glob("*.so")):
+            log.info("DeepSpeed compiles its %s op for this machine once (about a minute; cached in %s, or "
+                     "TORCH_EXTENSIONS_DIR)", builder.name, directory)
+    except Exception:  # noqa: BLE001 -- only a notice: never stop a run over it
+        return
