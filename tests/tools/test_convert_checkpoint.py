@@ -114,7 +114,9 @@ def test_mosaic_export_uses_the_published_key_layout_and_round_trips(tmp_path, v
     for field in ("alibi_starting_size", "attention_probs_dropout_prob", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size", "vocab_size", "hidden_act", "layer_norm_eps"):
         assert field in config
-    assert config["architectures"] == ["BertForMaskedLM"] and config["attention_probs_dropout_prob"] == 0.0
+    # The self-contained export names its own classes (model_type "megabert"), never transformers' BERT.
+    assert config["architectures"] == ["MegaBertForMaskedLM"] and config["attention_probs_dropout_prob"] == 0.0
+    assert config["model_type"] == "megabert"
 
     assert convert.main(["from-mosaic", str(tmp_path / "mosaic"), str(tmp_path / "back")]) == 0
     ids, mask, types = batch(config["vocab_size"])
@@ -193,7 +195,7 @@ def test_classifier_round_trip_through_mosaic_layout(tmp_path, vocab_file):
     attach_tokenizer(tmp_path / "cls", "BertWordPieceLowerCase", vocab_file=str(vocab_file))
     assert convert.main(["to-hf", str(tmp_path / "cls"), str(tmp_path / "out")]) == 0
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["architectures"] == ["BertForSequenceClassification"] and config["id2label"]["2"] == "c"
+    assert config["architectures"] == ["MegaBertForSequenceClassification"] and config["id2label"]["2"] == "c"
     assert convert.main(["from-mosaic", str(tmp_path / "out"), str(tmp_path / "back")]) == 0
     back = MosaicBertForSequenceClassification(cfg, 3).eval()
     back.load_state_dict(load_state_dict(tmp_path / "back"))
