@@ -11,13 +11,13 @@ Which layout the export gets follows the model's switches:
     AutoModelForMaskedLM, AutoModelForSequenceClassification and AutoModelForTokenClassification; load with
     trust_remote_code=True. The weights use the published MosaicBERT names.
 A fine-tuned classifier (tools/run_glue.py) exports with its pooler and classifier, its labels as id2label.
-Tokenizer files come along (megabert.hf.tokenizer_files). Every file is written atomically, mode 0644.
+Tokenizer files come along (megabert.hf.tokenizer_files). Every file is written atomically with mode 0644
+(directories the export creates: 0755), so the directory can be handed to others as it is.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,8 +30,8 @@ from megabert.hf.sentence_model import FILES as SENTENCE_FILES
 from megabert.hf.sentence_model import POOLING_DIR, write_json, write_sentence_transformers_files
 from megabert.hf.tokenizer_files import export_tokenizer
 from megabert.model import hf_mapping, mosaic_mapping
-from megabert.model.pretrained import (ModelDirError, load_state_dict, read_config_json, save_safetensors,
-                                       write_atomically)
+from megabert.model.pretrained import (ModelDirError, copy_atomically, load_state_dict, make_shared_dir,
+                                       read_config_json, save_safetensors, write_atomically)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def export_model_dir(source: str | Path, output: str | Path, *, sentence_transfo
                          f"({cfg.max_position_embeddings} positions)")
     extra = classification_extra(config, state) if head == "classifier" else {}
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_shared_dir(out)
     tokenizer = export_tokenizer(source, out, max_length)
     provenance = mapping.provenance(cfg, config, tokenizer)
     if plain:
@@ -88,7 +88,7 @@ def export_model_dir(source: str | Path, output: str | Path, *, sentence_transfo
         hf_state = mapping.megabert_to_export(state, cfg)
         hf_config = {**mapping.export_config(cfg, head, alibi_starting_size, extra), **provenance}
         for name in mapping.CODE_FILES:
-            write_atomically(out / name, lambda tmp, name=name: shutil.copyfile(CODE_DIR / name, tmp))
+            copy_atomically(CODE_DIR / name, out / name)
     save_safetensors(hf_state, out / SAFETENSORS_NAME)
     if pytorch_bin:
         tensors = {k: v.detach().cpu().contiguous() for k, v in hf_state.items()}

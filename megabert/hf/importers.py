@@ -1,7 +1,8 @@
 """Hugging Face and MosaicBERT checkpoints -> megabert model dirs (what fine-tuning, export and training read).
 
-    import_hf(dir, out)       transformers' BertForMaskedLM / BertModel (plain BERT switches), or a megabert
-                              export (model_type "megabert": any switches, MLM or sequence classifier)
+    import_hf(dir, out)       transformers' BertForMaskedLM / BertForSequenceClassification / BertModel (plain BERT
+                              switches), or a megabert export (model_type "megabert": any switches, MLM or
+                              sequence classifier)
     import_mosaic(dir, out)   the published MosaicBERT layout (mosaicml/mosaic-bert-base*, composer's 'model.'
                               prefix included), or a megabert export
 
@@ -24,7 +25,7 @@ from megabert.hf import mapping
 from megabert.hf.tokenizer_files import import_tokenizer
 from megabert.model import mosaic_mapping
 from megabert.model.bert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
-from megabert.model.hf_mapping import hf_bert_to_megabert
+from megabert.model.hf_mapping import hf_bert_classifier_to_megabert, hf_bert_to_megabert
 from megabert.model.pretrained import save_pretrained
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def _fresh_mlm_head(cfg: ModelConfig) -> dict:
 
 
 def import_hf(source: str | Path, output: str | Path, **tokenizer_args) -> Path:
-    """transformers BertForMaskedLM (or BertModel) dir, or a megabert export -> megabert model dir.
+    """transformers BertForMaskedLM, BertForSequenceClassification or BertModel dir, or a megabert export ->
+    megabert model dir.
     tokenizer_args: vocab_file, tokenizer_json, cased (megabert.hf.tokenizer_files.import_tokenizer)."""
     source, out = Path(source), Path(output)
     config = read_json(source / "config.json")
@@ -134,7 +136,13 @@ def import_hf(source: str | Path, output: str | Path, **tokenizer_args) -> Path:
         hidden_dropout=config.get("hidden_dropout_prob", 0.1),
         attention_dropout=config.get("attention_probs_dropout_prob", 0.1),
         layer_norm_eps=config.get("layer_norm_eps", 1e-12), initializer_range=config.get("initializer_range", 0.02),
-        pad_token_id=config.get("pad_token_id") or 0, position_embedding="learned", mlp_type="gelu")
+        pad_token_id=config.get("pad_token_id") or 0, position_embedding="learned", mlp_type="gelu",
+        **mapping.recorded_switches(config))
+    if "classifier.weight" in state and "bert.pooler.dense.weight" in state:  # BertForSequenceClassification
+        num_labels = state["classifier.weight"].shape[0]
+        return _save(MosaicBertForSequenceClassification(cfg, num_labels), hf_bert_classifier_to_megabert(state, cfg),
+                     cfg, out, source, "huggingface-bert", tokenizer_args,
+                     {"task": _task_from_config(config, num_labels)})
     if "cls.predictions.transform.dense.weight" not in state:
         log.warning("%s has no MLM head (a BertModel checkpoint): a fresh head is initialised", source)
         state.update(_fresh_mlm_head(cfg))

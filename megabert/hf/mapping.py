@@ -31,6 +31,9 @@ PROVENANCE = "megabert"
 """config.json entry: {"model": the ModelConfig, "tokenizer": the export's tokenizer files, "task": ...}."""
 POSITION_TYPES = {"alibi": "alibi", "learned": "absolute"}  # ModelConfig.position_embedding -> export name
 
+SWITCHES_WITHOUT_WEIGHTS = ("unpad", "low_precision_layernorm", "sparse_mlm_head", "attention_backend")
+"""ModelConfig fields no exported weight or config field records; the "megabert" entry keeps them."""
+
 DECODER_WEIGHT = mosaic_mapping.DECODER_WEIGHT
 POOLER_WEIGHT = "bert.pooler.dense.weight"
 
@@ -156,6 +159,12 @@ def export_config(cfg: ModelConfig, head: str, alibi_starting_size: int, extra: 
     }
 
 
+def recorded_switches(config: dict) -> dict:
+    """The SWITCHES_WITHOUT_WEIGHTS an export recorded in its "megabert" entry (none for other checkpoints)."""
+    recorded = (config.get(PROVENANCE) or {}).get("model") or {}
+    return {k: recorded[k] for k in SWITCHES_WITHOUT_WEIGHTS if k in recorded}
+
+
 def config_from_export(config: dict, where: str = "config.json") -> ModelConfig:
     """ModelConfig from an export's config.json: the architecture from MegaBertConfig's fields (they win: a user may
     have resized the vocabulary in transformers), the compute-only switches from the "megabert" entry if any."""
@@ -167,7 +176,7 @@ def config_from_export(config: dict, where: str = "config.json") -> ModelConfig:
     if config.get("position_embedding_type", "alibi") not in positions:
         raise ExportLayoutError(f"{where}: position_embedding_type {config['position_embedding_type']!r} is not "
                                 f"one of {sorted(positions)}")
-    base = dict((config.get(PROVENANCE) or {}).get("model") or {})
+    base = recorded_switches(config)
     base.update(
         vocab_size=config["vocab_size"], hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"],
         num_heads=config["num_attention_heads"], intermediate_size=config["intermediate_size"],

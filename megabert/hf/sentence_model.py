@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from megabert.model.pretrained import write_text_atomically
+from megabert.model.pretrained import make_shared_dir, write_text_atomically
 
 POOLING_MODES = ("mean", "cls")
 POOLING_DIR = "1_Pooling"
@@ -37,7 +37,7 @@ def write_sentence_transformers_files(out: Path, hidden_size: int, pooling: str,
         "pooling_mode_lasttoken": False,
         "include_prompt": True,
     }
-    (out / POOLING_DIR).mkdir(exist_ok=True)
+    make_shared_dir(out / POOLING_DIR)
     write_json(out / "modules.json", modules)
     write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
     write_json(out / "config_sentence_transformers.json",

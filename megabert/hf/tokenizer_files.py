@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Optional
 
-from megabert.model.pretrained import WORDPIECE_TYPES, attach_tokenizer, write_text_atomically
+from megabert.model.pretrained import WORDPIECE_TYPES, attach_tokenizer, copy_atomically, write_text_atomically
 from megabert.tasks.tokenizer import resolve_tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def export_tokenizer(model_dir: Path, out: Path, max_length: int) -> Optional[di
         from tokenizers import BertWordPieceTokenizer
 
         lowercase = WORDPIECE_TYPES[kind]
-        shutil.copyfile(entry["vocab_file"], out / "vocab.txt")
+        copy_atomically(entry["vocab_file"], out / "vocab.txt")
         backend = BertWordPieceTokenizer(str(out / "vocab.txt"), lowercase=lowercase)._tokenizer
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase}
         recorded = {"tokenizer_type": kind, "vocab_file": "vocab.txt"}
@@ -60,7 +59,7 @@ def export_tokenizer(model_dir: Path, out: Path, max_length: int) -> Optional[di
         recorded = {"tokenizer_type": kind, "tokenizer_model": "tokenizer.json"}
     else:
         backend = sentencepiece_backend(entry["tokenizer_model"], tokenizer)
-        shutil.copyfile(entry["tokenizer_model"], out / SENTENCEPIECE_FILE)
+        copy_atomically(entry["tokenizer_model"], out / SENTENCEPIECE_FILE)
         config = {"tokenizer_class": "PreTrainedTokenizerFast"}
         recorded = {"tokenizer_type": kind, "tokenizer_model": SENTENCEPIECE_FILE}
     backend.post_processor = bert_framing(tokenizer)

@@ -47,10 +47,10 @@ def _check_plain_bert(cfg: ModelConfig) -> None:
                          "model.mlp_type='gelu'")
 
 
-def hf_bert_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """HF BertForMaskedLM state dict -> MosaicBertForMaskedLM state dict."""
+def hf_bert_encoder_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The encoder (bert.*) of an HF BERT state dict -> megabert names; q, k, v fused into qkv."""
     _check_plain_bert(cfg)
-    out = {ours: hf_state[theirs] for ours, theirs in {**_EMBEDDINGS, **_MLM_HEAD}.items()}
+    out = {ours: hf_state[theirs] for ours, theirs in _EMBEDDINGS.items()}
     for i in range(cfg.num_layers):
         ours, theirs = f"bert.encoder.layers.{i}.", f"bert.encoder.layer.{i}."
         for kind in ("weight", "bias"):
@@ -58,6 +58,20 @@ def hf_bert_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> 
                 [hf_state[theirs + f"attention.self.{name}.{kind}"] for name in ("query", "key", "value")])
             for o, t in _LAYER.items():
                 out[ours + o.format(kind)] = hf_state[theirs + t.format(kind)]
+    return out
+
+
+def hf_bert_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF BertForMaskedLM state dict -> MosaicBertForMaskedLM state dict."""
+    out = hf_bert_encoder_to_megabert(hf_state, cfg)
+    out.update({ours: hf_state[theirs] for ours, theirs in _MLM_HEAD.items()})
+    return out
+
+
+def hf_bert_classifier_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF BertForSequenceClassification state dict -> MosaicBertForSequenceClassification state dict."""
+    out = hf_bert_encoder_to_megabert(hf_state, cfg)
+    out.update({ours: hf_state[theirs] for ours, theirs in _CLASSIFIER_HEAD.items()})
     return out
 
 

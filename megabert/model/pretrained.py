@@ -33,6 +33,7 @@ WEIGHTS_NAME = "model.safetensors"
 TRAINER_STATE_NAME = "trainer_state.json"
 """What marks a training checkpoint (step_N/), which is not a model directory."""
 FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 M = TypeVar("M", bound=nn.Module)
 log = logging.getLogger(__name__)
@@ -59,6 +60,20 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def copy_atomically(source: str | Path, path: Path) -> Path:
+    return write_atomically(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def make_shared_dir(path: Path) -> Path:
+    """mkdir -p; the directories it creates get mode 0755, so files meant for others can be reached."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, DIR_MODE)
     return path
 
 

@@ -36,17 +36,27 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
 
 def model_dir(directory: Path, vocab_file: Path, head: str = "mlm", seed: int = 0,
               **overrides) -> tuple[Path, ModelConfig]:
-    """A megabert model dir ('mlm', or 'classifier' with LABELS as its task) with the vocab attached."""
+    """A megabert model dir with the vocab attached: 'mlm' as pretraining exports it, or a fine-tuned
+    'classifier' (LABELS) / 'regressor' as tools/run_glue.py saves it (megabert.tasks.finetune.save_finetuned)."""
     cfg = tiny_config(vocab_size(vocab_file), **overrides)
     torch.manual_seed(seed)
     if head == "mlm":
-        model, extra = MosaicBertForMaskedLM(cfg), {"data": {"seq_len": PRETRAINING_SEQ_LEN}}
-    else:
-        model = MosaicBertForSequenceClassification(cfg, len(LABELS))
-        extra = {"task": {"name": "mnli", "labels": LABELS, "regression": False}}
-    randomise(model, seed + 1)
-    save_pretrained(model, directory, cfg, extra=extra)
-    attach_tokenizer(directory, "BertWordPieceLowerCase", vocab_file=str(vocab_file))
+        model = MosaicBertForMaskedLM(cfg)
+        randomise(model, seed + 1)
+        save_pretrained(model, directory, cfg, extra={"data": {"seq_len": PRETRAINING_SEQ_LEN}})
+        attach_tokenizer(directory, "BertWordPieceLowerCase", vocab_file=str(vocab_file))
+        return directory, cfg
+    from megabert.tasks.finetune import save_finetuned
+    from megabert.tasks.task import TaskSpec
+
+    pretrained, _ = model_dir(directory.with_name(directory.name + "_pretrained"), vocab_file, "mlm", seed,
+                              **overrides)
+    regression = head == "regressor"
+    spec = TaskSpec(name="stsb" if regression else "mnli", train_file="train.tsv", labels=None if regression else LABELS,
+                    regression=regression)
+    model = MosaicBertForSequenceClassification(cfg, 1 if regression else len(LABELS))
+    randomise(model, seed + 2)
+    save_finetuned(model, cfg, directory, str(pretrained), spec)
     return directory, cfg
 
 

@@ -204,12 +204,50 @@ def test_classifier_round_trip_through_mosaic_layout(tmp_path, vocab_file):
         torch.testing.assert_close(back(ids, mask, types).logits, model(ids, mask, types).logits, rtol=0, atol=0)
 
 
-def test_mixed_switches_are_refused_with_a_reason(tmp_path, vocab_file, capsys):
+def test_mixed_switches_export_self_contained_but_not_to_the_published_layout(tmp_path, vocab_file):
+    """ALiBi with a GELU MLP has no published layout; the self-contained export names its extra tensors and
+    round-trips exactly (its logits in transformers: tests/hf/test_modeling.py)."""
     src = make_model_dir(tmp_path / "src", vocab_file, position_embedding="alibi", mlp_type="gelu")
-    assert convert.main(["to-hf", str(src), str(tmp_path / "out")]) == 2
-    assert "mixes switches" in capsys.readouterr().err
+    assert convert.main(["to-hf", str(src), str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["model_type"], config["position_embedding_type"], config["mlp_type"]) == ("megabert", "alibi",
+                                                                                              "gelu")
+    assert convert.main(["from-hf", str(tmp_path / "out"), str(tmp_path / "back")]) == 0
+    ids, mask, types = batch(config["vocab_size"])
+    torch.testing.assert_close(megabert_logits(tmp_path / "back", ids, mask, types),
+                               megabert_logits(src, ids, mask, types), rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs model.position_embedding='alibi'"):
         mosaic_mapping.megabert_to_mosaic(load_state_dict(src), load_model_config(src))
+
+
+def test_to_hf_says_how_to_export_a_training_checkpoint_first(tmp_path, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    step = checkpoints / "step_0000300"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text(json.dumps({"step": 300}))
+    (step / "config.json").write_text(json.dumps({"model": {}, "data": {}}))  # a run's TrainConfig
+    assert convert.main(["to-hf", str(step), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is a training checkpoint" in err and f"-m megabert." in err and f"export {step} OUT" in err
+    assert convert.main(["to-hf", str(checkpoints), str(tmp_path / "out")]) == 2
+    assert "directory of training checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "config.json not found"),
+    ("{not json", "is not valid JSON"),
+    (json.dumps({"data": {"seq_len": 128}}), "has no 'model' section"),
+    (json.dumps({"model_type": "bert", "hidden_size": 32}), "is a Hugging Face config"),
+])
+def test_to_hf_names_the_problem_with_a_wrong_or_missing_config(tmp_path, capsys, content, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    if content is not None:
+        (src / "config.json").write_text(content)
+    assert convert.main(["to-hf", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "error: 'model'" not in err
 
 
 def test_plain_bert_classifier_exports_to_transformers_sequence_classification(tmp_path, vocab_file):
