@@ -11,7 +11,8 @@ What it computes, as megabert does:
     attention with ALiBi, add & norm, GeGLU or GELU MLP, add & norm) -> padded back to [B, S, H] (zeros on padding).
 Attention runs on the unpadded tokens through flash-attn's varlen kernel with alibi_slopes when flash_attn imports
 and the tensors are fp16/bf16 on CUDA; otherwise through PyTorch's scaled_dot_product_attention with an additive
-ALiBi + padding bias, the batch re-padded to its longest sequence. Linear layers and heads never see padding. ALiBi
+ALiBi + padding bias, the batch re-padded to its longest sequence. attn_implementation "sdpa" and "eager" leave that
+choice as it is; "flash_attention_2" requires flash-attn. Linear layers and heads never see padding. ALiBi
 has no position table, so inputs longer than the pretraining length work (the bias extrapolates).
 Weight names are those of the published MosaicBERT checkpoints (bert.encoder.layer.N.attention.self.Wqkv, ...).
 """
@@ -166,15 +167,26 @@ class MegaBertSelfAttention(nn.Module):
 
     def __init__(self, config: MegaBertConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
+    def _flash(self, qkv: torch.Tensor) -> bool:
+        """flash-attn whenever it can run; attn_implementation="flash_attention_2" makes that a requirement."""
+        runs = _flash_attn_runs(qkv, self.head_dim)
+        if not runs and getattr(self.config, "_attn_implementation", None) == "flash_attention_2":
+            raise ValueError(f"attn_implementation='flash_attention_2' needs the flash_attn package and fp16/bf16 "
+                             f"tensors on a CUDA device (got {qkv.dtype} on {qkv.device.type}, flash_attn "
+                             f"{'imported' if flash_attn_varlen_qkvpacked_func else 'not importable'}); leave "
+                             f"attn_implementation unset to run PyTorch's attention where flash-attn cannot")
+        return runs
+
     def forward(self, hidden: torch.Tensor, layout: TokenLayout, slopes: Optional[torch.Tensor]) -> torch.Tensor:
         qkv = self.Wqkv(hidden).view(-1, 3, self.num_heads, self.head_dim)  # [T, 3, heads, head_dim]
         dropout_p = self.dropout_p if self.training else 0.0
-        if _flash_attn_runs(qkv, self.head_dim):
+        if self._flash(qkv):
             context = flash_attn_varlen_qkvpacked_func(qkv, layout.cu_seqlens, layout.max_seqlen, dropout_p,
                                                        causal=False, alibi_slopes=slopes)  # [T, heads, head_dim]
         else:
@@ -282,6 +294,11 @@ class MegaBertPreTrainedModel(PreTrainedModel):
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MegaBertEmbeddings", "MegaBertLayer"]
+    # The attention is this file's own (flash-attn when it can run, else SDPA with the ALiBi bias), whatever
+    # attn_implementation says; the flags let transformers accept the usual values ("flash_attention_2": required).
+    _supports_sdpa = True
+    _supports_flash_attn = True  # transformers 5
+    _supports_flash_attn_2 = True  # transformers 4
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation, as megabert's: N(0, initializer_range) weights, zero biases, unit LayerNorm."""

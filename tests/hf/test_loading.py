@@ -80,3 +80,20 @@ def test_a_new_head_is_the_only_thing_initialised(exports):
 def test_decoder_stays_tied_to_the_word_embeddings(exports):
     model = auto("AutoModelForMaskedLM").from_pretrained(exports[0], trust_remote_code=True)
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+def test_attn_implementation_values_are_accepted_and_leave_the_outputs_unchanged(exports):
+    """The model picks its attention itself; "sdpa" and "eager" load and compute the same, and asking for
+    flash-attn where it cannot run (here: CPU, fp32) fails with the reason instead of silently using SDPA."""
+    ids = torch.randint(5, 200, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    outputs = []
+    for impl in ("sdpa", "eager"):
+        model = auto("AutoModel").from_pretrained(exports[0], trust_remote_code=True, attn_implementation=impl)
+        with torch.no_grad():
+            outputs.append(model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state)
+    assert torch.equal(outputs[0], outputs[1])
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="flash_attention_2' needs the flash_attn package"):
+        model(input_ids=ids, attention_mask=mask)
