@@ -17,6 +17,7 @@ Tokenizer files come along (megabert.hf.tokenizer_files). Every file is written 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ def export_model_dir(source: str | Path, output: str | Path, *, sentence_transfo
     pytorch_bin: also write pytorch_model.bin (the published MosaicBERT checkpoints' file name)."""
     source, out = Path(source), Path(output)
     config = read_config_json(source)
+    check_output_dir(source, out)
     cfg = from_dict(ModelConfig, config["model"], "model.")
     state = load_state_dict(source)
     head = mapping.detect_head(state)
@@ -98,6 +100,21 @@ def export_model_dir(source: str | Path, output: str | Path, *, sentence_transfo
         write_sentence_transformers_files(out, cfg.hidden_size, pooling, max_length)
     _remove_stale(out, plain=plain, pytorch_bin=pytorch_bin, sentence_transformers=sentence_transformers)
     return ExportResult(out, "bert" if plain else "megabert", architecture, len(hf_state))
+
+
+def check_output_dir(source: Path, out: Path) -> None:
+    """Refuses an output that would overwrite a model: the source itself, or another megabert model dir."""
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"the output {out} is the source model dir: export into another directory")
+    existing = out / "config.json"
+    if existing.is_file():
+        try:
+            content = json.loads(existing.read_text())
+        except json.JSONDecodeError:
+            content = None
+        if isinstance(content, dict) and isinstance(content.get("model"), dict) and "model_type" not in content:
+            raise ValueError(f"{out} holds a megabert model dir, which the export would overwrite: choose another "
+                             f"output directory")
 
 
 def classification_extra(config: dict, state: dict) -> dict:

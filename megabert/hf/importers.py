@@ -79,6 +79,11 @@ def pad_vocab(state: dict[str, torch.Tensor], vocab_size: int, keys: dict[str, s
     return state, padded
 
 
+def check_output_dir(source: Path, out: Path) -> None:
+    if out.exists() and out.resolve() == source.resolve():
+        raise ConversionError(f"the output {out} is the source checkpoint: write the megabert model dir elsewhere")
+
+
 def is_megabert_export(config: dict) -> bool:
     return config.get("model_type") == mapping.MODEL_TYPE
 
@@ -114,6 +119,7 @@ def import_hf(source: str | Path, output: str | Path, **tokenizer_args) -> Path:
     megabert model dir.
     tokenizer_args: vocab_file, tokenizer_json, cased (megabert.hf.tokenizer_files.import_tokenizer)."""
     source, out = Path(source), Path(output)
+    check_output_dir(source, out)
     config = read_json(source / "config.json")
     if is_megabert_export(config):
         return import_export(source, out, config, **tokenizer_args)
@@ -159,6 +165,7 @@ def import_mosaic(source: str | Path, output: str | Path, **tokenizer_args) -> P
     """MosaicBERT checkpoint dir (pytorch_model.bin or model.safetensors + config.json), or a megabert export ->
     megabert model dir."""
     source, out = Path(source), Path(output)
+    check_output_dir(source, out)
     config = read_json(source / "config.json")
     if is_megabert_export(config):
         return import_export(source, out, config, **tokenizer_args)

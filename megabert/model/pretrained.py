@@ -97,17 +97,18 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> Path:
 
 def save_pretrained(model: nn.Module, directory: str | Path, cfg: ModelConfig, extra: Optional[dict] = None) -> Path:
     """Writes config.json and model.safetensors (contiguous CPU tensors; tied weights stored once)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_shared_dir(Path(directory))
     save_safetensors(model.state_dict(), directory / WEIGHTS_NAME)
-    write_text_atomically(directory / CONFIG_NAME, json.dumps({"model": to_dict(cfg), **(extra or {})}, indent=2) + "\n")
+    content = {"model": to_dict(cfg), **(extra or {})}
+    write_text_atomically(directory / CONFIG_NAME, json.dumps(content, indent=2) + "\n")
     return directory
 
 
 def export_command() -> str:
     """The command that turns a training checkpoint into a model directory, wherever this tree keeps it."""
     package = Path(__file__).resolve().parents[1]
-    module = "megabert.checkpoint.export" if (package / "checkpoint" / "export.py").is_file() else "megabert.train.export"
+    moved = (package / "checkpoint" / "export.py").is_file()
+    module = "megabert.checkpoint.export" if moved else "megabert.train.export"
     return f"python -m {module}"
 
 
@@ -210,21 +211,25 @@ class PretrainedMixin:
             raise TypeError(f"{cls.__name__} has no classifier: num_labels and classifier_dropout do not apply")
         model = cls(cfg, **kwargs)
         model.load_state_dict(_select(model, state, directory))
-        model._pretrained_source = directory
+        # what save_pretrained carries over: the dir's other config.json entries (tokenizer, task, data, ...)
+        model._pretrained_source = (directory, {k: v for k, v in config.items() if k != "model"})
         return model
 
     def save_pretrained(self, directory: str | Path, extra: Optional[dict] = None) -> Path:
         """config.json + model.safetensors. A model from from_pretrained carries its source dir's other
         config.json entries (tokenizer, task, data) and tokenizer files over; `extra` entries win."""
         directory = Path(directory)
-        carried: dict = {}
-        source = getattr(self, "_pretrained_source", None)
-        if source is not None:
-            carried = {k: v for k, v in read_config_json(source).items() if k != "model"}
-            for name in _tokenizer_files(carried.get("tokenizer")):
-                directory.mkdir(parents=True, exist_ok=True)
-                if (source / name).resolve() != (directory / name).resolve():
-                    shutil.copyfile(source / name, directory / name)
+        source, carried = getattr(self, "_pretrained_source", (None, {}))
+        carried = dict(carried)
+        files = _tokenizer_files(carried.get("tokenizer"))
+        if files and not all((source / name).is_file() for name in files):
+            log.warning("the tokenizer files of %s are gone: %s is saved without a tokenizer", source, directory)
+            carried.pop("tokenizer")
+            files = []
+        make_shared_dir(directory)
+        for name in files:
+            if (source / name).resolve() != (directory / name).resolve():
+                copy_atomically(source / name, directory / name)
         # the module-level function of the same name writes the files
         return save_pretrained(self, directory, self.cfg, {**carried, **(extra or {})})
 

@@ -52,8 +52,8 @@ def model_dir(directory: Path, vocab_file: Path, head: str = "mlm", seed: int = 
     pretrained, _ = model_dir(directory.with_name(directory.name + "_pretrained"), vocab_file, "mlm", seed,
                               **overrides)
     regression = head == "regressor"
-    spec = TaskSpec(name="stsb" if regression else "mnli", train_file="train.tsv", labels=None if regression else LABELS,
-                    regression=regression)
+    spec = TaskSpec(name="stsb" if regression else "mnli", train_file="train.tsv",
+                    labels=None if regression else LABELS, regression=regression)
     model = MosaicBertForSequenceClassification(cfg, 1 if regression else len(LABELS))
     randomise(model, seed + 2)
     save_finetuned(model, cfg, directory, str(pretrained), spec)

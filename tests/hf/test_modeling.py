@@ -39,7 +39,8 @@ def imported_packages(path) -> set:
 
 def test_export_code_imports_only_torch_and_transformers(exported):
     _, _, mlm_hf, _, _ = exported
-    packages = imported_packages(mlm_hf / "modeling_megabert.py") | imported_packages(mlm_hf / "configuration_megabert.py")
+    packages = set().union(*(imported_packages(mlm_hf / name)
+                             for name in ("modeling_megabert.py", "configuration_megabert.py")))
     assert packages <= {"math", "typing", "torch", "transformers", "flash_attn"}, packages
 
 

@@ -113,3 +113,24 @@ def test_a_failed_write_leaves_the_previous_export_whole(tmp_path, vocab_file, m
         export_model_dir(src, out)
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_an_encoder_saved_by_transformers_imports_with_a_fresh_mlm_head_and_a_token_classifier_is_refused(
+        tmp_path, vocab_file):
+    from transformers import AutoModel, AutoModelForTokenClassification
+
+    from megabert.hf.importers import ConversionError
+
+    src, _ = model_dir(tmp_path / "mb", vocab_file)
+    export_model_dir(src, tmp_path / "hf")
+    AutoModel.from_pretrained(tmp_path / "hf", trust_remote_code=True).save_pretrained(tmp_path / "encoder")
+    import_hf(tmp_path / "encoder", tmp_path / "back", vocab_file=str(vocab_file))
+    original, back = load_state_dict(src), load_state_dict(tmp_path / "back")
+    assert set(back) == set(original)
+    assert all(torch.equal(back[k], original[k]) for k in original if k.startswith("bert."))
+    assert not torch.equal(back["head.transform.weight"], original["head.transform.weight"])  # a new head
+    AutoModelForTokenClassification.from_pretrained(tmp_path / "hf", trust_remote_code=True, num_labels=3
+                                                    ).save_pretrained(tmp_path / "tagger")
+    with pytest.raises(ConversionError, match="token classifier"):
+        import_hf(tmp_path / "tagger", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

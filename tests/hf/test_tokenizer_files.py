@@ -65,7 +65,8 @@ def test_sentencepiece_export_encodes_as_megabert(tmp_path, vocab_file, model_ty
     src, _ = model_dir(tmp_path / "mb", vocab_file)  # the model dir's WordPiece vocab is replaced
     attach_tokenizer(src, "SentencePieceTokenizer", tokenizer_model=str(spm))
     config = json.loads((src / "config.json").read_text())
-    vocab_size = max(config["model"]["vocab_size"], -(-load_tokenizer(src, seq_len=512).tokenizer.vocab_size // 64) * 64)
+    tokens = load_tokenizer(src, seq_len=512).tokenizer.vocab_size
+    vocab_size = max(config["model"]["vocab_size"], -(-tokens // 64) * 64)
     config["model"]["vocab_size"] = vocab_size
     (src / "config.json").write_text(json.dumps(config))
     _resize_embeddings(src, vocab_size)

@@ -228,7 +228,7 @@ def test_to_hf_says_how_to_export_a_training_checkpoint_first(tmp_path, capsys):
     (step / "config.json").write_text(json.dumps({"model": {}, "data": {}}))  # a run's TrainConfig
     assert convert.main(["to-hf", str(step), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "is a training checkpoint" in err and f"-m megabert." in err and f"export {step} OUT" in err
+    assert "is a training checkpoint" in err and "-m megabert." in err and f"export {step} OUT" in err
     assert convert.main(["to-hf", str(checkpoints), str(tmp_path / "out")]) == 2
     assert "directory of training checkpoints" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -266,3 +266,21 @@ def test_plain_bert_classifier_exports_to_transformers_sequence_classification(t
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits,
                                    model(ids, mask, types).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_to_hf_refuses_to_overwrite_a_model_and_points_sharded_dirs_to_merge_tp(tmp_path, vocab_file, capsys):
+    src = make_model_dir(tmp_path / "src", vocab_file)
+    before = (src / "model.safetensors").read_bytes()
+    assert convert.main(["to-hf", str(src), str(src)]) == 2
+    assert "is the source model dir" in capsys.readouterr().err
+    other = make_model_dir(tmp_path / "other", vocab_file, seed=1)
+    assert convert.main(["to-hf", str(src), str(other)]) == 2
+    assert "holds a megabert model dir" in capsys.readouterr().err
+    assert (src / "model.safetensors").read_bytes() == before and (other / "config.json").is_file()
+    assert convert.main(["to-hf", str(src), str(tmp_path / "hf")]) == 0
+    assert convert.main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "hf")]) == 2
+    assert "is the source checkpoint" in capsys.readouterr().err
+    sharded = tmp_path / "sharded"
+    assert convert.main(["split-tp", str(src), str(sharded), "--tp", "2"]) == 0
+    assert convert.main(["to-hf", str(sharded), str(tmp_path / "out")]) == 2
+    assert "merge them first: python tools/convert_checkpoint.py merge-tp" in capsys.readouterr().err
