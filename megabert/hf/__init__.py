@@ -4,8 +4,9 @@
     export_model_dir("runs/base/model", "exported/", sentence_transformers=True)
 
 configuration_megabert.py and modeling_megabert.py are the standalone model code every self-contained export
-carries (torch and transformers only); the rest of this package writes and reads export directories. It sits
-beside tasks/ in the layering: it reads model/ and data/ (tokenizers), and model/ never imports it.
+carries (torch and transformers only); the rest of this package writes and reads export directories. In the
+layering it sits with tasks/: tools call it; it reads model/, data/ (tokenizers) and the model dir's tokenizer lookup
+in tasks/tokenizer.py; model/ never imports it.
 Names load on first use, so importing this package pulls in neither transformers nor the model.
 """
 

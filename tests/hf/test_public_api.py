@@ -7,19 +7,27 @@ import sys
 import pytest
 import torch
 
+from megabert.config import ModelConfig
 from megabert.model.pretrained import ModelDirError, load_state_dict
 from tests.hf.helpers import LABELS, model_dir
 from tests.tasks.tiny_model import REPO_ROOT
 
 
-def test_public_names_import_from_the_package_without_loading_torch():
-    script = ("import sys, megabert; assert 'torch' not in sys.modules, 'import megabert loaded torch'; "
-              "from megabert import MosaicBertModel, MosaicBertForMaskedLM, MosaicBertForSequenceClassification, "
-              "ModelConfig; from megabert.model import MosaicBertForMaskedLM as M; assert M is MosaicBertForMaskedLM; "
-              "print(ModelConfig().hidden_size)")
+def test_public_names_import_from_the_package_and_import_megabert_loads_no_torch():
+    script = ("import sys, megabert; from megabert import ModelConfig; "
+              "assert 'torch' not in sys.modules, 'import megabert loaded torch'; print(ModelConfig().hidden_size)")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
                             env={"PYTHONPATH": str(REPO_ROOT), "PATH": ""}, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "768", result.stderr[-2000:]
+    import megabert
+    import megabert.model
+    from megabert.model import bert
+
+    for name in ("MosaicBertModel", "MosaicBertForMaskedLM", "MosaicBertForSequenceClassification"):
+        assert getattr(megabert, name) is getattr(bert, name) is getattr(megabert.model, name)
+    assert megabert.ModelConfig is ModelConfig
+    with pytest.raises(AttributeError, match="no attribute 'MosaicBert'"):
+        megabert.MosaicBert
 
 
 def test_masked_lm_from_pretrained_loads_the_dir_and_save_pretrained_writes_it_back(tmp_path, vocab_file):

@@ -51,8 +51,10 @@ def assert_same_ids(model_dir_path, export_dir):
     assert theirs.pad_token_id == ours.tokenizer.pad_id and theirs.mask_token_id == ours.tokenizer.mask_id
 
 
-def test_wordpiece_export_encodes_as_megabert(tmp_path, vocab_file):
+@pytest.mark.parametrize("kind", ["BertWordPieceLowerCase", "BertWordPieceCase"])
+def test_wordpiece_export_encodes_as_megabert(tmp_path, vocab_file, kind):
     src, _ = model_dir(tmp_path / "mb", vocab_file)
+    attach_tokenizer(src, kind, vocab_file=str(vocab_file))
     out = export_model_dir(src, tmp_path / "hf").directory
     assert (out / "vocab.txt").read_text() == vocab_file.read_text()
     assert_same_ids(src, out)
