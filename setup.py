@@ -30,7 +30,9 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",
-            "transformers>=4.40",
+            "transformers>=4.40",  # the export's model code and the equivalence tests
+            "sentence-transformers>=2.7",  # the export's sentence-transformers files
+            "accelerate>=0.26",  # transformers' Trainer (the export fine-tunes in the HF ecosystem)
             "scikit-learn>=1.3",
             "scipy>=1.10",
             "matplotlib>=3.7",

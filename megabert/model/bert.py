@@ -21,6 +21,7 @@ from megabert.model.embeddings import Embeddings
 from megabert.model.encoder import Encoder
 from megabert.model.layernorm import LayerNorm
 from megabert.model.layout import TokenLayout
+from megabert.model.pretrained import PretrainedMixin
 from megabert.ops.padding import Unpadded, unpad_info
 
 IGNORE_INDEX = -100
@@ -42,7 +43,7 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-class MosaicBertModel(nn.Module):
+class MosaicBertModel(PretrainedMixin, nn.Module):
     """The encoder. Returns hidden states and the layout they are in ([T, H] unpadded or [B, S, H])."""
 
     def __init__(self, cfg: ModelConfig):
@@ -100,7 +101,7 @@ class MaskedLMOutput:
     """Labels aligned with logits' leading dims."""
 
 
-class MosaicBertForMaskedLM(nn.Module):
+class MosaicBertForMaskedLM(PretrainedMixin, nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -143,7 +144,7 @@ class SequenceClassifierOutput:
     logits: torch.Tensor  # [B, num_labels]
 
 
-class MosaicBertForSequenceClassification(nn.Module):
+class MosaicBertForSequenceClassification(PretrainedMixin, nn.Module):
     """[CLS] -> pooler (dense + tanh) -> dropout -> classifier. num_labels == 1 is regression (MSE)."""
 
     def __init__(self, cfg: ModelConfig, num_labels: int, classifier_dropout: Optional[float] = None):

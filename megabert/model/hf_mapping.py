@@ -1,7 +1,7 @@
 """State-dict mapping between megabert and Hugging Face transformers' BertForMaskedLM.
 
 Valid for the plain-BERT configuration (learned positions, GELU MLP); with the MosaicBERT switches on the
-weights have no BERT counterpart (see tools/convert_checkpoint.py for the MosaicBERT key layout).
+weights have no BERT counterpart (megabert.model.mosaic_mapping holds the MosaicBERT key layout).
 HF keeps q, k and v separate; megabert fuses them into one qkv projection with rows [q | k | v].
 """
 
@@ -17,11 +17,19 @@ _EMBEDDINGS = {
     "bert.embeddings.position_embeddings.weight": "bert.embeddings.position_embeddings.weight",
     "bert.embeddings.norm.weight": "bert.embeddings.LayerNorm.weight",
     "bert.embeddings.norm.bias": "bert.embeddings.LayerNorm.bias",
+}
+_MLM_HEAD = {
     "head.transform.weight": "cls.predictions.transform.dense.weight",
     "head.transform.bias": "cls.predictions.transform.dense.bias",
     "head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
     "head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
     "head.decoder_bias": "cls.predictions.bias",
+}
+_CLASSIFIER_HEAD = {  # MosaicBertForSequenceClassification -> BertForSequenceClassification
+    "pooler.weight": "bert.pooler.dense.weight",
+    "pooler.bias": "bert.pooler.dense.bias",
+    "classifier.weight": "classifier.weight",
+    "classifier.bias": "classifier.bias",
 }
 
 _LAYER = {  # ours (relative to bert.encoder.layers.N.) -> HF (relative to bert.encoder.layer.N.)
@@ -39,8 +47,8 @@ def _check_plain_bert(cfg: ModelConfig) -> None:
                          "model.mlp_type='gelu'")
 
 
-def hf_bert_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """HF BertForMaskedLM state dict -> MosaicBertForMaskedLM state dict."""
+def hf_bert_encoder_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The encoder (bert.*) of an HF BERT state dict -> megabert names; q, k, v fused into qkv."""
     _check_plain_bert(cfg)
     out = {ours: hf_state[theirs] for ours, theirs in _EMBEDDINGS.items()}
     for i in range(cfg.num_layers):
@@ -53,12 +61,24 @@ def hf_bert_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> 
     return out
 
 
-def megabert_to_hf_bert(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """MosaicBertForMaskedLM state dict -> HF BertForMaskedLM state dict (decoder weight tied to embeddings)."""
+def hf_bert_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF BertForMaskedLM state dict -> MosaicBertForMaskedLM state dict."""
+    out = hf_bert_encoder_to_megabert(hf_state, cfg)
+    out.update({ours: hf_state[theirs] for ours, theirs in _MLM_HEAD.items()})
+    return out
+
+
+def hf_bert_classifier_to_megabert(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF BertForSequenceClassification state dict -> MosaicBertForSequenceClassification state dict."""
+    out = hf_bert_encoder_to_megabert(hf_state, cfg)
+    out.update({ours: hf_state[theirs] for ours, theirs in _CLASSIFIER_HEAD.items()})
+    return out
+
+
+def megabert_encoder_to_hf_bert(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The encoder (bert.*) of a megabert state dict -> HF BertModel names under 'bert.'."""
     _check_plain_bert(cfg)
     out = {theirs: state[ours] for ours, theirs in _EMBEDDINGS.items()}
-    out["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
-    out["cls.predictions.decoder.bias"] = state["head.decoder_bias"]
     for i in range(cfg.num_layers):
         ours, theirs = f"bert.encoder.layers.{i}.", f"bert.encoder.layer.{i}."
         for kind in ("weight", "bias"):
@@ -67,4 +87,20 @@ def megabert_to_hf_bert(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dic
                 out[theirs + f"attention.self.{name}.{kind}"] = tensor
             for o, t in _LAYER.items():
                 out[theirs + t.format(kind)] = state[ours + o.format(kind)]
+    return out
+
+
+def megabert_to_hf_bert(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """MosaicBertForMaskedLM state dict -> HF BertForMaskedLM state dict (decoder weight tied to embeddings)."""
+    out = megabert_encoder_to_hf_bert(state, cfg)
+    out.update({theirs: state[ours] for ours, theirs in _MLM_HEAD.items()})
+    out["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
+    out["cls.predictions.decoder.bias"] = state["head.decoder_bias"]
+    return out
+
+
+def megabert_classifier_to_hf_bert(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """MosaicBertForSequenceClassification state dict -> HF BertForSequenceClassification state dict."""
+    out = megabert_encoder_to_hf_bert(state, cfg)
+    out.update({theirs: state[ours] for ours, theirs in _CLASSIFIER_HEAD.items()})
     return out

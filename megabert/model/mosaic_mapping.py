@@ -123,35 +123,6 @@ def mosaic_to_megabert(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
     return {ours: state[theirs] for ours, theirs in mapping.items()}
 
 
-def mosaic_config(cfg: ModelConfig, alibi_starting_size: int = 512, extra: dict | None = None) -> dict:
-    """config.json fields of MosaicBERT's BertConfig (a transformers BertConfig plus alibi_starting_size)."""
-    check_mosaic_architecture(cfg)
-    return {
-        "architectures": ["BertForMaskedLM"],
-        "model_type": "bert",
-        "alibi_starting_size": alibi_starting_size,
-        "attention_probs_dropout_prob": cfg.attention_dropout,
-        "classifier_dropout": None,
-        "gradient_checkpointing": False,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": cfg.hidden_dropout,
-        "hidden_size": cfg.hidden_size,
-        "initializer_range": cfg.initializer_range,
-        "intermediate_size": cfg.intermediate_size,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "num_attention_heads": cfg.num_heads,
-        "num_hidden_layers": cfg.num_layers,
-        "pad_token_id": cfg.pad_token_id,
-        "position_embedding_type": "absolute",
-        "torch_dtype": "float32",
-        "type_vocab_size": cfg.type_vocab_size,
-        "use_cache": True,
-        "vocab_size": cfg.vocab_size,
-        **(extra or {}),
-    }
-
-
 def config_from_mosaic(config: dict, **overrides) -> ModelConfig:
     """ModelConfig from a MosaicBERT config.json (fields missing there take BertConfig's defaults)."""
     if config.get("hidden_act", "gelu") != "gelu":

@@ -114,7 +114,9 @@ def test_mosaic_export_uses_the_published_key_layout_and_round_trips(tmp_path, v
     for field in ("alibi_starting_size", "attention_probs_dropout_prob", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size", "vocab_size", "hidden_act", "layer_norm_eps"):
         assert field in config
-    assert config["architectures"] == ["BertForMaskedLM"] and config["attention_probs_dropout_prob"] == 0.0
+    # The self-contained export names its own classes (model_type "megabert"), never transformers' BERT.
+    assert config["architectures"] == ["MegaBertForMaskedLM"] and config["attention_probs_dropout_prob"] == 0.0
+    assert config["model_type"] == "megabert"
 
     assert convert.main(["from-mosaic", str(tmp_path / "mosaic"), str(tmp_path / "back")]) == 0
     ids, mask, types = batch(config["vocab_size"])
@@ -193,7 +195,7 @@ def test_classifier_round_trip_through_mosaic_layout(tmp_path, vocab_file):
     attach_tokenizer(tmp_path / "cls", "BertWordPieceLowerCase", vocab_file=str(vocab_file))
     assert convert.main(["to-hf", str(tmp_path / "cls"), str(tmp_path / "out")]) == 0
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["architectures"] == ["BertForSequenceClassification"] and config["id2label"]["2"] == "c"
+    assert config["architectures"] == ["MegaBertForSequenceClassification"] and config["id2label"]["2"] == "c"
     assert convert.main(["from-mosaic", str(tmp_path / "out"), str(tmp_path / "back")]) == 0
     back = MosaicBertForSequenceClassification(cfg, 3).eval()
     back.load_state_dict(load_state_dict(tmp_path / "back"))
@@ -202,12 +204,50 @@ def test_classifier_round_trip_through_mosaic_layout(tmp_path, vocab_file):
         torch.testing.assert_close(back(ids, mask, types).logits, model(ids, mask, types).logits, rtol=0, atol=0)
 
 
-def test_mixed_switches_are_refused_with_a_reason(tmp_path, vocab_file, capsys):
+def test_mixed_switches_export_self_contained_but_not_to_the_published_layout(tmp_path, vocab_file):
+    """ALiBi with a GELU MLP has no published layout; the self-contained export names its extra tensors and
+    round-trips exactly (its logits in transformers: tests/hf/test_modeling.py)."""
     src = make_model_dir(tmp_path / "src", vocab_file, position_embedding="alibi", mlp_type="gelu")
-    assert convert.main(["to-hf", str(src), str(tmp_path / "out")]) == 2
-    assert "mixes switches" in capsys.readouterr().err
+    assert convert.main(["to-hf", str(src), str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["model_type"], config["position_embedding_type"], config["mlp_type"]) == ("megabert", "alibi",
+                                                                                              "gelu")
+    assert convert.main(["from-hf", str(tmp_path / "out"), str(tmp_path / "back")]) == 0
+    ids, mask, types = batch(config["vocab_size"])
+    torch.testing.assert_close(megabert_logits(tmp_path / "back", ids, mask, types),
+                               megabert_logits(src, ids, mask, types), rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs model.position_embedding='alibi'"):
         mosaic_mapping.megabert_to_mosaic(load_state_dict(src), load_model_config(src))
+
+
+def test_to_hf_says_how_to_export_a_training_checkpoint_first(tmp_path, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    step = checkpoints / "step_0000300"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text(json.dumps({"step": 300}))
+    (step / "config.json").write_text(json.dumps({"model": {}, "data": {}}))  # a run's TrainConfig
+    assert convert.main(["to-hf", str(step), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is a training checkpoint" in err and "-m megabert." in err and f"export {step} OUT" in err
+    assert convert.main(["to-hf", str(checkpoints), str(tmp_path / "out")]) == 2
+    assert "directory of training checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "config.json not found"),
+    ("{not json", "is not valid JSON"),
+    (json.dumps({"data": {"seq_len": 128}}), "has no 'model' section"),
+    (json.dumps({"model_type": "bert", "hidden_size": 32}), "is a Hugging Face config"),
+])
+def test_to_hf_names_the_problem_with_a_wrong_or_missing_config(tmp_path, capsys, content, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    if content is not None:
+        (src / "config.json").write_text(content)
+    assert convert.main(["to-hf", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "error: 'model'" not in err
 
 
 def test_plain_bert_classifier_exports_to_transformers_sequence_classification(tmp_path, vocab_file):
@@ -226,3 +266,21 @@ def test_plain_bert_classifier_exports_to_transformers_sequence_classification(t
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits,
                                    model(ids, mask, types).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_to_hf_refuses_to_overwrite_a_model_and_points_sharded_dirs_to_merge_tp(tmp_path, vocab_file, capsys):
+    src = make_model_dir(tmp_path / "src", vocab_file)
+    before = (src / "model.safetensors").read_bytes()
+    assert convert.main(["to-hf", str(src), str(src)]) == 2
+    assert "is the source model dir" in capsys.readouterr().err
+    other = make_model_dir(tmp_path / "other", vocab_file, seed=1)
+    assert convert.main(["to-hf", str(src), str(other)]) == 2
+    assert "holds a megabert model dir" in capsys.readouterr().err
+    assert (src / "model.safetensors").read_bytes() == before and (other / "config.json").is_file()
+    assert convert.main(["to-hf", str(src), str(tmp_path / "hf")]) == 0
+    assert convert.main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "hf")]) == 2
+    assert "is the source checkpoint" in capsys.readouterr().err
+    sharded = tmp_path / "sharded"
+    assert convert.main(["split-tp", str(src), str(sharded), "--tp", "2"]) == 0
+    assert convert.main(["to-hf", str(sharded), str(tmp_path / "out")]) == 2
+    assert "merge them first: python tools/convert_checkpoint.py merge-tp" in capsys.readouterr().err
