@@ -273,13 +273,13 @@ def profile_steps(setup: Setup, runner: Runner, batches: list[list], first: int,
 
 
 def staged_global_batches(setup: Setup, count: int) -> tuple[list[list], list[int]]:
-    """`count` global batches of this rank ([step][micro-batch] StagedInputs, pinned on a GPU) and the real tokens
+    """`count` global batches of this rank ([step][micro-batch] PackedInputs, pinned on a GPU) and the real tokens
     of each, summed over ranks."""
-    from megabert.model.inputs import stage_inputs
+    from megabert.model.inputs import pack_inputs
 
     micro = make_mlm_batches("c4-128", setup.micro, count * setup.accum, setup.model.vocab_size,
                              torch.device("cpu"), seed=setup.seed + 101 * setup.rank)
-    staged = [stage_inputs({"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels},
+    staged = [pack_inputs({"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels},
                            setup.model, pin=setup.cuda) for b in micro]
     tokens = torch.tensor([sum(sum(b.lengths) for b in micro[k * setup.accum:(k + 1) * setup.accum])
                            for k in range(count)], dtype=torch.float64)

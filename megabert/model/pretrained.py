@@ -104,22 +104,18 @@ def save_pretrained(model: nn.Module, directory: str | Path, cfg: ModelConfig, e
     return directory
 
 
-def export_command() -> str:
-    """The command that turns a training checkpoint into a model directory, wherever this tree keeps it."""
-    package = Path(__file__).resolve().parents[1]
-    moved = (package / "checkpoint" / "export.py").is_file()
-    module = "megabert.checkpoint.export" if moved else "megabert.train.export"
-    return f"python -m {module}"
+EXPORT_COMMAND = "python -m megabert.checkpoint.export"
+"""The command that turns a training checkpoint into a model directory."""
 
 
 def checkpoint_hint(directory: Path) -> Optional[str]:
     """What to do when `directory` is a training checkpoint (step_N/) or a directory of them, else None."""
     if (directory / TRAINER_STATE_NAME).is_file():
         return (f"{directory} is a training checkpoint, not a model directory; export it first: "
-                f"{export_command()} {directory} OUT")
+                f"{EXPORT_COMMAND} {directory} OUT")
     if directory.is_dir() and any((step / TRAINER_STATE_NAME).is_file() for step in directory.glob("step_*")):
         return (f"{directory} is a directory of training checkpoints, not a model directory; export the latest "
-                f"first: {export_command()} {directory} OUT")
+                f"first: {EXPORT_COMMAND} {directory} OUT")
     return None
 
 
@@ -143,7 +139,7 @@ def read_config_json(directory: str | Path) -> dict:
                                 f"megabert model dir's; import it first: python tools/convert_checkpoint.py "
                                 f"from-hf {directory} OUT (from-mosaic for MosaicBERT checkpoints)")
         raise ModelDirError(f"{path} has no 'model' section (the ModelConfig): it is not a megabert model dir's "
-                            f"config.json, which save_pretrained and {export_command()} write")
+                            f"config.json, which save_pretrained and {EXPORT_COMMAND} write")
     return config
 
 

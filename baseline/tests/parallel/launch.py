@@ -1,0 +1,44 @@
+"""Run a function on N local CPU processes over gloo and collect what each returns (tests only)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _entry(rank: int, world_size: int, init_file: str, out_dir: str, fn: Callable, args: tuple) -> None:
+    torch.set_num_threads(1)  # 2 shared cores: one thread per process keeps the runs from thrashing
+    # what torchrun would export (DeepSpeed reads them)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    except Exception:
+        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_processes(fn: Callable, world_size: int, *args: Any) -> list[Any]:
+    """fn(rank, world_size, *args) on `world_size` spawned processes; returns their results, rank order.
+
+    `fn` must be importable (defined at module level). A failure on any rank raises with that rank's traceback.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        try:
+            mp.spawn(_entry, args=(world_size, init_file, tmp, fn, args), nprocs=world_size, join=True)
+        except Exception as e:
+            errors = "\n".join(p.read_text() for p in sorted(Path(tmp).glob("rank*.err")))
+            raise RuntimeError(f"a rank failed:\n{errors or e}") from None
+        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]

@@ -1,0 +1,56 @@
+"""Interrupted runs continue exactly: SIGTERM saves and exits, SIGKILL mid-save keeps the last good checkpoint,
+and the resumed losses equal an uninterrupted run's, step by step (fp32 on CPU, dropout on: RNG is restored).
+The uninterrupted run saves synchronously, the interrupted one asynchronously (the default)."""
+
+import json
+
+import pytest
+
+from megabert.train.checkpoint import latest_checkpoint, list_checkpoints
+from tests.train.launch import explain, losses, run_trainer, summaries, tiny_config
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_mid_save_then_resume_equals_uninterrupted(tmp_path):
+    straight = tiny_config(tmp_path / "straight")
+    straight["logging"].update(tensorboard=True, gpu_hour_price=2.5)  # logging only: the losses are unchanged
+    straight["checkpoint"]["async_save"] = False
+    proc = run_trainer(straight, tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    reference = losses(tmp_path / "straight")
+    assert sorted(reference) == list(range(1, 13))
+    assert (tmp_path / "straight" / "model" / "model.safetensors").is_file()  # exported at the end
+    assert list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
+    last = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < last["final/cost_usd"] <= last["final/projected_cost_usd"] + 1e-12
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["logging"]["gpu_hour_price"] == 2.5
+
+    interrupted = tiny_config(tmp_path / "interrupted")
+    ckpt = tmp_path / "interrupted" / "ckpt"
+    # 1. SIGTERM during step 5: the ranks agree on it with step 5's flags, which the host reads (without waiting
+    # for the device) at the end of step 6; a checkpoint of step 6 is saved and the process exits cleanly.
+    proc = run_trainer(interrupted, tmp_path, env={"MEGABERT_TEST_SIGTERM_AT_STEP": "5"})
+    assert proc.returncode == 0, explain(proc)
+    assert summaries(proc)[-1]["stopped_by_signal"] is True and "SIGTERM" in proc.stderr
+    assert latest_checkpoint(ckpt).name == "step_0000006"
+    # 2. Resume; SIGKILL while the step-8 checkpoint is being published (engine files written in the background,
+    # not renamed) while training goes on.
+    proc = run_trainer(interrupted, tmp_path, env={"MEGABERT_TEST_KILL_AT_PUBLISH": "8"})
+    assert proc.returncode == -9, explain(proc)
+    assert (ckpt / ".tmp.step_0000008").is_dir()
+    assert [p.name for p in list_checkpoints(ckpt)] == ["step_0000004", "step_0000006"]
+    assert (ckpt / "latest").read_text().strip() == "step_0000006"
+    # 3. Resume auto from the last good checkpoint (step 6) and run to the end.
+    proc = run_trainer(interrupted, tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert "resumed from" in proc.stderr and "step_0000006" in proc.stderr
+    assert not (ckpt / ".tmp.step_0000008").exists()
+    assert [p.name for p in list_checkpoints(ckpt)] == ["step_0000008", "step_0000012"]  # keep_last 2
+
+    resumed = losses(tmp_path / "interrupted")
+    assert sorted(resumed) == list(range(1, 13))
+    for step, values in resumed.items():
+        assert values == [reference[step][0]] * len(values), f"step {step}: {values} != {reference[step]}"
+    state = json.loads((ckpt / "step_0000012" / "trainer_state.json").read_text())
+    assert state["consumed_samples"] == 12 * 16
+    assert reference[12][0] < reference[1][0]
