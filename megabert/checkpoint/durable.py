@@ -99,19 +99,27 @@ def explain_os_errors(path: Path) -> Iterator[None]:
     except (OSError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not _looks_like_a_write_failure(e):
             raise
-        if _disk_full(e):
+        if _disk_full(e, path):
             raise CheckpointWriteError(
                 f"no space left on the device holding {path} ({_free_space(path)} free): free some space or point "
                 f"checkpoint.dir at a larger file system (checkpoint.keep_last limits how many are kept)") from e
         raise CheckpointWriteError(f"could not write {path}: {e}") from e
 
 
-def _disk_full(error: BaseException) -> bool:
+LOW_SPACE = 256 * 2 ** 20
+"""Below this much free space, a failed torch.save write is taken for a full disk (see _disk_full)."""
+
+
+def _disk_full(error: BaseException, path: Path) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain; or torch's zip writer, which reports a failed write as
+    "unexpected pos N vs M" without the errno, failing on a device with next to no space left."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left" in str(error) or "unexpected pos" in str(error):
-            return True  # torch's zip writer turns ENOSPC into "unexpected pos N vs M"
+        if "No space left" in str(error):
+            return True
+        if "unexpected pos" in str(error):
+            return _free_bytes(path) < LOW_SPACE
         error = error.__cause__ or error.__context__
     return False
 
@@ -121,11 +129,16 @@ def _looks_like_a_write_failure(error: RuntimeError) -> bool:
     return any(s in text for s in ("unexpected pos", "PytorchStreamWriter", "No space left", "file write failed"))
 
 
-def _free_space(path: Path) -> str:
+def _free_bytes(path: Path) -> float:
     for candidate in (path, *path.parents):
         if candidate.exists():
-            return f"{shutil.disk_usage(candidate).free / 2 ** 30:.2f} GiB"
-    return "unknown"
+            return shutil.disk_usage(candidate).free
+    return float("inf")
+
+
+def _free_space(path: Path) -> str:
+    free = _free_bytes(path)
+    return "unknown" if free == float("inf") else f"{free / 2 ** 30:.2f} GiB"
 
 
 @contextlib.contextmanager

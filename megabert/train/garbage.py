@@ -1,47 +1,27 @@
-"""Python's cyclic garbage collector, run when the trainer chooses instead of whenever allocations trigger it.
+"""Python's cyclic garbage collector during the loop: the objects alive after setup are frozen out of its reach.
 
-A collection stops every thread that wants the GIL, the training loop included, for as long as it scans; left
-automatic, it fires at unpredictable steps. As torchtitan does, the trainer disables automatic collection for the
-loop and collects the young generations every `interval` steps. The objects alive after setup (modules,
-DeepSpeed's bookkeeping, imported libraries: millions of objects) are frozen out of the collector's reach first,
-so a collection scans only what the loop allocated. Cyclic garbage is still collected, only at known steps.
+A collection stops every thread that wants the GIL, the training loop included, for as long as it scans. Setup
+leaves millions of long-lived objects (modules, DeepSpeed's bookkeeping, imported libraries); frozen, they are
+never scanned again, so a collection scans only what the loop allocated and stays short. Collection itself stays
+automatic: on an H200 it took 0.014-0.057 s per 10-step base window (under 1% of the step) this way
+(docs/history/), and cyclic garbage never piles up between collections.
+
+    with GarbageCollection(): ...   # the loop
 """
 
 from __future__ import annotations
 
 import gc
-import time
-
-from megabert.utils.logging import get_logger
-
-log = get_logger(__name__)
-
-DEFAULT_INTERVAL = 1000
 
 
 class GarbageCollection:
-    """with GarbageCollection(interval) as collector: ... collector.run(step) ...; automatic collection returns
-    on exit."""
-
-    def __init__(self, interval: int = DEFAULT_INTERVAL):
-        if interval < 1:
-            raise ValueError(f"interval must be >= 1, got {interval}")
-        self.interval = interval
-        self._was_enabled = gc.isenabled()
+    """Collects setup's garbage and freezes what is left on entry; unfreezes on exit (a process that trains again
+    starts from a clean slate)."""
 
     def __enter__(self) -> "GarbageCollection":
         gc.collect()  # the garbage of setup, so nothing dead is frozen
         gc.freeze()
-        gc.disable()
         return self
-
-    def run(self, step: int) -> None:
-        if step % self.interval == 0:
-            start = time.perf_counter()
-            gc.collect(1)
-            log.debug("garbage collection at step %d: %.3f s", step, time.perf_counter() - start)
 
     def __exit__(self, *exc) -> None:
         gc.unfreeze()
-        if self._was_enabled:
-            gc.enable()

@@ -11,7 +11,7 @@ runs the loop; each component decides its own interval:
     Telemetry          log windows, metrics, progress, the run clock (telemetry.py)
     Validator          validation MLM loss and accuracy every eval_interval steps (evaluate.py)
     CheckpointManager  a checkpoint every save_interval steps and at the end (megabert/checkpoint/)
-    GarbageCollection  Python's collector at known steps only (garbage.py)
+    GarbageCollection  setup's objects frozen out of the garbage collector's scans (garbage.py)
     callbacks          on_window_end(trainer, metrics) after each log window; their time is off the clock
 
 SIGTERM or SIGUSR1 (on any rank) saves a checkpoint and exits cleanly; at the end the model is exported to
@@ -199,7 +199,7 @@ class Trainer:
             stack.callback(self.writer.close)
             stack.callback(self.telemetry.close)
             stack.callback(self.checkpoints.close)  # the last pruning; after an exception the save in flight
-            collector = stack.enter_context(GarbageCollection())
+            stack.enter_context(GarbageCollection())
             self.engine.train()
             while st.step < total:
                 start = time.perf_counter()
@@ -207,7 +207,6 @@ class Trainer:
                 self.nonfinite.record(out.flags)
                 self._advance(time.perf_counter() - start)
                 self._report(out, time.perf_counter() - start)
-                collector.run(st.step)
                 if self.validator.due(st.step):
                     self.telemetry.exclude(self._evaluate()["eval_seconds"])
                 if out.flags.stop:

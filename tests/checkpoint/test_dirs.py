@@ -1,5 +1,7 @@
 """Which checkpoint a run resumes from, whatever state a crash left the directory in (no processes needed)."""
 
+from pathlib import Path
+
 import pytest
 
 from megabert.config import CheckpointConfig
@@ -46,3 +48,31 @@ def test_resume_modes(tmp_path):
     assert resolve_resume(CheckpointConfig(resume=str(tmp_path))) == ckpt
     with pytest.raises(FileNotFoundError, match="neither a checkpoint"):
         resolve_resume(CheckpointConfig(resume=str(tmp_path / "fresh")))
+
+
+def test_publishing_a_step_again_swaps_the_new_directory_in_before_the_old_one_goes(tmp_path, monkeypatch):
+    from megabert.checkpoint import durable
+
+    for atomic in (True, False):  # renameat2's exchange, and the fallback where the system has none
+        root = tmp_path / f"atomic_{atomic}"
+        final, tmp = root / "step_0000005", root / ".tmp.step_0000005"
+        final.mkdir(parents=True)
+        (final / STATE_FILE).write_text("old")
+        tmp.mkdir()
+        (tmp / STATE_FILE).write_text("new")
+        seen = []
+        real_rmtree = durable.shutil.rmtree
+
+        def rmtree_watching(path, *args, **kwargs):  # whenever anything is deleted, the new state is in place
+            if Path(path).exists():
+                seen.append((final / STATE_FILE).read_text() if (final / STATE_FILE).is_file() else None)
+            real_rmtree(path, *args, **kwargs)
+
+        monkeypatch.setattr(durable.shutil, "rmtree", rmtree_watching)
+        if not atomic:
+            monkeypatch.setattr(durable, "_exchange", lambda a, b: False)
+        durable.publish_directory(tmp, final, root / "latest")
+        monkeypatch.undo()
+        assert (final / STATE_FILE).read_text() == "new" and not tmp.exists()
+        assert seen and all(state == "new" for state in seen)
+        assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000005"]

@@ -10,6 +10,7 @@ engine state is on disk but before the rename (the worst moment for a crash; wit
 MEGABERT_TEST_WRITE_DELAY=R:S,... makes rank R's background checkpoint writer start S seconds late (training goes on).
 MEGABERT_TEST_SIGTERM_AT_STEP=N makes every rank send itself SIGTERM right after step N (as SLURM would).
 MEGABERT_TEST_NAN=R:S,... makes rank R's loss NaN during step S (every micro-batch of it).
+MEGABERT_TEST_DISK_FULL_AT=N makes every write of the checkpoint of step N fail as a full disk does (ENOSPC).
 """
 
 from __future__ import annotations
@@ -64,6 +65,28 @@ def main(argv: list[str]) -> None:
             write(self, job)
 
         BackgroundWriter._run = write_late
+
+    full_step = int(os.environ.get("MEGABERT_TEST_DISK_FULL_AT", "-1"))
+    if full_step >= 0:
+        import errno
+
+        from megabert.checkpoint import durable
+
+        torch_save = durable.torch.save
+
+        class TorchOnAFullDisk:
+            """durable's view of torch: save() fails for the files of step `full_step`."""
+
+            def __getattr__(self, name):
+                return getattr(sys.modules["torch"], name)
+
+            @staticmethod
+            def save(obj, path, *args, **kwargs):
+                if checkpoint.step_dir_name(full_step) in str(path):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return torch_save(obj, path, *args, **kwargs)
+
+        durable.torch = TorchOnAFullDisk()
 
     term_step = int(os.environ.get("MEGABERT_TEST_SIGTERM_AT_STEP", "-1"))
     if term_step >= 0:

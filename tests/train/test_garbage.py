@@ -1,9 +1,7 @@
-"""The trainer's garbage collection: automatic collection off inside, cycles collected at the chosen steps."""
+"""The loop's garbage collection: setup's survivors frozen out of the collector's scans, cycles still collected."""
 
 import gc
 import weakref
-
-import pytest
 
 from megabert.train.garbage import GarbageCollection
 
@@ -18,20 +16,14 @@ def _cycle():
     return weakref.ref(a)
 
 
-def test_cycles_are_collected_only_at_the_interval_and_automatic_collection_returns_after():
-    assert gc.isenabled()
-    with GarbageCollection(interval=3) as collector:
-        assert not gc.isenabled()
-        ref = _cycle()
-        for _ in range(5000):  # would trigger automatic collections if they were on
-            Node()
-        collector.run(2)
-        assert ref() is not None, "collected between intervals"
-        collector.run(3)
-        assert ref() is None, "not collected at the interval"
-    assert gc.isenabled() and gc.get_freeze_count() == 0
-
-
-def test_the_interval_must_be_positive():
-    with pytest.raises(ValueError, match="interval"):
-        GarbageCollection(0)
+def test_setup_objects_are_frozen_and_cycles_made_in_the_loop_are_still_collected():
+    setup_object = Node()
+    dead_before = _cycle()
+    with GarbageCollection():
+        assert dead_before() is None, "setup's garbage was frozen instead of collected"
+        assert gc.get_freeze_count() > 0 and gc.isenabled()
+        assert not any(obj is setup_object for obj in gc.get_objects())  # out of the collector's reach
+        made_in_loop = _cycle()
+        gc.collect()
+        assert made_in_loop() is None
+    assert gc.get_freeze_count() == 0

@@ -54,3 +54,31 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_uninterrupted(tmp_path
     state = json.loads((ckpt / "step_0000012" / "trainer_state.json").read_text())
     assert state["consumed_samples"] == 12 * 16
     assert reference[12][0] < reference[1][0]
+
+
+@pytest.mark.slow
+def test_a_finished_run_started_again_says_so_and_rewrites_nothing(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    proc = run_trainer(cfg, tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    ckpt = tmp_path / "run" / "ckpt"
+    files = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
+    proc = run_trainer(cfg, tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert summaries(proc)[-1]["already_finished"] is True
+    assert "already finished at step 12" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()} == files  # nothing rewritten
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_stops_the_run_at_once_naming_the_cause(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    cfg["schedule"]["total_steps"] = 40
+    cfg["checkpoint"]["save_interval"] = 8
+    proc = run_trainer(cfg, tmp_path, env={"MEGABERT_TEST_DISK_FULL_AT": "16"})
+    assert proc.returncode != 0
+    assert "no space left on the device holding" in proc.stderr and "step_0000016" in proc.stderr
+    assert "unexpected pos" not in proc.stderr
+    assert "latest` still names step_0000008" in proc.stderr
+    assert max(losses(tmp_path / "run")) <= 18  # stopped within a step or two, not at the next save (step 24)
+    assert latest_checkpoint(tmp_path / "run" / "ckpt").name == "step_0000008"
