@@ -211,12 +211,8 @@ def _engine_worker(out: Path, checkpoints: Path) -> None:
     from megabert.train.optimizer import build_optimizer, build_scheduler
     from megabert.utils.distributed import discover_env, init_distributed
 
-    try:  # the export's home moves to megabert/checkpoint/
-        from megabert.checkpoint.export import consolidated_state_dict
-        from megabert.checkpoint.manager import ENGINE_TAG
-    except ImportError:
-        from megabert.train.checkpoint import ENGINE_TAG
-        from megabert.train.export import consolidated_state_dict
+    from megabert.checkpoint.export import consolidated_state_dict
+    from megabert.checkpoint.manager import ENGINE_TAG
 
     env = discover_env()
     init_distributed(env, "gloo", "cpu")
