@@ -52,9 +52,15 @@ def main(argv: list[str] | None = None) -> dict:
     return Trainer(cfg).train()
 
 
-if __name__ == "__main__":
+def console_main() -> int:
+    """`python pretrain_bert.py` and the console script `megabert-pretrain`: a config error is one line, exit 2."""
     try:
         main()
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(console_main())

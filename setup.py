@@ -14,6 +14,16 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megabert", "megabert.*"]),
     py_modules=["pretrain_bert"],
+    # The user commands, also runnable from a checkout as python tools/<name>.py.
+    entry_points={"console_scripts": [
+        "megabert-pretrain = pretrain_bert:console_main",
+        "megabert-preprocess-data = megabert.cli.preprocess_data:main",
+        "megabert-train-tokenizer = megabert.cli.train_tokenizer:main",
+        "megabert-merge-datasets = megabert.cli.merge_datasets:main",
+        "megabert-convert-checkpoint = megabert.cli.convert_checkpoint:main",
+        "megabert-run-glue = megabert.cli.run_glue:main",
+        "megabert-plot-pareto = megabert.cli.plot_pareto:main",
+    ]},
     install_requires=[
         # torch is not upper-bounded: a user's CUDA build is kept. On a CPU-only machine install the CPU build
         # first (the README does: pip install torch==2.13.0 --index-url .../cpu or from a local wheel).

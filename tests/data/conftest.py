@@ -11,7 +11,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
-sys.path.insert(0, str(REPO / "tools"))
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +43,7 @@ def write_jsonl(path: Path, records: list, compress: bool = None) -> Path:
 
 def preprocess(argv: list[str]) -> dict:
     """Runs tools/preprocess_data.py in-process; returns its summary."""
-    import preprocess_data
+    from megabert.cli import preprocess_data
 
     args = preprocess_data.build_parser().parse_args(argv + ["--no-progress"])
     return preprocess_data.run(args)

@@ -382,14 +382,14 @@ def test_bad_input_is_counted_or_named(bad: Bad, tmp_path, vocab_file, capsys):
         with pytest.raises(ConfigError, match=bad.error):
             check_training_data(cfg, model_vocab_size=made["model_vocab_size"])
     elif bad.tool == "merge":
-        import merge_datasets
+        from megabert.cli import merge_datasets
 
         assert merge_datasets.main(made["argv"]) == 1
         err = capsys.readouterr().err
         assert re.search(bad.error, err), err
         assert not list(tmp_path.glob("merged*"))
     elif bad.tool == "train_tokenizer":
-        import train_tokenizer
+        from megabert.cli import train_tokenizer
 
         code = train_tokenizer.main(made["argv"])
         captured = capsys.readouterr()

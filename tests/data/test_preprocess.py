@@ -60,7 +60,7 @@ def test_sentence_split_eod_and_several_json_keys(tmp_path, vocab_file):
 
 
 def test_sentencepiece_and_tokenizer_json_models(tmp_path, sample_texts, vocab_file):
-    import train_tokenizer
+    from megabert.cli import train_tokenizer
 
     corpus = write_jsonl(tmp_path / "corpus.json.gz", _records(sample_texts[:300]))
     train_tokenizer.main(["--input", str(corpus), "--type", "sentencepiece", "--vocab-size", "500",
@@ -110,7 +110,7 @@ def test_every_bad_input_class_is_counted_and_the_run_continues(tmp_path, vocab_
 
 
 def test_merge_concatenates_shards(tmp_path, sample_texts, vocab_file):
-    import merge_datasets
+    from megabert.cli import merge_datasets
 
     for i in range(3):
         src = write_jsonl(tmp_path / f"s{i}.json", _records(sample_texts[i * 10:(i + 1) * 10]))
@@ -278,8 +278,8 @@ def test_a_bound_worker_dies_within_a_second_of_its_parent(use_prctl):
 
     script = textwrap.dedent(f"""
         import os, sys, time
-        sys.path.insert(0, {str(REPO / "tools")!r})
-        import preprocess_data
+        sys.path.insert(0, {str(REPO)!r})
+        from megabert.cli import preprocess_data
         parent = os.getpid()
         child = os.fork()
         if child == 0:

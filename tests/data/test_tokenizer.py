@@ -27,7 +27,7 @@ def test_cased_wordpiece_keeps_case(vocab_file):
 
 
 def test_train_wordpiece_pads_vocab_to_multiple_of_64(tmp_path, sample_texts):
-    import train_tokenizer
+    from megabert.cli import train_tokenizer
 
     src = write_jsonl(tmp_path / "c.json.gz", [{"text": t} for t in sample_texts[:200]])
     train_tokenizer.main(["--input", str(src), "--vocab-size", "1000", "--output-dir", str(tmp_path)])

@@ -56,18 +56,10 @@ def read_json(path: Path) -> dict:
 
 
 def load_tool(name: str):
-    """Imports tools/<name>.py as a module (tools/ is a folder of scripts, not a package)."""
-    import importlib.util
-    import sys
+    """The module of the user command tools/<name>.py (megabert/cli/<name>.py)."""
+    import importlib
 
-    module_name = f"megabert_tool_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"megabert.cli.{name}")
 
 
 # Fixtures, imported by tests/tasks/conftest.py and tests/tools/conftest.py.
