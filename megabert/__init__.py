@@ -8,7 +8,7 @@ The names below load on first use, so `import megabert` stays cheap (no torch un
 
 from __future__ import annotations
 
-import importlib
+from megabert.utils.lazy import lazy_attributes
 
 _PUBLIC = {
     "ModelConfig": "megabert.config",
@@ -17,13 +17,4 @@ _PUBLIC = {
     "MosaicBertForSequenceClassification": "megabert.model.bert",
 }
 __all__ = list(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'megabert' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

@@ -5,14 +5,14 @@
 
 configuration_megabert.py and modeling_megabert.py are the standalone model code every self-contained export
 carries (torch and transformers only); the rest of this package writes and reads export directories. In the
-layering it sits with tasks/: tools call it; it reads model/, data/ (tokenizers) and the model dir's tokenizer lookup
-in tasks/tokenizer.py; model/ never imports it.
+layering it sits above tasks/: the commands call it; it reads model/, data/ (tokenizers) and the model dir's
+tokenizer lookup in tasks/tokenizer.py; nothing below imports it.
 Names load on first use, so importing this package pulls in neither transformers nor the model.
 """
 
 from __future__ import annotations
 
-import importlib
+from megabert.utils.lazy import lazy_attributes
 
 _PUBLIC = {
     "export_model_dir": "megabert.hf.export",
@@ -21,9 +21,4 @@ _PUBLIC = {
     "ConversionError": "megabert.hf.importers",
 }
 __all__ = list(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'megabert.hf' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

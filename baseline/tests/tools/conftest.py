@@ -1,3 +1,0 @@
-"""Converter and plot tests share a WordPiece vocab and run torch on one thread."""
-
-from tests.tasks.tiny_model import one_thread, vocab_file  # noqa: F401
