@@ -208,6 +208,11 @@ class ParallelConfig:
     """'auto' (cuda when available), 'cuda' or 'cpu'."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    engine_switches: list = field(default_factory=lambda: ["no_throughput_timer"])
+    """Named changes to the generated DeepSpeed config that remove engine work without changing the updates or the
+    checkpoint (megabert/parallel/deepspeed_config.py ENGINE_SWITCHES, docs/ENGINE.md): each applies only to the
+    ZeRO stages and replica counts it is meant for. The default turns off DeepSpeed's throughput timer, which
+    megabert does not use and which synchronises the device twice per micro-batch."""
 
     def validate(self) -> None:
         _check(self.tensor_parallel_size >= 1, "parallel.tensor_parallel_size must be >= 1")

@@ -10,8 +10,9 @@ The optimizer and the lr schedule are built by megabert (train/optimizer.py) and
 
 Engine switches (ENGINE_SWITCHES, docs/ENGINE.md): named DeepSpeed settings that remove work DeepSpeed does per
 micro-batch or per step, each applied only where it holds (ZeRO stage, data-parallel size, device, precision).
-None is on by default: `build_deepspeed_config(..., switches=NEUTRAL_SWITCHES)` turns on every one that leaves
-the updates, the checkpoint format and exact resume as they are; benchmarks/engine_overhead.py times them.
+A run names the ones it wants in `parallel.engine_switches` (default: `no_throughput_timer`, which only removes a
+timer megabert does not use); `build_deepspeed_config(..., switches=NEUTRAL_SWITCHES)` turns on every one that
+leaves the updates, the checkpoint format and exact resume as they are; benchmarks/engine_overhead.py times them.
 """
 
 from __future__ import annotations

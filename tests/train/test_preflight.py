@@ -141,3 +141,17 @@ def test_a_damaged_index_is_named_before_anything_starts(config_file, monkeypatc
     (tmp_path / "damaged.idx").write_bytes(bytes(data))
     message = run(_on_sample(config_file, sample_corpus, tmp_path), monkeypatch, "--data.data_path", str(damaged))
     assert "damaged.idx" in message
+
+
+def test_an_unknown_engine_switch_is_named(config_file, monkeypatch):
+    message = run(config_file, monkeypatch, "--parallel.engine_switches", '["no_throughput_timers"]')
+    assert "no_throughput_timers" in message and "no_throughput_timer" in message
+
+
+def test_the_default_run_turns_deepspeeds_throughput_timer_off():
+    from megabert.config import TrainConfig
+    from megabert.parallel.deepspeed_config import build_deepspeed_config
+
+    cfg = TrainConfig()
+    ds = build_deepspeed_config(cfg.parallel, cfg.optim, 4096, 128, 1, switches=cfg.parallel.engine_switches)
+    assert ds["timers"]["throughput"]["enabled"] is False
