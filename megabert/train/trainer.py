@@ -42,6 +42,7 @@ from megabert.data.loader import LOADER_PREFETCH
 from megabert.model.inputs import StagedInputs, prepare_inputs, stage_inputs, staged_numel_bound
 from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.train import metrics as M
+from megabert.train.budget import BUDGET_KEY, budget_for_run, max_over_ranks, refresh_lr
 from megabert.train.checkpoint import CheckpointManager, resolve_resume, step_dir_name
 from megabert.train.prefetch import StagedBatches
 from megabert.train.progress import ProgressBar, RunClock, Window
@@ -149,6 +150,7 @@ class Trainer:
         self.timers = Timers()
         self.gc_clock = GcClock()
         self.engine = None
+        self.budget = None  # [budget] set by setup() when the run has a wall-clock budget
         self._stop_signal: Optional[int] = None
 
     # ------------------------------------------------------------------------------------------------ setup
@@ -203,6 +205,12 @@ class Trainer:
                      self.state.consumed_samples)
         elif cfg.checkpoint.init_from:
             self._init_weights_from(cfg.checkpoint.init_from)
+        # [budget] wall-clock budget (train/budget.py): a count recorded in the checkpoint is kept, else measured
+        self.budget = budget_for_run(cfg.schedule, saved.get(BUDGET_KEY) if resume is not None else None,
+                                     agree=max_over_ranks(self.device))
+        if self.budget is not None and self.budget.budget_changed() and self.is_main:
+            log.warning("schedule.budget_minutes changed since the checkpoint: the run keeps the step count fixed "
+                        "for the recorded budget (%d steps)", self.budget.total_steps)
 
         out = Path(cfg.output_dir)
         if self.is_main:
@@ -254,6 +262,9 @@ class Trainer:
         nonfinite_in_a_row, last_saved, summary, staging_ready = 0, -1, {}, False
         self.engine.train()
         self.gc_clock.install()
+        if self.budget is not None:  # [budget] its clock starts with the loop; the count to run to for now
+            total = self.budget.start(st.step, time.perf_counter())
+            _set_progress_total(progress, total)
         try:
             while st.step < total:
                 step_start = time.perf_counter()
@@ -269,6 +280,8 @@ class Trainer:
                 step_time = time.perf_counter() - step_start
                 st.elapsed_seconds += step_time
                 window.seconds += step_time
+                if self.budget is not None:  # [budget] the step count, fixed once the rate is measured
+                    total = self._record_budget(total, progress)
                 progress.update()
 
                 if st.step % cfg.logging.log_interval == 0 or st.step == total:
@@ -297,6 +310,10 @@ class Trainer:
                 self._save()
             self.checkpoints.wait()  # the final checkpoint is published (export reads it)
             summary.update(self._run_summary(clock))
+            if self.budget is not None:  # [budget] the estimate against the actual end
+                summary.update(self.budget.summary(st.step))
+                if self.is_main:
+                    log.info(self.budget.report(st.step))
             if self.is_main and "run_tokens_per_s" in summary:
                 log.info("run after the first log window: %s real tok/s%s over %d steps (to the last step), %s to the "
                          "end of the final save", f"{summary['loop_tokens_per_s']:,.0f}",
@@ -384,6 +401,18 @@ class Trainer:
         window.loss_count = window.loss_count + finite_count
         window.steps += 1
         return known
+
+    def _record_budget(self, total: int, progress: ProgressBar) -> int:
+        """[budget] Tells the budget the step ended; once it fixes the count, the schedule (which reads
+        cfg.schedule.total_steps) already holds it and the next step's lr is recomputed from it."""
+        fixed = self.budget.record(self.state.step, time.perf_counter())
+        if fixed is None:
+            return total
+        refresh_lr(self.scheduler)
+        _set_progress_total(progress, fixed)
+        if self.is_main:
+            log.info("%s", self.budget.fix_message())
+        return fixed
 
     def _between_windows(self) -> float:
         """Runs after each log window but the last, before any evaluation or save; returns the seconds it took,
@@ -511,7 +540,8 @@ class Trainer:
         path = self.checkpoints.save(self.engine, st.step,
                                      {"step": st.step, "consumed_samples": st.consumed_samples,
                                       "elapsed_seconds": st.elapsed_seconds, "skipped_steps": st.skipped_steps,
-                                      "zero_stage": self.cfg.parallel.zero_stage},
+                                      "zero_stage": self.cfg.parallel.zero_stage,
+                                      **({BUDGET_KEY: self.budget.state_dict()} if self.budget else {})},  # [budget]
                                      to_dict(self.cfg))
         # What training waited for; saving asynchronously, the snapshot (and the previous write, if unfinished).
         seconds = time.perf_counter() - start
@@ -574,6 +604,13 @@ def _freeze_setup_objects() -> None:
     still collected. Garbage from setup is collected first, so nothing dead is kept."""
     gc.collect()
     gc.freeze()
+
+
+def _set_progress_total(progress: ProgressBar, total: int) -> None:
+    """[budget] The progress bar's end once the budget has set the step count."""
+    if progress.bar is not None:
+        progress.bar.total = total
+        progress.bar.refresh()
 
 
 def _seed_everything(seed: int) -> None:
