@@ -12,6 +12,9 @@ from the run's log at the step recorded in the model dir, or taken as the log's 
 Points given directly ([{"name", "time_s", "score"}], e.g. several checkpoints of one run):
     python tools/plot_pareto.py pareto --points points.json --higher-is-better --output pareto.png
 
+A study's figure again (validation loss and downstream score against wall clock, from tools/run_study.py):
+    python tools/plot_pareto.py study runs/study/base-h200/results.json --output pareto.png --time-unit minutes
+
 Ablation throughput (tools/bench_throughput.py's markdown table, or JSON [{"name", "tokens_per_s"}]):
     python tools/plot_pareto.py throughput bench.md --output throughput.png
 
@@ -30,7 +33,8 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from megabert.study.plots import PlotError, Point, pareto_front, plot_pareto, plot_throughput  # noqa: E402,F401
+from megabert.study.plots import (PlotError, Point, pareto_front, plot_pareto, plot_pareto_panels,  # noqa: E402,F401
+                                  plot_throughput)
 
 METRIC_KEYS = ("eval/loss", "valid/mlm_loss", "valid/loss", "eval/mlm_loss")
 """Tried in order when --metric-key is not given."""
@@ -225,6 +229,26 @@ def pareto_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_command(args: argparse.Namespace) -> int:
+    from megabert.study.report import pareto_panels
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise PlotError(f"study results {path} not found (tools/run_study.py writes results.json in output_dir)")
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (ValueError, KeyError):
+        raise PlotError(f"{path} is not a study's results.json (no 'runs')") from None
+    panels = pareto_panels(runs)
+    if not panels:
+        raise PlotError(f"{path}: no finished run has a validation loss yet")
+    fronts = plot_pareto_panels(panels, args.output, args.time_unit, args.title)
+    print(f"wrote {args.output}; Pareto frontier:")
+    for panel, front in zip(panels, fronts):
+        print(f"  {panel.ylabel}: " + ", ".join(f"{p.label} ({p.time_s:.0f} s, {p.value:.4f})" for p in front))
+    return 0
+
+
 def throughput_command(args: argparse.Namespace) -> int:
     rows = read_throughput(args.table, args.value, args.section)
     plot_throughput(rows, args.output, args.value.replace("_per_s", "/s").replace("_", " "), args.title)
@@ -250,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="")
     p.add_argument("--output", required=True, help="PNG to write")
     p.set_defaults(func=pareto_command)
+    s = sub.add_parser("study", help="a study's validation loss and downstream score vs wall clock")
+    s.add_argument("results", help="results.json of tools/run_study.py")
+    s.add_argument("--time-unit", default="minutes", choices=("seconds", "minutes", "hours"))
+    s.add_argument("--title", default="")
+    s.add_argument("--output", required=True, help="PNG to write")
+    s.set_defaults(func=study_command)
     t = sub.add_parser("throughput", help="ablation throughput table as a bar chart")
     t.add_argument("table", help="bench_throughput.py markdown output, or JSON [{name, tokens_per_s}]")
     t.add_argument("--value", default="real_tokens_per_s", help="real_tokens_per_s (default) or tokens_per_s")
