@@ -181,15 +181,20 @@ def _alive(pid: int) -> bool:
 def run_queue(items: Sequence[T], key: Callable[[T], str], is_done: Callable[[T], bool],
               work: Callable[[T, Slot], None], slots: Sequence[Slot], claims: Claims,
               processes: Processes) -> dict[str, str]:
-    """Works through `items` with one thread per slot; returns {item key: error} for the items that failed (an
-    item that failed is not retried by this call; a later call retries it)."""
+    """Works through `items` with one thread per slot; returns {item key: error} for the items that failed. An
+    item is taken at most once per call (a failed one is retried by the next call, never in a loop)."""
     failed: dict[str, str] = {}
+    taken: set[str] = set()
+    lock = threading.Lock()
 
     def next_item(owner: str) -> Optional[T]:
         for item in items:
             if processes.stopping.is_set():
                 return None
-            if key(item) not in failed and not is_done(item) and claims.try_claim(key(item), owner):
+            with lock:
+                if key(item) in taken or is_done(item) or not claims.try_claim(key(item), owner):
+                    continue
+                taken.add(key(item))
                 return item
         return None
 
@@ -202,6 +207,8 @@ def run_queue(items: Sequence[T], key: Callable[[T], str], is_done: Callable[[T]
             try:
                 if not is_done(item):  # finished by someone else between our check and our claim
                     work(item, slot)
+                    if not is_done(item):
+                        raise RuntimeError(f"{key(item)}: every stage ran but the item still looks unfinished")
             except Stopped:
                 return
             except Exception as e:  # noqa: BLE001 -- reported with the others at the end

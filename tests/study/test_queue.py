@@ -133,3 +133,11 @@ def test_one_slot_per_visible_gpu(monkeypatch):
     assert find_slots(["5"]) == [Slot("gpu5", "5", "cuda")]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert find_slots(cpu_workers=2) == [Slot("cpu0", "", "cpu"), Slot("cpu1", "", "cpu")]
+
+
+def test_an_item_that_stays_unfinished_is_taken_once_and_reported(tmp_path):
+    calls = []
+    failed = run_queue(["x"], key=str, is_done=lambda i: False, work=lambda item, slot: calls.append(item),
+                       slots=[Slot("cpu0", "", "cpu"), Slot("cpu1", "", "cpu")], claims=Claims(tmp_path),
+                       processes=Processes(2))
+    assert calls == ["x"] and "still looks unfinished" in failed["x"]
