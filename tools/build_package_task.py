@@ -9,7 +9,7 @@
 Fine-tune on it through the user-task path:
     python tools/run_glue.py --model runs/base/model --output runs/base/debian --task-name debian_sections \\
         --train-file data/debian_sections/train.tsv --dev-file data/debian_sections/dev.tsv \\
-        --text-columns text --label-column label --labels "$(cat data/debian_sections/labels.txt)"
+        --text-columns text --label-column label --labels "$(paste -sd, data/debian_sections/labels.txt)"
 
 Source: the apt lists of the machine (`apt-get indextargets` finds them; `apt-helper cat-file` reads any
 compression apt keeps them in), or Packages files given with --packages (plain, .gz, .xz, .bz2; .lz4 and .zst

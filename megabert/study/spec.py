@@ -290,7 +290,10 @@ def _ablation(data: Any, study: Study, where: str) -> tuple[float, list[Variant]
     if unknown or not names:
         raise StudyError(f"{where}: unknown switch(es) {unknown or names}; choose from "
                          f"{', '.join(s.name for s in SWITCHES)}")
-    reference_cfg = load_config(study.base_config, override_args({**study.overrides, **reference.overrides}))
+    try:
+        reference_cfg = load_config(study.base_config, override_args({**study.overrides, **reference.overrides}))
+    except ConfigError as e:
+        raise StudyError(f"{where}: the MosaicBERT variant {reference.name!r}: {e}") from None
     variants = list(study.variants)
     for name in names:
         switch = SWITCH_BY_NAME[name]
