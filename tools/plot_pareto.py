@@ -33,7 +33,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from megabert.study.plots import (PlotError, Point, pareto_front, plot_pareto, plot_pareto_panels,  # noqa: E402,F401
+from megabert.study.plots import (PlotError, Point, pareto_front, plot_pareto, plot_pareto_panels,  # noqa: E402,F401 -- re-exported
                                   plot_throughput)
 
 METRIC_KEYS = ("eval/loss", "valid/mlm_loss", "valid/loss", "eval/mlm_loss")

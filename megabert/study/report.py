@@ -10,7 +10,6 @@ loss, validation accuracy and downstream score (points) that turning the switch 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from megabert.study.evaluation import PLATEAU_FRACTION

@@ -5,8 +5,6 @@ import gzip
 import json
 from pathlib import Path
 
-import pytest
-
 from megabert.tasks.data import load_task_data
 from megabert.tasks.task import user_task
 from tests.tasks.tiny_model import load_tool

@@ -2,13 +2,12 @@
 MosaicBERT, the Pareto frontier, and the figures (they render)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from megabert.study.report import write_report
 from megabert.study.spec import SWITCHES, load_study
-from tests.study.test_spec import BERT, write_study
+from tests.study.test_spec import write_study
 from tests.tools.test_plot_pareto import _png_size
 
 EVAL_META = {"samples": 64, "masked_tokens": 900, "masked_positions_sha256": "ab" * 32,
