@@ -23,6 +23,8 @@ setup(
         "megabert-convert-checkpoint = megabert.cli.convert_checkpoint:main",
         "megabert-run-glue = megabert.cli.run_glue:main",
         "megabert-plot-pareto = megabert.cli.plot_pareto:main",
+        "megabert-run-study = megabert.cli.run_study:main",
+        "megabert-build-package-task = megabert.cli.build_package_task:main",
     ]},
     install_requires=[
         # torch is not upper-bounded: a user's CUDA build is kept. On a CPU-only machine install the CPU build

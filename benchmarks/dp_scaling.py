@@ -30,7 +30,6 @@ import datetime
 import gc
 import json
 import statistics
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import gc
 import os
-import sys
 from typing import Callable
 
 import torch

@@ -18,7 +18,6 @@ import argparse
 import json
 import socket
 import statistics
-import sys
 import time
 from pathlib import Path
 

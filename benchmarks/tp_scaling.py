@@ -31,7 +31,6 @@ import copy
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -180,14 +181,23 @@ class ScheduleConfig:
     """Linear warm-up, then linear decay to a fraction of the peak."""
 
     total_steps: int = 70000
-    """Optimizer steps in the run."""
+    """Optimizer steps in the run. With budget_minutes, the budget fixes the count instead (this value only
+    shapes the warm-up of the first steps, while the step rate is measured)."""
     warmup_fraction: float = 0.06
     """Fraction of total_steps spent warming up linearly from 0."""
     final_lr_fraction: float = 0.02
     """The lr decays linearly to this fraction of the peak at total_steps."""
+    budget_minutes: Optional[float] = None
+    """Wall-clock budget of the training loop. The run measures its step rate over its first steps, then fixes
+    total_steps so that the whole schedule (warm-up, decay to the floor) ends within the budget, the time already
+    spent included; checkpoints record the count, so a resumed run keeps it (megabert/train/budget.py). None:
+    the run takes total_steps steps."""
 
     def validate(self) -> None:
         _check(self.total_steps > 0, "schedule.total_steps must be > 0")
+        _check(self.budget_minutes is None or (math.isfinite(self.budget_minutes) and self.budget_minutes > 0),
+               f"schedule.budget_minutes ({self.budget_minutes}) must be a positive number of minutes, or null for "
+               f"a run of schedule.total_steps steps")
         _check(0 <= self.warmup_fraction < 1, "schedule.warmup_fraction must be in [0, 1)")
         _check(0 <= self.final_lr_fraction <= 1, "schedule.final_lr_fraction must be in [0, 1]")
 

@@ -11,6 +11,9 @@ from the run's log at the step recorded in the model dir, or taken as the log's 
 Points given directly ([{"name", "time_s", "score"}], e.g. several checkpoints of one run):
     python tools/plot_pareto.py pareto --points points.json --higher-is-better --output pareto.png
 
+A study's figure again (validation loss and downstream score against wall clock, from tools/run_study.py):
+    python tools/plot_pareto.py study runs/study/base-h200/results.json --output pareto.png --time-unit minutes
+
 Ablation throughput (tools/bench_throughput.py's markdown table, or JSON [{"name", "tokens_per_s"}]):
     python tools/plot_pareto.py throughput bench.md --output throughput.png
 
@@ -24,27 +27,18 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+
+from megabert.study.plots import (PlotError, Point, pareto_front, plot_pareto, plot_pareto_panels,  # noqa: F401 -- re-exported
+                                  plot_throughput)
 
 METRIC_KEYS = ("eval/loss", "valid/mlm_loss", "valid/loss", "eval/mlm_loss")
 """Tried in order when --metric-key is not given."""
 TIME_KEYS = ("time_s", "elapsed_seconds", "time")
 """Tried in order when --time-key is not given; a key named 'time' is a wall clock, made relative to the first
 line of the log."""
-
-
-class PlotError(ValueError):
-    """Inputs cannot be plotted; the message names the file and the key."""
-
-
-@dataclass
-class Point:
-    run: str
-    time_s: float
-    value: float
-    label: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,61 +138,6 @@ def _named(items: list[str], flag: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pareto frontier
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def pareto_front(points: list[Point], higher_is_better: bool) -> list[Point]:
-    """Points no other point beats on both time (lower) and value: sweep by time, keep strict improvements."""
-    front, best = [], None
-    for p in sorted(points, key=lambda p: (p.time_s, -p.value if higher_is_better else p.value)):
-        if best is None or (p.value > best if higher_is_better else p.value < best):
-            front.append(p)
-            best = p.value
-    return front
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise PlotError("plotting needs matplotlib: pip install matplotlib") from None
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_pareto(series: dict[str, list[Point]], output: str | Path, ylabel: str, higher_is_better: bool,
-                time_unit: str = "hours", title: str = "") -> list[Point]:
-    plt = _pyplot()
-    scale = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0}[time_unit]
-    all_points = [p for points in series.values() for p in points]
-    if not all_points:
-        raise PlotError("nothing to plot: no run has the metric")
-    front = pareto_front(all_points, higher_is_better)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for name, points in series.items():
-        points = sorted(points, key=lambda p: p.time_s)
-        ax.plot([p.time_s / scale for p in points], [p.value for p in points], marker="o", markersize=3,
-                linewidth=1.2, alpha=0.8, label=name)
-    ax.step([p.time_s / scale for p in front], [p.value for p in front], where="post", color="black",
-            linestyle="--", linewidth=1.5, label="Pareto frontier")
-    ax.scatter([p.time_s / scale for p in front], [p.value for p in front], s=40, facecolors="none",
-               edgecolors="black", zorder=3)
-    ax.set_xlabel(f"training time ({time_unit})")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or f"{ylabel} vs training time")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
-    return front
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Throughput bars
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -253,31 +192,6 @@ def read_throughput(path: str | Path, value_key: str = "real_tokens_per_s", sect
     return out
 
 
-def plot_throughput(rows: list[dict], output: str | Path, ylabel: str = "real tokens/s", title: str = "") -> None:
-    plt = _pyplot()
-    names = list(dict.fromkeys(r["name"] for r in rows))
-    groups = list(dict.fromkeys(r["group"] for r in rows))
-    width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) * max(1, len(groups) / 2)), 4.5), dpi=120)
-    for g, group in enumerate(groups):
-        values = {r["name"]: r["value"] for r in rows if r["group"] == group}
-        xs = [i + (g - (len(groups) - 1) / 2) * width for i in range(len(names))]
-        bars = ax.bar(xs, [values.get(n, 0.0) for n in names], width, label=group or None)
-        ax.bar_label(bars, labels=[f"{values[n]:,.0f}" if n in values else "" for n in names], fontsize=7,
-                     rotation=90, padding=2)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or "Throughput by configuration")
-    ax.margins(y=0.2)
-    if any(groups):
-        ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,6 +227,26 @@ def pareto_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_command(args: argparse.Namespace) -> int:
+    from megabert.study.report import pareto_panels
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise PlotError(f"study results {path} not found (tools/run_study.py writes results.json in output_dir)")
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (ValueError, KeyError):
+        raise PlotError(f"{path} is not a study's results.json (no 'runs')") from None
+    panels = pareto_panels(runs)
+    if not panels:
+        raise PlotError(f"{path}: no finished run has a validation loss yet")
+    fronts = plot_pareto_panels(panels, args.output, args.time_unit, args.title)
+    print(f"wrote {args.output}; Pareto frontier:")
+    for panel, front in zip(panels, fronts):
+        print(f"  {panel.ylabel}: " + ", ".join(f"{p.label} ({p.time_s:.0f} s, {p.value:.4f})" for p in front))
+    return 0
+
+
 def throughput_command(args: argparse.Namespace) -> int:
     rows = read_throughput(args.table, args.value, args.section)
     plot_throughput(rows, args.output, args.value.replace("_per_s", "/s").replace("_", " "), args.title)
@@ -338,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="")
     p.add_argument("--output", required=True, help="PNG to write")
     p.set_defaults(func=pareto_command)
+    s = sub.add_parser("study", help="a study's validation loss and downstream score vs wall clock")
+    s.add_argument("results", help="results.json of tools/run_study.py")
+    s.add_argument("--time-unit", default="minutes", choices=("seconds", "minutes", "hours"))
+    s.add_argument("--title", default="")
+    s.add_argument("--output", required=True, help="PNG to write")
+    s.set_defaults(func=study_command)
     t = sub.add_parser("throughput", help="ablation throughput table as a bar chart")
     t.add_argument("table", help="bench_throughput.py markdown output, or JSON [{name, tokens_per_s}]")
     t.add_argument("--value", default="real_tokens_per_s", help="real_tokens_per_s (default) or tokens_per_s")

@@ -31,7 +31,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker; parallelism comes from --workers

@@ -50,20 +50,25 @@ def run_serial(jobs: Sequence[Job], data: Optional[dict[str, TaskData]] = None) 
     return [run_job(job, (data or {}).get(job.task["name"])) for job in jobs]
 
 
+def worker_env(slot: str, num_slots: int) -> dict[str, str]:
+    """The environment of a worker subprocess pinned to one slot (a CUDA_VISIBLE_DEVICES value): workers share
+    the host's cores (as torchrun does, none claims them all) and import this megabert, installed or not."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, num_slots)))
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": slot, "OMP_NUM_THREADS": threads,
+            "PYTHONPATH": os.pathsep.join(filter(None, [_REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+
+
 def run_parallel(jobs: Sequence[Job], slots: Sequence[str], poll_s: float = 0.5) -> list[dict]:
     """Runs jobs as worker subprocesses, one per slot; a slot is a CUDA_VISIBLE_DEVICES value ('0', '1', ...)."""
     pending, running, results, failures = list(jobs), {}, {}, []
     free = list(slots)
-    # Workers share the host's cores (as torchrun does, don't let each one claim them all).
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // len(slots)))
     while pending or running:
         while pending and free:
             job, slot = pending.pop(0), free.pop(0)
             Path(job.output_dir).mkdir(parents=True, exist_ok=True)
             job_file = Path(job.output_dir) / "job.json"
             job_file.write_text(json.dumps(job.to_dict(), indent=2) + "\n")
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot, "OMP_NUM_THREADS": threads,
-                   "PYTHONPATH": os.pathsep.join(filter(None, [_REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+            env = worker_env(slot, len(slots))
             log_file = open(Path(job.output_dir) / "worker.log", "w")
             process = subprocess.Popen([sys.executable, "-m", "megabert.tasks.worker", str(job_file)], env=env,
                                        stdout=log_file, stderr=subprocess.STDOUT)

@@ -177,6 +177,12 @@ class Telemetry:
             self.clock.end_loop()  # the final save (in the loop or after it) is not part of `loop_*`
         return metrics
 
+    def set_total(self, total: int) -> None:
+        """The run's step count changed (a wall-clock budget fixed it): the progress bar's end follows."""
+        if self.progress.bar is not None:
+            self.progress.bar.total = total
+            self.progress.bar.refresh()
+
     def exclude(self, seconds: float) -> None:
         """Takes time the loop spent on something else (evaluation, callbacks) out of the run clock."""
         self.clock.exclude(seconds)

@@ -9,6 +9,7 @@ runs the loop; each component decides its own interval:
     TrainStep          one optimizer step over `accum` micro-batches, non-finite flags read a step late (step.py)
     NonFiniteSteps     skipped steps counted; K in a row stop the run
     Telemetry          log windows, metrics, progress, the run clock (telemetry.py)
+    WallClockBudget    with schedule.budget_minutes, the step count fixed from the measured rate (budget.py)
     Validator          validation MLM loss and accuracy every eval_interval steps (evaluate.py)
     CheckpointManager  a checkpoint every save_interval steps and at the end (megabert/checkpoint/)
     GarbageCollection  setup's objects frozen out of the garbage collector's scans (garbage.py)
@@ -28,7 +29,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
@@ -36,6 +37,7 @@ from megabert.checkpoint.manager import CheckpointManager, resolve_resume, step_
 from megabert.config import ConfigError, TrainConfig, to_dict
 from megabert.model.inputs import PackedInputs, pack_inputs
 from megabert.train import metrics as M
+from megabert.train.budget import BUDGET_KEY, budget_for_run, max_over_ranks, refresh_lr
 from megabert.train.evaluate import Validator
 from megabert.train.garbage import GarbageCollection
 from megabert.train.preflight import preflight, tensor_parallel_api
@@ -137,7 +139,7 @@ class Trainer:
             self.engine.compile()
 
         self.checkpoints = CheckpointManager(cfg.checkpoint, self.rank, self.world_size)
-        self.state = TrainState()
+        self.state, saved = TrainState(), {}
         resume = resolve_resume(cfg.checkpoint)
         if resume is not None:
             saved = self.checkpoints.load(self.engine, resume)
@@ -147,6 +149,11 @@ class Trainer:
                      self.state.consumed_samples)
         elif cfg.checkpoint.init_from:
             self._init_weights_from(cfg.checkpoint.init_from)
+        # A count recorded in the checkpoint is kept (and set as schedule.total_steps here), else measured.
+        self.budget = budget_for_run(cfg.schedule, saved.get(BUDGET_KEY), agree=max_over_ranks(self.device))
+        if self.budget is not None and self.budget.budget_changed() and self.is_main:
+            log.warning("schedule.budget_minutes changed since the checkpoint: the run keeps the step count fixed "
+                        "for the recorded budget (%d steps)", self.budget.total_steps)
 
         out = Path(cfg.output_dir)
         if self.is_main:
@@ -190,8 +197,8 @@ class Trainer:
         """Runs to schedule.total_steps (or until a stop signal); returns a summary of the run."""
         if self.engine is None:
             self.setup()
-        st, total = self.state, self.cfg.schedule.total_steps
-        if st.step >= total:
+        st, schedule = self.state, self.cfg.schedule  # a budget may change schedule.total_steps as the run goes
+        if st.step >= schedule.total_steps and (self.budget is None or self.budget.fixed):
             return self._already_finished()
         with contextlib.ExitStack() as stack:
             stop = stack.enter_context(StopSignals(lambda: self.checkpoints.write_failed))
@@ -201,18 +208,21 @@ class Trainer:
             stack.callback(self.checkpoints.close)  # the last pruning; after an exception the save in flight
             stack.enter_context(GarbageCollection())
             self.engine.train()
-            while st.step < total:
+            if self.budget is not None:
+                self.telemetry.set_total(self.budget.start(st.step, time.perf_counter()))
+            while st.step < schedule.total_steps:
                 start = time.perf_counter()
                 out = self.step(st.step + 1, batches, stop)
                 self.nonfinite.record(out.flags)
                 self._advance(time.perf_counter() - start)
+                self._record_budget()
                 self._report(out, time.perf_counter() - start)
                 if self.validator.due(st.step):
                     self.telemetry.exclude(self._evaluate()["eval_seconds"])
                 if out.flags.stop:
                     return self._stop(out.flags.stop)
                 self.checkpoints.maybe_save(self.engine, st.step, self._state_dict(), to_dict(self.cfg),
-                                            last_step=st.step == total)
+                                            last_step=st.step == schedule.total_steps)
             self.nonfinite.record(self.step.read_pending(st.step))  # the last step's, when read a step late
             st.skipped_steps = self.nonfinite.skipped
             return self._finish()
@@ -230,6 +240,18 @@ class Trainer:
         st.consumed_samples += self.cfg.global_batch_size
         st.elapsed_seconds += seconds
         st.skipped_steps = self.nonfinite.skipped
+
+    def _record_budget(self) -> None:
+        """Tells the budget a step ended; once it fixes the count (schedule.total_steps, which the lr schedule
+        reads), the next step's lr is recomputed from it and the progress bar gets its end."""
+        if self.budget is None:
+            return
+        fixed = self.budget.record(self.state.step, time.perf_counter())
+        if fixed is not None:
+            refresh_lr(self.engine.lr_scheduler)
+            self.telemetry.set_total(fixed)
+            if self.is_main:
+                log.info("%s", self.budget.fix_message())
 
     def _report(self, out: StepOutput, seconds: float) -> None:
         """Counts the step into the window; after a window, the callbacks (their time is off the clock)."""
@@ -254,7 +276,8 @@ class Trainer:
         return {k.replace("/", "_"): v for k, v in result.items()}
 
     def _state_dict(self) -> dict[str, Any]:
-        return {**asdict(self.state), "zero_stage": self.cfg.parallel.zero_stage}
+        budget = {BUDGET_KEY: self.budget.state_dict()} if self.budget is not None else {}
+        return {**asdict(self.state), "zero_stage": self.cfg.parallel.zero_stage, **budget}
 
     def _save_now(self) -> None:
         """A checkpoint of the current step (unless it is the one already saved), published before returning."""
@@ -274,6 +297,10 @@ class Trainer:
         """After the last step: the final checkpoint published, the summary, a last evaluation, the export."""
         self._save_now()  # the final checkpoint is published (the export reads it)
         summary = {**self._last_window, **self.telemetry.run_summary()}
+        if self.budget is not None:  # the estimate against the actual end
+            summary.update(self.budget.summary(self.state.step))
+            if self.is_main:
+                log.info("%s", self.budget.report(self.state.step))
         summary.update(self._evaluate() if self.cfg.logging.eval_interval else {})
         summary.update(step=self.state.step, stopped_by_signal=False)
         self._export()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.train.launch import REPO, _free_port, child_env, explain, tiny_config_on_sample
+from tests.train.launch import _free_port, child_env, explain, tiny_config_on_sample
 
 
 from benchmarks.dp_scaling import scaling_table

@@ -90,3 +90,19 @@ def test_finetune_point_is_timed_at_the_pretraining_step_of_its_model(tmp_path):
     assert plot.run_time_at(log, 100) == 200.0
     with pytest.raises(plot.PlotError, match="has no task 'cola'"):
         plot.finetune_score(results, "task:cola")
+
+
+def test_panels_side_by_side_each_with_its_own_frontier(tmp_path):
+    from megabert.study.plots import Panel, plot_pareto_panels
+
+    P = plot.Point
+    loss = {"a": [P("a", 60, 3.0), P("a", 120, 2.5)], "b": [P("b", 60, 3.5), P("b", 100, 2.4)]}
+    score = {"a": [P("a", 60, 70.0), P("a", 120, 75.0)], "b": [P("b", 60, 72.0), P("b", 100, 71.0)]}
+    out = tmp_path / "panels.png"
+    fronts = plot_pareto_panels([Panel(loss, "loss", False), Panel(score, "score", True)], out, "minutes")
+    assert [(p.run, p.time_s) for p in fronts[0]] == [("a", 60), ("b", 100)]
+    assert [(p.run, p.time_s) for p in fronts[1]] == [("b", 60), ("a", 120)]
+    height, width = _png_size(out)
+    assert width >= 2 * 7 * 120 - 10 and height > 400  # two 7-inch panels at 120 dpi
+    with pytest.raises(plot.PlotError, match="nothing to plot for 'score'"):
+        plot_pareto_panels([Panel(loss, "loss", False), Panel({}, "score", True)], tmp_path / "x.png")

@@ -1,0 +1,186 @@
+"""A study's results: one row per run, the ablation table, the Pareto figure; as results.json and results.md.
+
+Wall clock of a run is its training loop's, as the budget counts it (megabert/train/budget.py: from the first step
+to the last, evaluations and checkpoints between them included, start-up and export not). Throughput is the
+trainer's real (non-padding) tokens per second after its first log window. The ablation compares each switched-off
+variant with the MosaicBERT variant at the ablation's budget: the change of throughput (percent) and of validation
+loss, validation accuracy and downstream score (points) that turning the switch off causes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Sequence
+
+from megabert.study.evaluation import PLATEAU_FRACTION
+from megabert.study.plots import Panel, Point, pareto_front, plot_pareto_panels, plot_throughput
+from megabert.study.runner import read_json
+from megabert.study.spec import SWITCH_BY_NAME, Run, Study, budget_label
+
+PARETO_PNG = "pareto.png"
+ABLATION_PNG = "ablation.png"
+
+
+def run_row(study: Study, run: Run, eval_meta: dict, failures: dict[str, str]) -> dict[str, Any]:
+    """What one run gave (None where a stage has not run)."""
+    pretrain = read_json(run.directory / "pretrain.json") or {}
+    evaluation = read_json(run.directory / "evaluation.json") or {}
+    row = {"run": run.id, "variant": run.variant.name, "variant_id": run.variant.id, "role": run.variant.role,
+           "switch": run.variant.switch, "budget_minutes": run.budget_minutes,
+           "steps": pretrain.get("step"), "wall_clock_s": pretrain.get("budget_spent_seconds"),
+           "estimated_s": pretrain.get("budget_estimated_seconds"),
+           "tokens_per_s": pretrain.get("loop_tokens_per_s", pretrain.get("run_tokens_per_s")),
+           "eval_loss": evaluation.get("loss"), "eval_accuracy": evaluation.get("accuracy"),
+           "masked_positions_sha256": evaluation.get("masked_positions_sha256"), "downstream_score": None}
+    if study.downstream:
+        results = read_json(run.directory / "downstream" / "results.json") or {}
+        task = results.get("tasks", {}).get(study.downstream.name)
+        row["downstream_score"] = task["score"] if task else None
+    unigram = (eval_meta.get("unigram") or {}).get("loss")
+    row["on_unigram_plateau"] = (None if row["eval_loss"] is None or unigram is None
+                                 else row["eval_loss"] > PLATEAU_FRACTION * unigram)
+    done = row["eval_loss"] is not None and (not study.downstream or row["downstream_score"] is not None)
+    row["status"] = "failed" if run.id in failures else "done" if done else "pending"
+    if run.id in failures:
+        row["error"] = failures[run.id]
+    return row
+
+
+def ablation_rows(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """One row per switch of the study's ablation, in the order of SWITCHES; changes are None while a run is
+    missing."""
+    if study.ablation_budget is None:
+        return []
+    at_budget = [r for r in rows if r["budget_minutes"] == study.ablation_budget]
+    reference = next((r for r in at_budget if r["role"] == "mosaicbert"), None)
+    out = []
+    for row in (r for r in at_budget if r["role"] == "ablation"):
+        switch = SWITCH_BY_NAME[row["switch"]]
+        entry = {"switch": switch.name, "key": switch.key, "off": switch.off, "description": switch.description,
+                 "run": row["run"], "tokens_per_s": row["tokens_per_s"], "eval_loss": row["eval_loss"],
+                 "eval_accuracy": row["eval_accuracy"], "downstream_score": row["downstream_score"]}
+        entry["throughput_change_pct"] = _change(reference, row, "tokens_per_s", relative=True)
+        entry["eval_loss_change"] = _change(reference, row, "eval_loss")
+        entry["eval_accuracy_change_pts"] = _change(reference, row, "eval_accuracy", scale=100.0)
+        entry["downstream_change_pts"] = _change(reference, row, "downstream_score")
+        out.append(entry)
+    order = list(SWITCH_BY_NAME)
+    return sorted(out, key=lambda e: order.index(e["switch"]))
+
+
+def _change(reference: Optional[dict], row: dict, key: str, relative: bool = False,
+            scale: float = 1.0) -> Optional[float]:
+    if reference is None or reference.get(key) is None or row.get(key) is None:
+        return None
+    if relative:
+        return 100.0 * (row[key] / reference[key] - 1.0) if reference[key] else None
+    return scale * (row[key] - reference[key])
+
+
+def pareto_panels(rows: Sequence[dict]) -> list[Panel]:
+    """Validation loss and (when any run has one) downstream score against wall clock, one curve per variant
+    (the ablation's single points left to the ablation table)."""
+    def series(key: str) -> dict[str, list[Point]]:
+        out: dict[str, list[Point]] = {}
+        for r in rows:
+            if r["role"] != "ablation" and r.get(key) is not None and r.get("wall_clock_s") is not None:
+                out.setdefault(r["variant"], []).append(Point(r["variant"], r["wall_clock_s"], r[key], r["run"]))
+        return out
+
+    panels = [Panel(series("eval_loss"), "validation MLM loss (15% masking)", higher_is_better=False)]
+    downstream = series("downstream_score")
+    if downstream:
+        panels.append(Panel(downstream, "downstream score", higher_is_better=True))
+    return [p for p in panels if p.series]
+
+
+def collect(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """results.json's content, from the files of the study's runs."""
+    failures = failures or {}
+    rows = [run_row(study, run, eval_meta, failures) for run in study.runs()]
+    fronts = {}
+    for panel in pareto_panels(rows):
+        key = "eval_loss" if not panel.higher_is_better else "downstream_score"
+        fronts[key] = [p.label for p in pareto_front([p for s in panel.series.values() for p in s],
+                                                     panel.higher_is_better)]
+    return {"study": study.name, "description": study.description, "source": study.source,
+            "budgets_minutes": study.budgets_minutes, "ablation_budget_minutes": study.ablation_budget,
+            "evaluation": {k: eval_meta.get(k) for k in ("samples", "masked_tokens", "masked_positions_sha256",
+                                                        "unigram", "settings")},
+            "downstream": study.downstream.name if study.downstream else None,
+            "runs": rows, "ablation": ablation_rows(study, rows), "pareto_frontier": fronts}
+
+
+def write_report(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """results.json, results.md, pareto.png (and ablation.png) in the study's directory; returns the results."""
+    results = collect(study, eval_meta, failures)
+    out = study.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    panels = pareto_panels(results["runs"])
+    if panels:
+        plot_pareto_panels(panels, out / PARETO_PNG, time_unit="minutes", title=f"study {study.name}")
+    bars = [{"name": r["variant"], "group": "", "value": r["tokens_per_s"]} for r in results["runs"]
+            if r["budget_minutes"] == study.ablation_budget and r["role"] in ("mosaicbert", "ablation")
+            and r["tokens_per_s"] is not None]
+    if study.ablation_budget is not None and bars:
+        plot_throughput(bars, out / ABLATION_PNG, title=f"throughput at {budget_label(study.ablation_budget)}")
+    results["figures"] = [name for name in (PARETO_PNG, ABLATION_PNG) if (out / name).is_file()]
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = ".4f", signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return format(value, ("+" if signed else "") + spec)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:+.1f}%"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    ev = results["evaluation"]
+    unigram = ev.get("unigram") or {}
+    lines = [f"# Study {results['study']}", ""]
+    if results["description"]:
+        lines += [results["description"], ""]
+    lines += [f"Evaluation: {ev['samples']} validation samples, {ev['masked_tokens']} masked tokens at "
+              f"{100 * ev['settings']['mask_prob']:g}% (the same for every run; digest "
+              f"`{(ev['masked_positions_sha256'] or '')[:12]}`). Unigram reference (training-split token "
+              f"frequencies, no context): loss {_fmt(unigram.get('loss'))}, accuracy "
+              f"{_fmt(100 * unigram['accuracy'] if 'accuracy' in unigram else None, '.1f')}%; a run whose loss is "
+              f"above {PLATEAU_FRACTION:g} x that is marked *plateau*.", "",
+              "## Runs", "",
+              "| variant | budget | steps | wall clock (s) | real tokens/s | val loss | val acc (%) | "
+              f"{results['downstream'] or 'downstream'} | status |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        note = r["status"] + (", plateau" if r.get("on_unigram_plateau") else "")
+        lines.append(f"| {r['variant']} | {budget_label(r['budget_minutes'])} | {_fmt(r['steps'], 'd')} | "
+                     f"{_fmt(r['wall_clock_s'], '.1f')} | {_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['eval_loss'])} | "
+                     f"{_fmt(None if r['eval_accuracy'] is None else 100 * r['eval_accuracy'], '.2f')} | "
+                     f"{_fmt(r['downstream_score'], '.2f')} | {note} |")
+    if results["ablation"]:
+        lines += ["", f"## Ablation at {budget_label(results['ablation_budget_minutes'])}", "",
+                  "Each MosaicBERT modification turned off in turn, against MosaicBERT at the same budget.", "",
+                  "| switch off | instead | real tokens/s | throughput | val loss | val acc (pts) | downstream (pts) |",
+                  "|---|---|---|---|---|---|---|"]
+        for a in results["ablation"]:
+            lines.append(f"| {a['switch']} | {a['description'].split(' instead')[0]} | "
+                         f"{_fmt(a['tokens_per_s'], ',.0f')} | {_pct(a['throughput_change_pct'])} | "
+                         f"{_fmt(a['eval_loss_change'], '.4f', True)} | "
+                         f"{_fmt(a['eval_accuracy_change_pts'], '.2f', True)} | "
+                         f"{_fmt(a['downstream_change_pts'], '.2f', True)} |")
+    if results["pareto_frontier"]:
+        lines += ["", "## Pareto frontier", ""]
+        for key, runs in results["pareto_frontier"].items():
+            lines.append(f"- {'validation loss' if key == 'eval_loss' else 'downstream score'}: {', '.join(runs)}")
+    for name in results.get("figures", []):
+        lines += ["", f"![{name}]({name})"]
+    return "\n".join(lines) + "\n"

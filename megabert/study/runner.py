@@ -1,0 +1,172 @@
+"""Runs a study: the evaluation set once, every run through the shared queue, then the report.
+
+Each run is three stages, each a subprocess on the worker's GPU, each skipped when its output is there and fresh:
+  1. pretrain   `python pretrain_bert.py --config BASE <overrides>`: a normal training run with the run's budget,
+                resumed from its own checkpoints when it was interrupted; done when the trainer exported the model
+                and wrote its final summary (copied to pretrain.json);
+  2. evaluate   `python -m megabert.study.evaluation`: the exported model on the study's evaluation set
+                (evaluation.json);
+  3. downstream `python tools/run_glue.py --task-name ... --train-file ...`: the user-task path, fine-tuned
+                from the exported model (downstream/results.json), when the study names a downstream task.
+The commands are written to the run's commands.sh, so any stage can be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from megabert.study.evaluation import build_eval_set
+from megabert.study.queue import Claims, Processes, Slot, StageError, Stopped, run_queue
+from megabert.study.spec import Run, Study, override_args
+
+log = logging.getLogger(__name__)
+
+PRETRAIN = ["-m", "pretrain_bert"]  # pretrain_bert.py, installed or run from the checkout
+RUN_GLUE = ["-m", "megabert.cli.run_glue"]  # tools/run_glue.py
+EVAL_SET = "eval_set.npz"
+
+
+class StudyRunner:
+    def __init__(self, study: Study, slots: Sequence[Slot], processes: Optional[Processes] = None):
+        self.study = study
+        self.slots = list(slots)
+        self.processes = processes or Processes(len(self.slots))
+        self.eval_set = study.output_dir / EVAL_SET
+        self.eval_meta: Optional[dict] = None
+
+    # ------------------------------------------------------------------------------------------------ study
+    def prepare(self) -> dict:
+        """The study's directory, its plan and its evaluation set (built on the first call, checked after)."""
+        self.study.output_dir.mkdir(parents=True, exist_ok=True)
+        plan = [{"run": r.id, "variant": r.variant.name, "role": r.variant.role, "switch": r.variant.switch,
+                 "budget_minutes": r.budget_minutes, "directory": str(r.directory),
+                 "command": self.pretrain_command(r)} for r in self.study.runs()]
+        (self.study.output_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        cfg = self.study.run_config(self.study.runs()[0])
+        ev = self.study.evaluation
+        self.eval_meta = build_eval_set(cfg, self.eval_set, ev.samples, ev.mask_prob, ev.seed)
+        return self.eval_meta
+
+    def run(self) -> dict[str, str]:
+        """Every run not yet done; returns {run id: error} of the runs that failed."""
+        if self.eval_meta is None:
+            self.prepare()
+        claims = Claims(self.study.output_dir / "locks")
+        return run_queue(self.study.runs(), key=lambda r: r.id, is_done=self.is_done, work=self.work,
+                         slots=self.slots, claims=claims, processes=self.processes)
+
+    # ------------------------------------------------------------------------------------------------ a run
+    def is_done(self, run: Run) -> bool:
+        return (pretrain_result(run) is not None and self._evaluation_fresh(run)
+                and (self.study.downstream is None or self._downstream_fresh(run)))
+
+    def work(self, run: Run, slot: Slot) -> None:
+        commands = {"pretrain": self.pretrain_command(run), "evaluate": self.evaluate_command(run, slot)}
+        if self.study.downstream:
+            commands["downstream"] = self.downstream_command(run, slot)
+        run.directory.mkdir(parents=True, exist_ok=True)
+        (run.directory / "commands.sh").write_text(
+            "#!/usr/bin/env bash\n# the stages of this run, as the study runner ran them (from the study's cwd)\n"
+            + "".join(f"{shlex.join(c)}\n" for c in commands.values()))
+        if pretrain_result(run) is None:
+            log.info("%s: pretraining on %s", run.id, slot.name)
+            self.processes.run(commands["pretrain"], run.directory / "logs" / "pretrain.log", slot)
+            self._record_pretrain(run)
+        if not self._evaluation_fresh(run):
+            log.info("%s: evaluating on %s", run.id, slot.name)
+            self.processes.run(commands["evaluate"], run.directory / "logs" / "evaluate.log", slot)
+        if self.study.downstream and not self._downstream_fresh(run):
+            log.info("%s: fine-tuning %s on %s", run.id, self.study.downstream.name, slot.name)
+            self.processes.run(commands["downstream"], run.directory / "logs" / "downstream.log", slot)
+            (run.directory / "downstream.json").write_text(json.dumps({"model_file": model_stamp(run)}) + "\n")
+        log.info("%s: done", run.id)
+
+    def pretrain_command(self, run: Run) -> list[str]:
+        return [sys.executable, *PRETRAIN, "--config", self.study.base_config, *override_args(run.overrides)]
+
+    def evaluate_command(self, run: Run, slot: Slot) -> list[str]:
+        return [sys.executable, "-m", "megabert.study.evaluation", "--model", str(run.directory / "model"),
+                "--eval-set", str(self.eval_set), "--output", str(run.directory / "evaluation.json"),
+                "--device", slot.device, "--batch-size", str(self.study.evaluation.batch_size)]
+
+    def downstream_command(self, run: Run, slot: Slot) -> list[str]:
+        task = self.study.downstream
+        command = [sys.executable, *RUN_GLUE, "--model", str(run.directory / "model"), "--output",
+                   str(run.directory / "downstream"), "--task-name", task.name, "--train-file", task.train_file,
+                   "--dev-file", task.dev_file, "--text-columns", ",".join(task.text_columns), "--label-column",
+                   task.label_column, "--device", slot.device]
+        if task.labels_file:
+            labels = [line.strip() for line in Path(task.labels_file).read_text().splitlines() if line.strip()]
+            command += ["--labels", ",".join(labels)]
+        return command + list(task.args)
+
+    def _record_pretrain(self, run: Run) -> None:
+        """The trainer's final summary, once it says the run reached its end (not a stop) and exported."""
+        summary = final_summary(run.directory / "metrics.jsonl")
+        if summary is None or summary.get("stopped_by_signal", True):
+            if self.processes.stopping.is_set():
+                raise Stopped(f"{run.id}: pretraining stopped; its checkpoint resumes it")
+            raise StageError(f"{run.id}: pretrain_bert.py exited without finishing (no final summary in "
+                             f"{run.directory / 'metrics.jsonl'}); see {run.directory / 'logs' / 'pretrain.log'}")
+        if not (run.directory / "model" / "model.safetensors").is_file():
+            raise StageError(f"{run.id}: no exported model in {run.directory / 'model'} (a tensor-parallel run "
+                             f"needs tools/convert_checkpoint.py merge-tp first)")
+        summary["command"] = self.pretrain_command(run)
+        (run.directory / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    def _evaluation_fresh(self, run: Run) -> bool:
+        """evaluation.json is of this model and of this evaluation set."""
+        result = read_json(run.directory / "evaluation.json")
+        meta = self.eval_meta or read_json(self.eval_set.with_suffix(".json")) or {}
+        return bool(result and result.get("model_file") == model_stamp(run)
+                    and result.get("masked_positions_sha256") == meta.get("masked_positions_sha256"))
+
+    def _downstream_fresh(self, run: Run) -> bool:
+        marker = read_json(run.directory / "downstream.json")
+        return bool(marker and marker.get("model_file") == model_stamp(run)
+                    and (run.directory / "downstream" / "results.json").is_file())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading a run's files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Optional[Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pretrain_result(run: Run) -> Optional[dict]:
+    return read_json(run.directory / "pretrain.json")
+
+
+def model_stamp(run: Run) -> Optional[dict]:
+    """Size and modification time of the run's exported weights: an evaluation of other weights is stale."""
+    path = run.directory / "model" / "model.safetensors"
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def final_summary(metrics_path: Path) -> Optional[dict]:
+    """The trainer's last `final/*` line of metrics.jsonl, its keys without the prefix (None if none)."""
+    if not metrics_path.is_file():
+        return None
+    found = None
+    for line in metrics_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if any(k.startswith("final/") for k in record):
+            found = {k[len("final/"):]: v for k, v in record.items() if k.startswith("final/")}
+    return found

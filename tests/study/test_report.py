@@ -1,0 +1,101 @@
+"""A study's report from its runs' files: one row per run, one ablation row per switch with the changes against
+MosaicBERT, the Pareto frontier, and the figures (they render)."""
+
+import json
+
+import pytest
+
+from megabert.study.report import write_report
+from megabert.study.spec import SWITCHES, load_study
+from tests.study.test_spec import write_study
+from tests.tools.test_plot_pareto import _png_size
+
+EVAL_META = {"samples": 64, "masked_tokens": 900, "masked_positions_sha256": "ab" * 32,
+             "unigram": {"loss": 7.0, "accuracy": 0.06, "training_tokens_counted": 10},
+             "settings": {"mask_prob": 0.15}}
+
+
+def fake_run(run, tokens_per_s: float, wall_s: float, loss: float, accuracy: float, score=None) -> None:
+    """What the stages leave in a run's directory."""
+    run.directory.mkdir(parents=True, exist_ok=True)
+    (run.directory / "pretrain.json").write_text(json.dumps(
+        {"step": 100, "budget_spent_seconds": wall_s, "budget_estimated_seconds": wall_s - 1,
+         "loop_tokens_per_s": tokens_per_s, "stopped_by_signal": False}))
+    (run.directory / "evaluation.json").write_text(json.dumps(
+        {"loss": loss, "accuracy": accuracy, "masked_positions_sha256": EVAL_META["masked_positions_sha256"]}))
+    if score is not None:
+        (run.directory / "downstream").mkdir(exist_ok=True)
+        (run.directory / "downstream" / "results.json").write_text(json.dumps(
+            {"tasks": {"debian_sections": {"score": score}}}))
+
+
+@pytest.fixture
+def study(tmp_path, sample_corpus):
+    task = tmp_path / "task.tsv"
+    task.write_text("package\tlabel\ttext\n")
+    downstream = {"name": "debian_sections", "train_file": str(task), "dev_file": str(task)}
+    return load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[5, 10], ablation={"budget_minutes": 10},
+                                  downstream=downstream))
+
+
+def test_report_has_every_run_one_ablation_row_per_switch_and_the_frontier(study, tmp_path):
+    by_id = {r.id: r for r in study.runs()}
+    fake_run(by_id["mosaicbert/5min"], 1000.0, 300.0, 3.5, 0.40, 70.0)
+    fake_run(by_id["mosaicbert/10min"], 1000.0, 600.0, 3.0, 0.45, 75.0)
+    fake_run(by_id["bert/5min"], 800.0, 300.0, 6.9, 0.06, 50.0)  # on the unigram plateau
+    fake_run(by_id["bert/10min"], 800.0, 610.0, 4.0, 0.30, 65.0)
+    for i, switch in enumerate(SWITCHES):
+        if switch.name != "mask_30":  # its run has not finished yet
+            fake_run(by_id[f"mosaicbert-no-{switch.name.replace('_', '-')}/10min"], 1000.0 - 100 * i, 600.0,
+                     3.0 + 0.1 * i, 0.45 - 0.01 * i, 75.0 - i)
+    results = write_report(study, EVAL_META, failures={"mosaicbert-no-mask-30/10min": "StageError: boom"})
+
+    out = study.output_dir
+    for name in ("results.json", "results.md", "pareto.png", "ablation.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "results.json").read_text()) == results
+    assert [r["run"] for r in results["runs"]] == [r.id for r in study.runs()]
+    rows = {r["run"]: r for r in results["runs"]}
+    assert rows["bert/5min"]["on_unigram_plateau"] and not rows["bert/10min"]["on_unigram_plateau"]
+    assert rows["mosaicbert-no-mask-30/10min"]["status"] == "failed" and rows["mosaicbert/5min"]["status"] == "done"
+
+    ablation = results["ablation"]
+    assert [a["switch"] for a in ablation] == [s.name for s in SWITCHES]  # one row per switch, missing ones too
+    geglu = ablation[1]
+    assert geglu["throughput_change_pct"] == pytest.approx(-10.0)
+    assert geglu["eval_loss_change"] == pytest.approx(0.1)
+    assert geglu["eval_accuracy_change_pts"] == pytest.approx(-1.0)
+    assert geglu["downstream_change_pts"] == pytest.approx(-1.0)
+    assert ablation[-1]["throughput_change_pct"] is None and ablation[-1]["run"] == "mosaicbert-no-mask-30/10min"
+
+    assert results["pareto_frontier"] == {"eval_loss": ["mosaicbert/5min", "mosaicbert/10min"],
+                                          "downstream_score": ["mosaicbert/5min", "mosaicbert/10min"]}
+    height, width = _png_size(out / "pareto.png")
+    assert width > 1200 and height > 400  # two panels side by side
+    text = (out / "results.md").read_text()
+    assert "| BERT | 5min | 100 | 300.0 | 800 | 6.9000 | 6.00 | 50.00 | done, plateau |" in text
+    assert "| geglu | GELU MLP | 900 | -10.0% | +0.1000 | -1.00 | -1.00 |" in text
+    assert "| mask_30 | 15% masking | - | - | - | - | - |" in text
+    assert "![pareto.png](pareto.png)" in text
+
+
+def test_report_of_a_study_with_nothing_finished_yet(study):
+    results = write_report(study, EVAL_META)
+    assert {r["status"] for r in results["runs"]} == {"pending"}
+    assert len(results["ablation"]) == len(SWITCHES) and results["pareto_frontier"] == {}
+    assert results["figures"] == [] and (study.output_dir / "results.md").is_file()
+
+
+def test_plot_pareto_redraws_a_study_from_its_results(study, tmp_path, capsys):
+    from tests.tasks.tiny_model import load_tool
+
+    by_id = {r.id: r for r in study.runs()}
+    fake_run(by_id["mosaicbert/5min"], 1000.0, 300.0, 3.5, 0.40)
+    fake_run(by_id["bert/5min"], 800.0, 280.0, 6.0, 0.10)
+    write_report(study, EVAL_META)
+    plot = load_tool("plot_pareto")
+    out = tmp_path / "again.png"
+    assert plot.main(["study", str(study.output_dir / "results.json"), "--output", str(out)]) == 0
+    assert _png_size(out)[1] > 600
+    assert "bert/5min" in capsys.readouterr().out
+    assert plot.main(["study", str(tmp_path / "none.json"), "--output", str(out)]) == 2

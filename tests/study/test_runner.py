@@ -1,0 +1,110 @@
+"""tools/run_study.py end to end on CPU: a tiny study on the bundled sample corpus (MosaicBERT, a BERT baseline and
+one ablation switch, budgets of seconds, the downstream task built from fixture lists, two workers) produces every
+output, scores every variant on the same masked tokens and skips finished work on rerun; a pretraining that did not
+reach its end is not taken for finished."""
+
+import json
+from pathlib import Path
+
+from megabert.study.evaluation import load_eval_set, masked_positions_digest
+from tests.study.test_spec import BERT
+from tests.tasks.tiny_model import load_tool
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def commands_run(run_dir: Path) -> int:
+    """How many stage commands the runner started in this run's directory (each log line '$ ...' is one)."""
+    return sum(line.startswith("$ ") for log in (run_dir / "logs").glob("*.log") for line in log.read_text()
+               .splitlines())
+
+
+def test_tiny_study_end_to_end(tmp_path, sample_corpus):
+    task = tmp_path / "task"
+    assert load_tool("build_package_task").main(["--packages", str(FIXTURES / "Packages"), "--output", str(task),
+                                                 "--min-section-size", "3"]) == 0
+    study = {
+        "name": "e2e", "output_dir": str(tmp_path / "study"), "base_config": str(REPO / "configs" / "tiny.json"),
+        "overrides": {"data.data_path": sample_corpus["data_path"], "data.vocab_file": sample_corpus["vocab_file"],
+                      "data.cache_dir": sample_corpus["cache_dir"], "data.num_workers": 0, "data.seq_len": 32,
+                      "parallel.device": "cpu", "model.hidden_size": 32, "model.num_layers": 1,
+                      "model.intermediate_size": 64, "global_batch_size": 8, "micro_batch_size": 8,
+                      "logging.log_interval": 5, "logging.eval_interval": 0, "logging.tensorboard": False,
+                      "checkpoint.save_interval": 0},
+        "budgets_minutes": [0.03],
+        "variants": [{"name": "MosaicBERT", "role": "mosaicbert"},
+                     {"name": "BERT", "role": "baseline", "overrides": {**BERT, "optim.lr": 1e-3}}],
+        "ablation": {"budget_minutes": 0.03, "switches": ["sparse_mlm_head"]},
+        "evaluation": {"samples": 32, "batch_size": 16},
+        "downstream": {"name": "debian_sections", "train_file": str(task / "train.tsv"),
+                       "dev_file": str(task / "dev.tsv"), "labels_file": str(task / "labels.txt"),
+                       "args": ["--epochs", "1", "--seq-len", "32", "--batch-size", "8", "--seeds", "1"]},
+    }
+    config = tmp_path / "study.json"
+    config.write_text(json.dumps(study))
+    run_study = load_tool("run_study")
+    assert run_study.main(["--config", str(config), "--cpu-workers", "2"]) == 0
+
+    out = tmp_path / "study"
+    for name in ("results.json", "results.md", "pareto.png", "ablation.png", "plan.json", "eval_set.npz",
+                 "eval_set.json"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["run"]: r for r in results["runs"]}
+    assert sorted(runs) == ["bert/0.03min", "mosaicbert-no-sparse-mlm-head/0.03min", "mosaicbert/0.03min"]
+    digest = masked_positions_digest(load_eval_set(out / "eval_set.npz")["labels"])
+    for run_id, row in runs.items():
+        assert row["status"] == "done", row
+        assert row["masked_positions_sha256"] == digest, run_id  # the same masked tokens for every variant
+        assert row["eval_loss"] > 0 and 0 <= row["eval_accuracy"] <= 1 and row["downstream_score"] is not None
+        assert row["steps"] > 25 and row["wall_clock_s"] > 0 and row["tokens_per_s"] > 0
+        run_dir = out / "runs" / run_id
+        for name in ("pretrain.json", "evaluation.json", "downstream/results.json", "commands.sh",
+                     "model/model.safetensors"):
+            assert (run_dir / name).is_file(), (run_id, name)
+    bert = json.loads((out / "runs" / "bert" / "0.03min" / "config.json").read_text())
+    assert bert["model"]["position_embedding"] == "learned" and bert["data"]["mask_prob"] == 0.15
+    assert bert["schedule"]["budget_minutes"] == 0.03
+    assert [a["switch"] for a in results["ablation"]] == ["sparse_mlm_head"]
+    assert results["ablation"][0]["throughput_change_pct"] is not None
+    started = {run_id: commands_run(out / "runs" / run_id) for run_id in runs}
+    assert set(started.values()) == {3}  # pretrain, evaluate, downstream
+
+    # Rerun: everything is finished, nothing starts.
+    assert run_study.main(["--config", str(config), "--cpu-workers", "2"]) == 0
+    assert {run_id: commands_run(out / "runs" / run_id) for run_id in runs} == started
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+
+
+
+def test_a_pretraining_stopped_before_its_end_is_not_finished(tmp_path, sample_corpus):
+    """pretrain_bert.py exits 0 after a SIGTERM too (with a checkpoint to resume from) but writes no final summary;
+    the runner then neither marks the run done nor evaluates it."""
+    import pytest
+
+    from megabert.study.queue import Processes, StageError, Stopped
+    from megabert.study.runner import StudyRunner, pretrain_result
+    from megabert.study.spec import load_study
+    from tests.study.test_spec import write_study
+
+    study = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1]))
+    runner = StudyRunner(study, [], Processes(1))
+    run = study.runs()[0]
+    run.directory.mkdir(parents=True)
+    (run.directory / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/loss": 5.0}) + "\n")
+    with pytest.raises(StageError, match="exited without finishing"):
+        runner._record_pretrain(run)
+    runner.processes.stop()
+    with pytest.raises(Stopped, match="its checkpoint resumes it"):
+        runner._record_pretrain(run)
+    assert pretrain_result(run) is None and not runner.is_done(run)
+    with open(run.directory / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 40, "final/step": 40, "final/stopped_by_signal": False,
+                            "final/budget_spent_seconds": 59.0}) + "\n")
+    with pytest.raises(StageError, match="no exported model"):
+        runner._record_pretrain(run)
+    (run.directory / "model").mkdir()
+    (run.directory / "model" / "model.safetensors").write_bytes(b"weights")
+    runner._record_pretrain(run)
+    assert pretrain_result(run)["budget_spent_seconds"] == 59.0 and pretrain_result(run)["step"] == 40
