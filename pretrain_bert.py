@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> dict:
     config_path, overrides = parse_args(argv)
     cfg = load_config(config_path, overrides)
     from megabert.train.trainer import Trainer  # torch and deepspeed load only once the config is valid
+    from megabert.utils.distributed import shutdown_distributed
 
-    return Trainer(cfg).train()
+    summary = Trainer(cfg).train()
+    shutdown_distributed()  # a clean exit: no "destroy_process_group() was not called" from NCCL
+    return summary
 
 
 def console_main() -> int:

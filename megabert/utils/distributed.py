@@ -164,3 +164,9 @@ def get_world_size() -> int:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Ends the default process group, if one is running (at the end of a run; the next start makes a new one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
