@@ -434,6 +434,54 @@ def _backward(ctx, grad_out, grad_lse):
 _flash_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The packed form as custom ops: the backward returns d(qkv) as the one buffer the kernel writes, so a compiled
+# graph has no stack of dq, dk, dv either.
+@torch.library.custom_op("megabert::flash_attn_varlen_qkvpacked_fwd", mutates_args=())
+def _flash_packed_fwd_op(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                         alibi_slopes: Optional[torch.Tensor], softmax_scale: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = qkv.unbind(1)
+    return flash_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+
+
+@_flash_packed_fwd_op.register_fake
+def _(qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+    total, _, heads, head_dim = qkv.shape
+    return qkv.new_empty(total, heads, head_dim), qkv.new_empty(heads, total, dtype=torch.float32)
+
+
+@torch.library.custom_op("megabert::flash_attn_varlen_qkvpacked_bwd", mutates_args=())
+def _flash_packed_bwd_op(grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                         cu_seqlens: torch.Tensor, max_seqlen: int, alibi_slopes: Optional[torch.Tensor],
+                         softmax_scale: float) -> torch.Tensor:
+    q, k, v = qkv.unbind(1)
+    return flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+
+
+@_flash_packed_bwd_op.register_fake
+def _(grad_out, qkv, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+    return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+
+
+def _packed_setup_context(ctx, inputs, output):
+    qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, cu_seqlens, alibi_slopes)
+    ctx.max_seqlen = max_seqlen
+    ctx.softmax_scale = softmax_scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _packed_backward(ctx, grad_out, grad_lse):
+    qkv, out, lse, cu_seqlens, alibi_slopes = ctx.saved_tensors
+    dqkv = _flash_packed_bwd_op(grad_out, qkv, out, lse, cu_seqlens, ctx.max_seqlen, alibi_slopes,
+                                ctx.softmax_scale)
+    return dqkv, None, None, None, None
+
+
+_flash_packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Functional API (the backend contract of megabert.ops.attention)
 # ---------------------------------------------------------------------------------------------------------------
@@ -458,8 +506,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     _check_inputs(q, k, v, cu_seqlens)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     alibi_slopes = _fp32_slopes(alibi_slopes)
-    if torch.compiler.is_compiling():
-        out, _ = _flash_fwd_op(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
+    if torch.compiler.is_compiling():  # max_seqlen may be symbolic there: no int(), no specialisation
+        out, _ = _flash_fwd_op(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, scale)
         return out
     return FlashAttentionFunction.apply(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
 
@@ -474,13 +522,13 @@ def varlen_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_
     """
     if qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"qkv must be [T, 3, heads, head_dim], got {tuple(qkv.shape)}")
-    q, k, v = qkv.unbind(1)
-    if torch.compiler.is_compiling():
-        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
     if triton is None:
         raise RuntimeError("the Triton attention backend needs the `triton` package")
-    _check_inputs(q, k, v, cu_seqlens)
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    _check_inputs(*qkv.unbind(1), cu_seqlens)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(qkv.shape[-1])
+    if torch.compiler.is_compiling():
+        out, _ = _flash_packed_fwd_op(qkv, cu_seqlens, max_seqlen, _fp32_slopes(alibi_slopes), scale)
+        return out
     return FlashAttentionQKVPackedFunction.apply(qkv, cu_seqlens, int(max_seqlen), _fp32_slopes(alibi_slopes), scale)
 
 
