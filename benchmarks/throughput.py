@@ -23,7 +23,7 @@ import dataclasses
 import gc
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -68,21 +68,24 @@ class Result:
     mfu: float
 
 
-def megabert_model(size: str, **overrides) -> tuple[torch.nn.Module, ModelConfig]:
-    cfg = ModelConfig(**SIZES[size], hidden_dropout=0.1, attention_dropout=0.0, **overrides)
+def megabert_model(size: str, dims: Optional[dict] = None, **overrides) -> tuple[torch.nn.Module, ModelConfig]:
+    """megabert at SIZES[size] (or `dims`: hidden_size, num_layers, num_heads, intermediate_size[, vocab_size])."""
+    cfg = ModelConfig(**{**(dims or SIZES[size]), "hidden_dropout": 0.1, "attention_dropout": 0.0, **overrides})
     return MosaicBertForMaskedLM(cfg), cfg
 
 
-def hf_model(size: str, attn: str) -> tuple[torch.nn.Module, ModelConfig]:
+def hf_model(size: str, attn: str, dims: Optional[dict] = None) -> tuple[torch.nn.Module, ModelConfig]:
+    """Hugging Face BertForMaskedLM of the same size, and the config its useful FLOPs are counted with."""
     from transformers import BertConfig, BertForMaskedLM
 
-    s = SIZES[size]
-    hf_cfg = BertConfig(vocab_size=30528, hidden_size=s["hidden_size"], num_hidden_layers=s["num_layers"],
+    s = dict(dims or SIZES[size])
+    vocab = s.pop("vocab_size", 30528)
+    hf_cfg = BertConfig(vocab_size=vocab, hidden_size=s["hidden_size"], num_hidden_layers=s["num_layers"],
                         num_attention_heads=s["num_heads"], intermediate_size=s["intermediate_size"],
                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, max_position_embeddings=512)
     model = BertForMaskedLM._from_config(hf_cfg, attn_implementation=attn)
     # The same FLOP formula for the HF architecture: GeLU MLP, learned positions, head counted on masked tokens.
-    flops_cfg = ModelConfig(**s, mlp_type="gelu", position_embedding="learned")
+    flops_cfg = ModelConfig(**s, vocab_size=vocab, mlp_type="gelu", position_embedding="learned")
     return model, flops_cfg
 
 

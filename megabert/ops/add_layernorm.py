@@ -60,8 +60,8 @@ if triton is not None:
             return 1.0
 
     @triton.jit
-    def _fwd_kernel(X, R, W, B, Y, MEAN, RSTD, n_cols, eps, seed, p, HAS_DROPOUT: tl.constexpr,
-                    SEED_IS_PTR: tl.constexpr, BLOCK: tl.constexpr):
+    def _add_layernorm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, n_cols, eps, seed, p, HAS_DROPOUT: tl.constexpr,
+                                  SEED_IS_PTR: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         ok = cols < n_cols
@@ -78,8 +78,9 @@ if triton is not None:
         tl.store(RSTD + row, rstd)
 
     @triton.jit
-    def _bwd_kernel(X, R, W, DY, DX, DR, MEAN, RSTD, DW_PARTIAL, DB_PARTIAL, n_rows, n_cols, rows_per_program, seed,
-                    p, HAS_DROPOUT: tl.constexpr, SEED_IS_PTR: tl.constexpr, BLOCK: tl.constexpr):
+    def _add_layernorm_bwd_kernel(X, R, W, DY, DX, DR, MEAN, RSTD, DW_PARTIAL, DB_PARTIAL, n_rows, n_cols,
+                                  rows_per_program, seed, p, HAS_DROPOUT: tl.constexpr, SEED_IS_PTR: tl.constexpr,
+                                  BLOCK: tl.constexpr):
         """ds = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)) is d(residual); d(x) = ds * dropout factor
         (written only with dropout: without it, d(x) is d(residual)); dw, db summed per program into partials."""
         pid = tl.program_id(0)
@@ -138,9 +139,9 @@ def add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bi
     rstd = torch.empty_like(mean)
     if n_rows:
         block = _block(n_cols)
-        _fwd_kernel[(n_rows,)](x2, r2, weight, bias, y, mean, rstd, n_cols, eps, seed, dropout_p,
-                               HAS_DROPOUT=dropout_p > 0.0, SEED_IS_PTR=isinstance(seed, torch.Tensor),
-                               BLOCK=block, num_warps=_warps(block))
+        _add_layernorm_fwd_kernel[(n_rows,)](x2, r2, weight, bias, y, mean, rstd, n_cols, eps, seed, dropout_p,
+                                             HAS_DROPOUT=dropout_p > 0.0, SEED_IS_PTR=isinstance(seed, torch.Tensor),
+                                             BLOCK=block, num_warps=_warps(block))
     return y.view(x.shape), mean, rstd
 
 
@@ -159,9 +160,10 @@ def add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, we
     partials = torch.empty(2, programs, n_cols, dtype=torch.float32, device=x.device)  # [dw | db] per program
     if n_rows:
         block = _block(n_cols)
-        _bwd_kernel[(programs,)](x2, r2, weight, dy, dx, dres, mean, rstd, partials[0], partials[1], n_rows,
-                                 n_cols, rows_per_program, seed, dropout_p, HAS_DROPOUT=dropout_p > 0.0,
-                                 SEED_IS_PTR=isinstance(seed, torch.Tensor), BLOCK=block, num_warps=_warps(block))
+        _add_layernorm_bwd_kernel[(programs,)](x2, r2, weight, dy, dx, dres, mean, rstd, partials[0], partials[1],
+                                               n_rows, n_cols, rows_per_program, seed, dropout_p,
+                                               HAS_DROPOUT=dropout_p > 0.0, SEED_IS_PTR=isinstance(seed, torch.Tensor),
+                                               BLOCK=block, num_warps=_warps(block))
     else:
         partials.zero_()
     dw, db = partials.sum(1).to(weight.dtype).unbind(0)

@@ -64,7 +64,7 @@ if triton is not None:
         return tl.where(offs_n[None, :] < seqlen, s, float("-inf"))
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
+    def _flash_attn_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                     stride_lh, seq_bucket,
                     HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -183,7 +183,7 @@ if triton is not None:
                  dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
     @triton.jit
-    def _bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
+    def _flash_attn_bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                     stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
                     stride_lh, max_seqlen, seq_bucket,
@@ -222,9 +222,9 @@ if triton is not None:
 
     _KEY = ["HEAD_DIM", "seq_bucket", "HAS_ALIBI"]
     _fwd_tuned = triton.autotune(_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
-                                           (128, 32, 4, 3)]), key=_KEY)(_fwd_kernel)
+                                           (128, 32, 4, 3)]), key=_KEY)(_flash_attn_fwd_kernel)
     _bwd_tuned = triton.autotune(_configs([(64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3),
-                                           (128, 64, 8, 2)]), key=_KEY)(_bwd_kernel)
+                                           (128, 64, 8, 2)]), key=_KEY)(_flash_attn_bwd_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,8 +315,8 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
     args = (q, k, v, out, lse, cu_seqlens, slopes, softmax_scale * LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
             out.stride(1), lse.stride(0), _seq_bucket(max_seqlen))
-    _launch("fwd", _fwd_kernel, _fwd_tuned, head_dim, lambda m: triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads,
-            args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
+    _launch("fwd", _flash_attn_fwd_kernel, _fwd_tuned, head_dim, lambda m: triton.cdiv(max_seqlen, m["BLOCK_M"]),
+            batch, heads, args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
     return out.to(dtype), lse
 
 
@@ -342,7 +342,7 @@ def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
             out.stride(1), grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), dk.stride(0),
             dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), max_seqlen, _seq_bucket(max_seqlen))
-    _launch("bwd", _bwd_kernel, _bwd_tuned, head_dim,
+    _launch("bwd", _flash_attn_bwd_kernel, _bwd_tuned, head_dim,
             lambda m: triton.cdiv(max_seqlen, m["BLOCK_N"]) + triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads,
             args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
     return grads.to(dtype)

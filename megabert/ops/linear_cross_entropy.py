@@ -152,17 +152,20 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, scale: torch.
 # ---------------------------------------------------------------------------------------------------------------
 
 
+_fp32_output_gemm = {"cuda": True}  # cleared at the first failure: an older torch without out_dtype
+
+
 def _accumulate_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc (fp32) += a @ b with a, b in a 16-bit dtype: one GEMM with an fp32 output where the device has it."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
         return
-    if acc.is_cuda:
+    if _fp32_output_gemm.get(acc.device.type, False):
         try:
             torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
             return
-        except (RuntimeError, TypeError):  # an older torch: no fp32-output GEMM for 16-bit inputs
-            pass
+        except (RuntimeError, TypeError):
+            _fp32_output_gemm[acc.device.type] = False
     acc.add_(a @ b)
 
 
