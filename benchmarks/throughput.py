@@ -9,8 +9,9 @@ AdamW (fused). Batches come from the fixed-seed "c4-128" / "c4-512" length distr
 warm-up), tokens/s (padded B x S), real tokens/s, peak memory, and MFU = useful FLOPs / step time / the bf16
 matmul rate measured at the start of this run (megabert.utils.flops; the same formula for every system, for its
 own architecture: a GeLU BERT has fewer matmul parameters than a GeGLU one).
-"megabert-compile" is regional torch.compile: each encoder layer compiled with dynamic=True (one compilation
-serves all layers and every token count; the Triton kernels stay opaque custom ops inside the graphs).
+"megabert-compile" is the whole forward + loss as one torch.compile graph (megabert.model.compile.compile_model,
+dynamic shapes) with the fused MLM loss (mlm_output="loss"); benchmarks/compiled_step.py has every compiled mode,
+CUDA graphs included, with checks and profiles.
 Hugging Face models use attention dropout 0.0 like MosaicBERT (hidden dropout 0.1 for both), so all systems
 compute the same kind of step.
 """
@@ -32,6 +33,7 @@ from benchmarks.common import (DISTRIBUTIONS, environment_line, make_mlm_batches
 
 from megabert.config import ModelConfig
 from megabert.model.bert import MosaicBertForMaskedLM
+from megabert.model.compile import compile_model as compile_megabert
 from megabert.model.inputs import prepare_inputs
 from megabert.ops.attention import resolve_backend
 from megabert.utils.flops import measure_matmul_tflops, training_step_flops
@@ -103,13 +105,6 @@ def env(overrides: dict[str, str]):
                 os.environ[k] = v
 
 
-def compile_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """Regional compilation of megabert: compile each encoder layer in place (dynamic token count)."""
-    for layer in model.bert.encoder.layers:
-        layer.compile(dynamic=True)
-    return model
-
-
 def run_one(build: Callable[[], tuple[torch.nn.Module, ModelConfig]], is_hf: bool, compile_model: bool,
             size: str, dist: str, system: str, peak_tflops: float, steps: int, warmup: int) -> Result:
     device = torch.device("cuda")
@@ -117,8 +112,9 @@ def run_one(build: Callable[[], tuple[torch.nn.Module, ModelConfig]], is_hf: boo
     model, flops_cfg = build()
     model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    extra = {}
     if compile_model and not is_hf:
-        step_model = compile_layers(model)
+        step_model, extra = compile_megabert(model), {"mlm_output": "loss"}
     else:
         step_model = torch.compile(model) if compile_model else model
     batch = BATCH[(size, dist)]
@@ -134,7 +130,7 @@ def run_one(build: Callable[[], tuple[torch.nn.Module, ModelConfig]], is_hf: boo
         else:  # unpadding and masked-token bookkeeping on the CPU: no device sync in the step
             inputs = prepare_inputs(b, model.cfg, device)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = step_model(**inputs)
+            out = step_model(**inputs, **extra)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
