@@ -31,6 +31,7 @@ import os
 from typing import Optional
 
 import torch
+import torch.fx.experimental._config
 import torch.nn as nn
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,23 @@ def compile_model(model: nn.Module, backend: str = "inductor", mode: Optional[st
         log.info("MEGABERT_COMPILE=0: the model runs eagerly")
         return model
     model.compile(backend=backend, mode=mode, dynamic=dynamic, fullgraph=True)
+    if dynamic:
+        model._compiled_call_impl = _WithoutDuckShapes(model._compiled_call_impl)
     return model
+
+
+class _WithoutDuckShapes:
+    """Calls the compiled model with duck shaping off. Duck shaping gives two sizes that are equal when a graph is
+    traced one symbol (and a guard that they stay equal): with varlen batches, the token count that happens to
+    equal another size in the first batch -- say, the offset of the attention mask in the staged buffer -- would
+    force a recompilation at the next batch. The setting only matters while tracing; a call costs ~30 us more."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def __call__(self, *args, **kwargs):
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return self.compiled(*args, **kwargs)
 
 
 def is_compiled(model: nn.Module) -> bool:
