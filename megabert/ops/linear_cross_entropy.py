@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from megabert.ops import triton_interpreting
+from megabert.ops import fused_ops_enabled, triton_interpreting
 
 try:
     import triton
@@ -108,7 +108,9 @@ def _one_hot(target: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def _kernel_available(tensor: torch.Tensor) -> bool:
-    return triton is not None and (tensor.is_cuda or triton_interpreting()) and not torch.compiler.is_compiling()
+    """The Triton kernel on CUDA (and under the interpreter); torch ops with MEGABERT_FUSED_OPS=0."""
+    return (fused_ops_enabled() and triton is not None and (tensor.is_cuda or triton_interpreting())
+            and not torch.compiler.is_compiling())
 
 
 def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, ignore_index: int,
