@@ -563,7 +563,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--models", nargs="+", default=["base", "large"], choices=sorted(SIZES))
     parser.add_argument("--dists", nargs="+", default=["c4-128", "c4-512"], choices=sorted(DISTRIBUTIONS))
     parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=DEFAULT_SYSTEMS + OPTIONAL_SYSTEMS)
-    parser.add_argument("--steps", type=int, default=16, help="timed steps per row (median; 2 passes over the 8 batches)")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per row (median; two passes over 8 batches)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiled rows compile here)")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--check-steps", type=int, default=50)
