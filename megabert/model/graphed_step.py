@@ -34,14 +34,15 @@ Capture = Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]
 
 
 class CudaGraphCapture:
-    """torch.cuda.CUDAGraph capture; every graph it makes shares one memory pool."""
+    """torch.cuda.CUDAGraph capture; every graph it makes shares one memory pool. Capture errors are thread-local:
+    a training loop's other threads (staging, pinning, checkpoint writing) may keep using CUDA meanwhile."""
 
     def __init__(self) -> None:
         self.pool = None
 
     def __call__(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             output = fn()
         if self.pool is None:
             self.pool = graph.pool()
