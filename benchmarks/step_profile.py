@@ -1,47 +1,66 @@
 """Where a megabert training step spends GPU time: torch.profiler over a few steps, top kernels by CUDA time.
 
-    python -m benchmarks.step_profile [--model base] [--dist c4-128] [--rows 25]
+    python -m benchmarks.step_profile [--model base] [--dist c4-128] [--rows 25] \
+        [--system megabert-eager|megabert-eager-fused-head|megabert-compiled|megabert-compiled-graphs]
+
+The step is benchmarks/compiled_step.py's for that system (pinned host batches, prepare_inputs or token-count
+buckets, bf16 autocast, fused AdamW); the table is torch.profiler's, then the GEMM / attention / other / idle split.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import environment_line, make_mlm_batches
-from benchmarks.throughput import BATCH, megabert_model
+from benchmarks.common import environment_line
+from benchmarks.compiled_step import (Bench, graphed_step, host_batches, kernel_breakdown, megabert_step)
+from benchmarks.device_timeline import load_trace
+from benchmarks.throughput import SIZES, megabert_model
+
+from megabert.model.compile import compile_model
+from megabert.utils.flops import measure_matmul_tflops
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="base", choices=["base", "large"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="base", choices=sorted(SIZES))
     parser.add_argument("--dist", default="c4-128", choices=["c4-128", "c4-512"])
+    parser.add_argument("--system", default="megabert-eager",
+                        choices=["megabert-eager", "megabert-eager-fused-head", "megabert-compiled",
+                                 "megabert-compiled-graphs"])
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
     print(environment_line())
-    model, _ = megabert_model(args.model)
+    bench = Bench(torch.device("cuda"), False, measure_matmul_tflops(), 0, 0, args.steps, "inductor")
+    torch.manual_seed(0)
+    model, cfg = megabert_model(args.model)
     model = model.cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    batches = make_mlm_batches(args.dist, BATCH[(args.model, args.dist)], 4, 30528, torch.device("cuda"))
-
-    def step(i: int) -> None:
-        b = batches[i % len(batches)]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for i in range(4):
+    if args.system.startswith("megabert-compiled"):
+        model = compile_model(model)
+    _, host = host_batches(bench, args.model, args.dist)
+    if args.system == "megabert-compiled-graphs":
+        step, _ = graphed_step(bench, model, cfg, host)
+        warmup = 2 * len(host)  # every bucket warmed up and captured
+    else:
+        step = megabert_step(bench, model, cfg, host, "logits" if args.system == "megabert-eager" else "loss")
+        warmup = 4
+    for i in range(warmup):
         step(i)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for i in range(4):
-            step(i)
+        for i in range(args.steps):
+            step(warmup + i)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        split = kernel_breakdown(load_trace(path), args.steps)
+    print("per step: " + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
 
 
 if __name__ == "__main__":

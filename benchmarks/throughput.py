@@ -9,8 +9,9 @@ AdamW (fused). Batches come from the fixed-seed "c4-128" / "c4-512" length distr
 warm-up), tokens/s (padded B x S), real tokens/s, peak memory, and MFU = useful FLOPs / step time / the bf16
 matmul rate measured at the start of this run (megabert.utils.flops; the same formula for every system, for its
 own architecture: a GeLU BERT has fewer matmul parameters than a GeGLU one).
-"megabert-compile" is regional torch.compile: each encoder layer compiled with dynamic=True (one compilation
-serves all layers and every token count; the Triton kernels stay opaque custom ops inside the graphs).
+"megabert-compile" is the whole forward + loss as one torch.compile graph (megabert.model.compile.compile_model,
+dynamic shapes) with the fused MLM loss (mlm_output="loss"); benchmarks/compiled_step.py has every compiled mode,
+CUDA graphs included, with checks and profiles.
 Hugging Face models use attention dropout 0.0 like MosaicBERT (hidden dropout 0.1 for both), so all systems
 compute the same kind of step.
 """
@@ -22,7 +23,7 @@ import contextlib
 import dataclasses
 import gc
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -31,6 +32,7 @@ from benchmarks.common import (DISTRIBUTIONS, environment_line, make_mlm_batches
 
 from megabert.config import ModelConfig
 from megabert.model.bert import MosaicBertForMaskedLM
+from megabert.model.compile import compile_model as compile_megabert
 from megabert.model.inputs import prepare_inputs
 from megabert.ops.attention import resolve_backend
 from megabert.utils.flops import measure_matmul_tflops, training_step_flops
@@ -67,21 +69,24 @@ class Result:
     mfu: float
 
 
-def megabert_model(size: str, **overrides) -> tuple[torch.nn.Module, ModelConfig]:
-    cfg = ModelConfig(**SIZES[size], hidden_dropout=0.1, attention_dropout=0.0, **overrides)
+def megabert_model(size: str, dims: Optional[dict] = None, **overrides) -> tuple[torch.nn.Module, ModelConfig]:
+    """megabert at SIZES[size] (or `dims`: hidden_size, num_layers, num_heads, intermediate_size[, vocab_size])."""
+    cfg = ModelConfig(**{**(dims or SIZES[size]), "hidden_dropout": 0.1, "attention_dropout": 0.0, **overrides})
     return MosaicBertForMaskedLM(cfg), cfg
 
 
-def hf_model(size: str, attn: str) -> tuple[torch.nn.Module, ModelConfig]:
+def hf_model(size: str, attn: str, dims: Optional[dict] = None) -> tuple[torch.nn.Module, ModelConfig]:
+    """Hugging Face BertForMaskedLM of the same size, and the config its useful FLOPs are counted with."""
     from transformers import BertConfig, BertForMaskedLM
 
-    s = SIZES[size]
-    hf_cfg = BertConfig(vocab_size=30528, hidden_size=s["hidden_size"], num_hidden_layers=s["num_layers"],
+    s = dict(dims or SIZES[size])
+    vocab = s.pop("vocab_size", 30528)
+    hf_cfg = BertConfig(vocab_size=vocab, hidden_size=s["hidden_size"], num_hidden_layers=s["num_layers"],
                         num_attention_heads=s["num_heads"], intermediate_size=s["intermediate_size"],
                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, max_position_embeddings=512)
     model = BertForMaskedLM._from_config(hf_cfg, attn_implementation=attn)
     # The same FLOP formula for the HF architecture: GeLU MLP, learned positions, head counted on masked tokens.
-    flops_cfg = ModelConfig(**s, mlp_type="gelu", position_embedding="learned")
+    flops_cfg = ModelConfig(**s, vocab_size=vocab, mlp_type="gelu", position_embedding="learned")
     return model, flops_cfg
 
 
@@ -99,13 +104,6 @@ def env(overrides: dict[str, str]):
                 os.environ[k] = v
 
 
-def compile_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """Regional compilation of megabert: compile each encoder layer in place (dynamic token count)."""
-    for layer in model.bert.encoder.layers:
-        layer.compile(dynamic=True)
-    return model
-
-
 def run_one(build: Callable[[], tuple[torch.nn.Module, ModelConfig]], is_hf: bool, compile_model: bool,
             size: str, dist: str, system: str, peak_tflops: float, steps: int, warmup: int) -> Result:
     device = torch.device("cuda")
@@ -113,8 +111,9 @@ def run_one(build: Callable[[], tuple[torch.nn.Module, ModelConfig]], is_hf: boo
     model, flops_cfg = build()
     model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    extra = {}
     if compile_model and not is_hf:
-        step_model = compile_layers(model)
+        step_model, extra = compile_megabert(model), {"mlm_output": "loss"}
     else:
         step_model = torch.compile(model) if compile_model else model
     batch = BATCH[(size, dist)]
@@ -130,7 +129,7 @@ def run_one(build: Callable[[], tuple[torch.nn.Module, ModelConfig]], is_hf: boo
         else:  # unpadding and masked-token bookkeeping on the CPU: no device sync in the step
             inputs = prepare_inputs(b, model.cfg, device)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = step_model(**inputs)
+            out = step_model(**inputs, **extra)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

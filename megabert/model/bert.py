@@ -22,9 +22,19 @@ from megabert.model.encoder import Encoder
 from megabert.model.layernorm import LayerNorm
 from megabert.model.layout import TokenLayout
 from megabert.model.pretrained import PretrainedMixin
+from megabert.ops.linear_cross_entropy import linear_cross_entropy
 from megabert.ops.padding import Unpadded, unpad_info
 
 IGNORE_INDEX = -100
+MLM_OUTPUTS = ("logits", "loss", "predictions")
+"""What MosaicBertForMaskedLM.forward returns beside the loss (its `mlm_output` argument):
+  logits       the logits ([M, V] masked rows with the sparse head and labels, else [B, S, V]) -- the default
+  loss         no logits: the head's decoder and cross entropy run fused, one chunk of rows at a time, so the
+               [M, V] logits never exist (training)
+  predictions  the same fused loss plus each labelled row's argmax (`predictions`, int64): accuracy without logits
+               (evaluation)
+Where the loss is not the plain cross entropy (tensor parallelism swaps `loss_fn`), "loss" and "predictions" fall
+back to computing the logits, and return them."""
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -87,18 +97,31 @@ class MLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
         """decoder_weight is the word-embedding matrix [V, H], passed in so the tie holds by construction."""
-        hidden = self.norm(F.gelu(self.transform(hidden)))
-        return F.linear(hidden, decoder_weight, self.decoder_bias)
+        return F.linear(self.transform_rows(hidden), decoder_weight, self.decoder_bias)
+
+    def transform_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        """dense -> GELU -> LayerNorm: the rows the decoder multiplies."""
+        return self.norm(F.gelu(self.transform(hidden)))
+
+    def fused_loss(self, hidden: torch.Tensor, decoder_weight: torch.Tensor, labels: torch.Tensor,
+                   predictions: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Mean cross entropy of forward(hidden) against labels [N] (fp32) without the [N, V] logits, and each row's
+        argmax when `predictions` (megabert.ops.linear_cross_entropy)."""
+        return linear_cross_entropy(self.transform_rows(hidden), decoder_weight, self.decoder_bias, labels,
+                                    IGNORE_INDEX, predictions)
 
 
 @dataclass
 class MaskedLMOutput:
     loss: Optional[torch.Tensor]
     """Mean cross entropy over masked tokens (None without labels)."""
-    logits: torch.Tensor
-    """[M, V] for the masked tokens (sparse head with labels), else [B, S, V]."""
+    logits: Optional[torch.Tensor]
+    """[M, V] for the masked tokens (sparse head with labels), else [B, S, V]; None for mlm_output 'loss' and
+    'predictions'."""
     labels: Optional[torch.Tensor]
-    """Labels aligned with logits' leading dims."""
+    """Labels aligned with logits' (or predictions') leading dims."""
+    predictions: Optional[torch.Tensor] = None
+    """Argmax over the vocabulary per labelled row (mlm_output 'predictions'), aligned with labels."""
 
 
 class MosaicBertForMaskedLM(PretrainedMixin, nn.Module):
@@ -114,18 +137,30 @@ class MosaicBertForMaskedLM(PretrainedMixin, nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 unpadded: Optional[Unpadded] = None,
-                masked_token_index: Optional[torch.Tensor] = None) -> MaskedLMOutput:
+                masked_token_index: Optional[torch.Tensor] = None, mlm_output: str = "logits") -> MaskedLMOutput:
         """masked_token_index: rows of the encoder output that carry a label (precomputed on the CPU by
-        prepare_inputs); found here with a device-synchronising nonzero when absent."""
+        prepare_inputs); found here with a device-synchronising nonzero when absent. mlm_output: see MLM_OUTPUTS
+        ('loss' for training, 'predictions' for evaluation need labels)."""
+        if mlm_output not in MLM_OUTPUTS:
+            raise ValueError(f"mlm_output must be one of {MLM_OUTPUTS}, got {mlm_output!r}")
+        if mlm_output != "logits" and labels is None:
+            raise ValueError(f"mlm_output={mlm_output!r} computes the loss and needs labels; use 'logits' without")
+        fused = mlm_output != "logits" and self.loss_fn is masked_lm_loss
         hidden, layout = self.bert(input_ids, attention_mask, token_type_ids, unpadded)
         decoder_weight = self.bert.embeddings.word_embeddings.weight
-        if labels is not None and self.cfg.sparse_mlm_head:
+        if labels is not None and (self.cfg.sparse_mlm_head or fused):
             token_labels = layout.select(labels).reshape(-1)  # [T] or [B * S], aligned with hidden's rows
-            if masked_token_index is None:
-                masked_token_index = torch.nonzero(token_labels != IGNORE_INDEX).flatten()
-            rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_token_index)  # [M, H]
-            logits = self.head(rows, decoder_weight)  # [M, V]: the head never sees unmasked tokens
-            labels = token_labels.index_select(0, masked_token_index)  # [M]
+            rows = hidden.reshape(-1, hidden.shape[-1])  # [T or B * S, H]
+            if self.cfg.sparse_mlm_head:  # the head never sees unmasked tokens
+                if masked_token_index is None:
+                    masked_token_index = torch.nonzero(token_labels != IGNORE_INDEX).flatten()
+                rows = rows.index_select(0, masked_token_index)  # [M, H]
+                token_labels = token_labels.index_select(0, masked_token_index)  # [M]
+            if fused:
+                loss, predictions = self.head.fused_loss(rows, decoder_weight, token_labels,
+                                                         mlm_output == "predictions")
+                return MaskedLMOutput(loss, None, token_labels, predictions)
+            logits, labels = self.head(rows, decoder_weight), token_labels  # [M, V], [M]
         else:
             logits = layout.to_padded(self.head(hidden, decoder_weight))  # [B, S, V]
         loss = self.loss_fn(logits, labels) if labels is not None else None

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from megabert.ops.alibi import alibi_bias
+from megabert.ops.padding import pad_input, unpad_indices
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,8 @@ def varlen_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
                           max_seqlen: int, alibi_slopes: Optional[torch.Tensor] = None,
                           softmax_scale: Optional[float] = None, dropout_p: float = 0.0) -> torch.Tensor:
     """Varlen attention through padded SDPA: correct everywhere, but pays for the padding it re-creates."""
-    from megabert.ops.padding import pad_input, unpad_indices
-
     batch = cu_seqlens.numel() - 1
-    indices = unpad_indices(cu_seqlens, max_seqlen)  # [T] flat positions in the [B * S] grid
+    indices = unpad_indices(cu_seqlens, max_seqlen, q.shape[0])  # [T] flat positions in the [B * S] grid
     heads, head_dim = q.shape[1], q.shape[2]
 
     def to_padded(x: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ if triton is not None:
         return tl.where(offs_n[None, :] < seqlen, s, float("-inf"))
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
+    def _flash_attn_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                     stride_lh, seq_bucket,
                     HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -183,7 +183,7 @@ if triton is not None:
                  dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
     @triton.jit
-    def _bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
+    def _flash_attn_bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                     stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
                     stride_lh, max_seqlen, seq_bucket,
@@ -222,9 +222,9 @@ if triton is not None:
 
     _KEY = ["HEAD_DIM", "seq_bucket", "HAS_ALIBI"]
     _fwd_tuned = triton.autotune(_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
-                                           (128, 32, 4, 3)]), key=_KEY)(_fwd_kernel)
+                                           (128, 32, 4, 3)]), key=_KEY)(_flash_attn_fwd_kernel)
     _bwd_tuned = triton.autotune(_configs([(64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3),
-                                           (128, 64, 8, 2)]), key=_KEY)(_bwd_kernel)
+                                           (128, 64, 8, 2)]), key=_KEY)(_flash_attn_bwd_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,8 +315,8 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
     args = (q, k, v, out, lse, cu_seqlens, slopes, softmax_scale * LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
             out.stride(1), lse.stride(0), _seq_bucket(max_seqlen))
-    _launch("fwd", _fwd_kernel, _fwd_tuned, head_dim, lambda m: triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads,
-            args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
+    _launch("fwd", _flash_attn_fwd_kernel, _fwd_tuned, head_dim, lambda m: triton.cdiv(max_seqlen, m["BLOCK_M"]),
+            batch, heads, args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
     return out.to(dtype), lse
 
 
@@ -342,7 +342,7 @@ def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
             out.stride(1), grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), dk.stride(0),
             dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), max_seqlen, _seq_bucket(max_seqlen))
-    _launch("bwd", _bwd_kernel, _bwd_tuned, head_dim,
+    _launch("bwd", _flash_attn_bwd_kernel, _bwd_tuned, head_dim,
             lambda m: triton.cdiv(max_seqlen, m["BLOCK_N"]) + triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads,
             args, dict(HAS_ALIBI=has_alibi, HEAD_DIM=head_dim))
     return grads.to(dtype)
@@ -434,6 +434,54 @@ def _backward(ctx, grad_out, grad_lse):
 _flash_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The packed form as custom ops: the backward returns d(qkv) as the one buffer the kernel writes, so a compiled
+# graph has no stack of dq, dk, dv either.
+@torch.library.custom_op("megabert::flash_attn_varlen_qkvpacked_fwd", mutates_args=())
+def _flash_packed_fwd_op(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                         alibi_slopes: Optional[torch.Tensor], softmax_scale: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = qkv.unbind(1)
+    return flash_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+
+
+@_flash_packed_fwd_op.register_fake
+def _(qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+    total, _, heads, head_dim = qkv.shape
+    return qkv.new_empty(total, heads, head_dim), qkv.new_empty(heads, total, dtype=torch.float32)
+
+
+@torch.library.custom_op("megabert::flash_attn_varlen_qkvpacked_bwd", mutates_args=())
+def _flash_packed_bwd_op(grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                         cu_seqlens: torch.Tensor, max_seqlen: int, alibi_slopes: Optional[torch.Tensor],
+                         softmax_scale: float) -> torch.Tensor:
+    q, k, v = qkv.unbind(1)
+    return flash_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
+
+
+@_flash_packed_bwd_op.register_fake
+def _(grad_out, qkv, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+    return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+
+
+def _packed_setup_context(ctx, inputs, output):
+    qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, cu_seqlens, alibi_slopes)
+    ctx.max_seqlen = max_seqlen
+    ctx.softmax_scale = softmax_scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _packed_backward(ctx, grad_out, grad_lse):
+    qkv, out, lse, cu_seqlens, alibi_slopes = ctx.saved_tensors
+    dqkv = _flash_packed_bwd_op(grad_out, qkv, out, lse, cu_seqlens, ctx.max_seqlen, alibi_slopes,
+                                ctx.softmax_scale)
+    return dqkv, None, None, None, None
+
+
+_flash_packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Functional API (the backend contract of megabert.ops.attention)
 # ---------------------------------------------------------------------------------------------------------------
@@ -458,8 +506,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     _check_inputs(q, k, v, cu_seqlens)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     alibi_slopes = _fp32_slopes(alibi_slopes)
-    if torch.compiler.is_compiling():
-        out, _ = _flash_fwd_op(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
+    if torch.compiler.is_compiling():  # max_seqlen may be symbolic there: no int(), no specialisation
+        out, _ = _flash_fwd_op(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, scale)
         return out
     return FlashAttentionFunction.apply(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
 
@@ -474,13 +522,13 @@ def varlen_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_
     """
     if qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"qkv must be [T, 3, heads, head_dim], got {tuple(qkv.shape)}")
-    q, k, v = qkv.unbind(1)
-    if torch.compiler.is_compiling():
-        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale)
     if triton is None:
         raise RuntimeError("the Triton attention backend needs the `triton` package")
-    _check_inputs(q, k, v, cu_seqlens)
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    _check_inputs(*qkv.unbind(1), cu_seqlens)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(qkv.shape[-1])
+    if torch.compiler.is_compiling():
+        out, _ = _flash_packed_fwd_op(qkv, cu_seqlens, max_seqlen, _fp32_slopes(alibi_slopes), scale)
+        return out
     return FlashAttentionQKVPackedFunction.apply(qkv, cu_seqlens, int(max_seqlen), _fp32_slopes(alibi_slopes), scale)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from megabert.ops import fused_ops_enabled, triton_interpreting
+from megabert.ops import elementwise_kernel_wanted, fused_ops_enabled, triton_interpreting
 
 try:
     import triton
@@ -107,7 +107,7 @@ def geglu_bwd(gate_value: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Autograd: autograd.Function in eager mode (cheapest dispatch); custom ops (one opaque node each) under
-# torch.compile.
+# torch.compile with MEGABERT_COMPILE_TRITON_OPS=1.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -161,8 +161,10 @@ _geglu_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def is_available(tensor: torch.Tensor) -> bool:
-    """Whether the Triton kernel runs: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests)."""
-    return fused_ops_enabled() and triton is not None and (tensor.is_cuda or triton_interpreting())
+    """Whether the Triton kernel runs: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests); inside
+    torch.compile only with MEGABERT_COMPILE_TRITON_OPS=1 (else Inductor fuses the reference formula)."""
+    return (fused_ops_enabled() and triton is not None and (tensor.is_cuda or triton_interpreting())
+            and elementwise_kernel_wanted())
 
 
 def geglu(gate_value: torch.Tensor) -> torch.Tensor:
@@ -171,5 +173,5 @@ def geglu(gate_value: torch.Tensor) -> torch.Tensor:
     if not is_available(gate_value):
         return geglu_reference(gate_value)
     if torch.compiler.is_compiling():
-        return _geglu_fwd(gate_value)
+        return _geglu_fwd(gate_value)  # one opaque node in the graph
     return GegluFunction.apply(gate_value)

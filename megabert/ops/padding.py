@@ -51,8 +51,18 @@ def pad_input(tokens: torch.Tensor, indices: torch.Tensor, batch: int, seq_len: 
     return out.view(batch, seq_len, *tokens.shape[1:])
 
 
-def unpad_indices(cu_seqlens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Flat [B * seq_len] positions of left-aligned sequences described by cu_seqlens."""
+def unpad_indices(cu_seqlens: torch.Tensor, seq_len: int, total: int | None = None) -> torch.Tensor:
+    """Flat [B * seq_len] positions of left-aligned sequences described by cu_seqlens.
+
+    With `total` (the token count T, known from a tensor's shape) the positions come from a search over
+    cu_seqlens: no data-dependent output shape, so no device synchronisation and nothing that stops
+    torch.compile; zero-length sequences are allowed. Without it they come from a `nonzero`."""
+    if total is not None:
+        tokens = torch.arange(total, device=cu_seqlens.device)  # [T]
+        starts = cu_seqlens.long()
+        # the last sequence starting at or before each token: ties (empty sequences) resolve to the non-empty one
+        sequence = torch.searchsorted(starts, tokens, right=True) - 1  # [T]
+        return sequence * seq_len + (tokens - starts[sequence])
     seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [B]
     batch = seqlens.numel()
     positions = torch.arange(seq_len, device=cu_seqlens.device)[None, :].expand(batch, seq_len)  # [B, S]

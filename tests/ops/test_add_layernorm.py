@@ -60,6 +60,41 @@ def check_dropout(shape: list[int], p: float, device: str = "cpu") -> None:
     assert torch.equal(again, y) and not torch.equal(other, y)
 
 
+def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
+    """Inside torch.compile: by default the reference formula is traced (Inductor fuses it); with
+    MEGABERT_COMPILE_TRITON_OPS=1 the kernel is one custom-op node whose dropout seed is drawn on the device, the
+    mask it used (read off dx) explains y and the gradients, and it differs from call to call."""
+    import os
+
+    from megabert.ops import add_layernorm as op
+
+    x, res, w, b, grad = _inputs(shape)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    for flag in ("0", "1"):
+        os.environ["MEGABERT_COMPILE_TRITON_OPS"] = flag
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda *a: op.add_layernorm(*a, dropout_p=p), backend=backend, fullgraph=True)
+        y, dx, dres, dw, db = _fwd_bwd(compiled, x, res, w, b, grad)
+        assert ("add_layernorm_fwd" in graphs[-1]) == (flag == "1"), graphs[-1]
+        keep = dx != 0
+        assert abs(keep.float().mean().item() - (1 - p)) < 0.05, keep.float().mean()
+        dropped = (x * keep / (1 - p)).detach().requires_grad_()
+        ref = _fwd_bwd(add_layernorm_reference, dropped, res, w, b, grad)
+        assert rel_error(y, ref[0]) < 1e-5 and rel_error(dres, ref[2]) < 1e-5
+        assert rel_error(dw, ref[3]) < 1e-5 and rel_error(db, ref[4]) < 1e-5
+        assert rel_error(dx, ref[1] * keep / (1 - p)) < 1e-5
+        assert not torch.equal(compiled(x, res, w, b, 1e-12), y)  # a fresh mask per call
+
+
+def test_interpreted_compiled_op_is_the_reference_or_the_kernel_with_a_device_seed():
+    run_interpreted(__name__, "check_compiled_kernel_choice", shape=[33, 100], p=0.25)
+
+
 def test_interpreted_fused_dropout_is_consistent_between_forward_and_backward():
     run_interpreted(__name__, "check_dropout", shape=[33, 100], p=0.25)
 

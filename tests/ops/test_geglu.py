@@ -34,6 +34,35 @@ def _check_shape(op, shape: list[int]) -> None:
     assert rel_error(dx_c, dx_ref) < 1e-6
 
 
+def check_compiled_kernel_choice(shape: list[int]) -> None:
+    """Inside torch.compile the reference formula is traced by default (Inductor fuses it), the kernel's custom op
+    with MEGABERT_COMPILE_TRITON_OPS=1; both give the reference's output and gradient."""
+    import os
+
+    from megabert.ops import geglu as op
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    x = torch.randn(shape).requires_grad_()
+    grad_out = torch.randn(*shape[:-1], shape[-1] // 2)
+    (dx_ref,) = torch.autograd.grad(geglu_reference(x), x, grad_out)
+    for flag in ("0", "1"):
+        os.environ["MEGABERT_COMPILE_TRITON_OPS"] = flag
+        torch._dynamo.reset()
+        out = torch.compile(op.geglu, backend=backend, fullgraph=True)(x)
+        (dx,) = torch.autograd.grad(out, x, grad_out)
+        assert ("geglu_fwd" in graphs[-1]) == (flag == "1"), graphs[-1]
+        assert rel_error(out, geglu_reference(x)) < 1e-6 and rel_error(dx, dx_ref) < 1e-6
+
+
+def test_interpreted_compiled_op_is_the_reference_or_the_kernel():
+    run_interpreted(__name__, "check_compiled_kernel_choice", shape=[7, 66])
+
+
 def test_interpreted_kernel_matches_reference_on_odd_shapes():
     # a single element pair, odd rows and inner sizes, more than one block of 1024
     run_interpreted(__name__, "check_matches_reference", shapes=[[1, 2], [7, 3, 66], [5, 2050]])

@@ -1,0 +1,42 @@
+"""benchmarks/compiled_step.py runs end to end (tiny models, CPU, a few steps): checks, rows, table, JSON; and its
+profile breakdown sorts device activity into GEMM, attention, other and idle time."""
+
+import json
+
+from benchmarks import compiled_step as bench
+
+
+def test_compiled_step_smoke(tmp_path, capsys):
+    # in-process (a subprocess would import torch again); HF eager: one compilation less (the same step code)
+    out = tmp_path / "compiled_step.json"
+    bench.main(["--tiny", "--device", "cpu", "--models", "base", "--dists", "c4-128", "--systems", "megabert-eager",
+                "megabert-compiled", "megabert-compiled-graphs", "hf-eager", "--check-steps", "3",
+                "--check-layers", "1", "--steps", "1", "--warmup", "1", "--json-out", str(out)])
+    printed = capsys.readouterr().out
+    assert "### Checks" in printed and "### Training step" in printed
+    report = json.loads(out.read_text())
+    assert all(check["passed"] for check in report["checks"]), report["checks"]
+    assert {c["check"].split(", ")[-1] for c in report["checks"] if "trajectory" in c["check"]} == {
+        "eager bf16 vs eager fp32", "compiled bf16 vs eager fp32"}
+    assert [r["system"] for r in report["rows"]] == ["megabert-eager", "megabert-compiled", "hf-eager"]
+    assert all(r["real_tokens_per_s"] > 0 and r["step_ms"] > 0 and 0 < r["mfu"] for r in report["rows"])
+    assert set(report["ratios_vs_hf_compile"].values()) == {None}  # no hf-compile row to compare with
+    assert any("CUDA graphs need a GPU" in s for s in report["skipped"])
+
+
+def _kernel(name, ts, dur):
+    return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur}
+
+
+def test_profile_breakdown_sorts_kernels_and_counts_idle_time():
+    events = [_kernel("nvjet_tst_128x256_64x4_2x1_v_bz_coopB_TNT", 0, 40),
+              _kernel("_flash_attn_fwd_kernel", 50, 10),
+              _kernel("triton_per_fused_native_layer_norm_0", 60, 5),
+              {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pinned -> Device)", "ts": 65, "dur": 5},
+              _kernel("sm90_xmma_gemm_bf16bf16_bf16f32", 100, 20),
+              {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 500}]
+    got = bench.kernel_breakdown(events, steps=2)
+    assert got["gemm_ms"] == 0.030 and got["attention_ms"] == 0.005 and got["other_ms"] == 0.005
+    assert got["idle_ms"] == (10 + 30) / 2 / 1e3 and got["span_ms"] == 0.060 and got["kernels_per_step"] == 2
+    assert bench.kernel_category("pytorch_flash::flash_bwd_kernel") == "attention"
+    assert bench.kernel_category("void at::native::vectorized_elementwise_kernel") == "other"
