@@ -10,6 +10,7 @@ buckets, bf16 autocast, fused AdamW); the table is torch.profiler's, then the GE
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 
 import torch
