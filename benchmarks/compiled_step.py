@@ -57,10 +57,10 @@ from benchmarks.device_timeline import device_timeline, load_trace
 from benchmarks.throughput import BATCH, SIZES, hf_model, megabert_model
 
 from megabert.model.bert import MosaicBertForMaskedLM
-from megabert.model.buckets import TokenBuckets, stage_bucketed
+from megabert.model.buckets import TokenBuckets, pack_bucketed
 from megabert.model.compile import compile_model
 from megabert.model.graphed_step import GraphedStep
-from megabert.model.inputs import prepare_inputs, stage_inputs
+from megabert.model.inputs import prepare_inputs, pack_inputs
 from megabert.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from megabert.utils.flops import measure_matmul_tflops, training_step_flops
 
@@ -174,8 +174,8 @@ def graphed_step(bench: Bench, model, cfg, host) -> tuple[Callable[[int], None],
 
     def step(i: int) -> None:
         b = host[i % len(host)]
-        staged = stage_bucketed(b, cfg, buckets, pin=True) or stage_inputs(b, cfg, pin=True)
-        graphed(staged)
+        packed = pack_bucketed(b, cfg, buckets, pin=True) or pack_inputs(b, cfg, pin=True)
+        graphed(packed)
 
     return step, graphed
 
@@ -418,7 +418,7 @@ def check_trajectories(bench: Bench, steps: int, layers: int) -> list[dict]:
 
             def train_step(i, graphed=graphed, buckets=buckets):
                 b = host[i % len(host)]
-                return graphed(stage_bucketed(b, cfg, buckets, pin=True) or stage_inputs(b, cfg, pin=bench.cuda))
+                return graphed(pack_bucketed(b, cfg, buckets, pin=True) or pack_inputs(b, cfg, pin=bench.cuda))
 
             run(label, model, train_step)
         else:

@@ -217,7 +217,9 @@ class ParallelConfig:
     device: str = "auto"
     """'auto' (cuda when available), 'cuda' or 'cpu'."""
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """Compile the model's forward and loss as one torch.compile graph (megabert.model.compile; Inductor on a GPU,
+    a trace without code generation on a CPU). Off by default until a GPU benchmark shows it faster
+    (python -m benchmarks.compiled_step)."""
     engine_switches: list = field(default_factory=lambda: ["no_throughput_timer"])
     """Named changes to the generated DeepSpeed config that remove engine work without changing the updates or the
     checkpoint (megabert/parallel/deepspeed_config.py ENGINE_SWITCHES, docs/ENGINE.md): each applies only to the

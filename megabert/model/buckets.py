@@ -16,10 +16,10 @@ gradient stay exactly what they were:
 Buckets for a [B, S] batch: T in multiples of `token_step` (a multiple of S, so the dummy tokens of any gap fit in
 token_step / S segments), plus B * S + 1 for a batch with no padding at all (one dummy token, so even then the
 masked rows can be padded); M in multiples of `masked_step`. A batch of another [B, S] shape is outside the buckets
-(`stage_bucketed` returns None): the caller runs it as it is, never truncated.
+(`pack_bucketed` returns None): the caller runs it as it is, never truncated.
 
     buckets = TokenBuckets.for_batch(batch_size, seq_len)
-    staged = stage_bucketed(batch, cfg, buckets) or stage_inputs(batch, cfg)   # CPU, e.g. in a DataLoader worker
+    packed = pack_bucketed(batch, cfg, buckets) or pack_inputs(batch, cfg)   # CPU, e.g. in a DataLoader worker
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 
 from megabert.config import ModelConfig
 from megabert.model.bert import IGNORE_INDEX
-from megabert.model.inputs import MODEL_INPUTS, StagedInputs
+from megabert.model.inputs import MODEL_INPUTS, PackedInputs
 from megabert.ops.padding import Unpadded, unpad_info
 
 
@@ -99,7 +99,7 @@ def pad_to_bucket(batch: Mapping[str, torch.Tensor], cfg: ModelConfig,
     """The model's input tensors of a CPU MLM batch padded to its bucket (module docstring), and the unpadding
     bookkeeping (max_seqlen = seq_len); None when the batch is not [buckets.batch_size, buckets.seq_len].
 
-    Returns tensors named as stage_inputs names them: input_ids, attention_mask, token_type_ids (if given),
+    Returns tensors named as pack_inputs names them: input_ids, attention_mask, token_type_ids (if given),
     labels, indices and cu_seqlens (cfg.unpad), masked_token_index (cfg.sparse_mlm_head)."""
     input_ids = batch["input_ids"]
     if tuple(input_ids.shape) != (buckets.batch_size, buckets.seq_len):
@@ -139,8 +139,8 @@ def pad_to_bucket(batch: Mapping[str, torch.Tensor], cfg: ModelConfig,
 
 
 @dataclass
-class BucketedInputs(StagedInputs):
-    """StagedInputs of a batch padded to its bucket: its shapes are those of every batch of the same bucket."""
+class BucketedInputs(PackedInputs):
+    """PackedInputs of a batch padded to its bucket: its shapes are those of every batch of the same bucket."""
 
     @property
     def shape_key(self) -> tuple:
@@ -149,10 +149,10 @@ class BucketedInputs(StagedInputs):
         return tuple((name, tuple(shape), dtype) for name, shape, dtype in self.layout), numbers
 
 
-def stage_bucketed(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, buckets: TokenBuckets,
+def pack_bucketed(batch: Mapping[str, torch.Tensor], cfg: ModelConfig, buckets: TokenBuckets,
                    pin: bool = False) -> Optional[BucketedInputs]:
-    """megabert.model.inputs.stage_inputs for a batch padded to its bucket (CPU only, any process); None when the
-    batch is outside the buckets. `.to(device)` gives the model's keyword arguments, as for stage_inputs."""
+    """megabert.model.inputs.pack_inputs for a batch padded to its bucket (CPU only, any process); None when the
+    batch is outside the buckets. `.to(device)` gives the model's keyword arguments, as for pack_inputs."""
     padded = pad_to_bucket(batch, cfg, buckets)
     if padded is None:
         return None

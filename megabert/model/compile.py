@@ -11,7 +11,7 @@ from generated code.
 
 What makes it one graph (fullgraph=True, so any break is an error, not a slow path):
   * the unpadding bookkeeping (indices, cu_seqlens, max_seqlen) and the masked-token rows come precomputed from
-    the CPU (megabert.model.inputs.prepare_inputs / stage_inputs, or megabert.model.buckets.stage_bucketed): the
+    the CPU (megabert.model.inputs.prepare_inputs / pack_inputs, or megabert.model.buckets.pack_bucketed): the
     forward has no nonzero, no .item(), nothing that waits for the device or branches on its data;
   * the Triton attention is a custom op with a fake implementation and its own backward (one node); the fused
     MLM loss is another; GeGLU and dropout + add + LayerNorm trace their reference formulas so Inductor fuses them
@@ -52,16 +52,18 @@ def compile_model(model: nn.Module, backend: str = "inductor", mode: Optional[st
     if not compile_enabled():
         log.info("MEGABERT_COMPILE=0: the model runs eagerly")
         return model
-    model.compile(backend=backend, mode=mode, dynamic=dynamic, fullgraph=True)
-    if dynamic:
-        model._compiled_call_impl = _WithoutDuckShapes(model._compiled_call_impl)
+    # The forward alone, not the module call: hooks a wrapper registers (DeepSpeed's engine counts micro-steps in
+    # a forward hook) stay outside the graph, so their Python state never becomes a guard that recompiles.
+    compiled = torch.compile(model.forward, backend=backend, mode=mode, dynamic=dynamic, fullgraph=True)
+    model.forward = _WithoutDuckShapes(compiled) if dynamic else compiled
+    model._megabert_compiled = True
     return model
 
 
 class _WithoutDuckShapes:
     """Calls the compiled model with duck shaping off. Duck shaping gives two sizes that are equal when a graph is
     traced one symbol (and a guard that they stay equal): with varlen batches, the token count that happens to
-    equal another size in the first batch -- say, the offset of the attention mask in the staged buffer -- would
+    equal another size in the first batch -- say, the offset of the attention mask in the packed buffer -- would
     force a recompilation at the next batch. The setting only matters while tracing; a call costs ~30 us more."""
 
     def __init__(self, compiled):
@@ -73,5 +75,5 @@ class _WithoutDuckShapes:
 
 
 def is_compiled(model: nn.Module) -> bool:
-    """Whether compile_model (nn.Module.compile) was applied to `model`."""
-    return getattr(model, "_compiled_call_impl", None) is not None
+    """Whether compile_model was applied to `model`."""
+    return getattr(model, "_megabert_compiled", False)

@@ -2,14 +2,14 @@
 
     step = GraphedStep(train_step, device)   # train_step(inputs) -> loss: forward, backward, optimizer step
     for batch in batches:                    # CPU batches
-        staged = stage_bucketed(batch, cfg, buckets) or stage_inputs(batch, cfg)
-        loss = step(staged.pin_memory())
+        packed = pack_bucketed(batch, cfg, buckets) or pack_inputs(batch, cfg)
+        loss = step(packed.pin_memory())
 
 Why: even compiled, a step is a few hundred kernel launches and the host work of the optimizer; replaying a captured
 graph launches all of it at once, so the GPU never waits for Python. A graph replays fixed shapes, so batches are
 padded to buckets (megabert.model.buckets): each bucket's first batch runs as it is (warm-up: Triton and Inductor
 finish compiling, the optimizer makes its state), its second is captured, every later one is copied into that
-graph's input buffer (one host-to-device copy) and replayed. A batch outside the buckets (plain StagedInputs) runs
+graph's input buffer (one host-to-device copy) and replayed. A batch outside the buckets (plain PackedInputs) runs
 as it is. All graphs share one memory pool: they never run at the same time, so the pool is as large as the largest
 step, not the sum.
 
@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from megabert.model.buckets import BucketedInputs
-from megabert.model.inputs import StagedInputs
+from megabert.model.inputs import PackedInputs
 
 Capture = Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]
 """capture(fn) -> replay: records fn once; replay() runs what was recorded and returns fn's (static) output."""
@@ -35,7 +35,7 @@ Capture = Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]
 
 class CudaGraphCapture:
     """torch.cuda.CUDAGraph capture; every graph it makes shares one memory pool. Capture errors are thread-local:
-    a training loop's other threads (staging, pinning, checkpoint writing) may keep using CUDA meanwhile."""
+    a training loop's other threads (prefetching and pinning batches, writing checkpoints) may keep using CUDA meanwhile."""
 
     def __init__(self) -> None:
         self.pool = None
@@ -62,7 +62,7 @@ class _Bucket:
 
 
 class GraphedStep:
-    """Runs train_step(inputs) for staged batches, from a captured graph per bucket shape (module docstring).
+    """Runs train_step(inputs) for packed batches, from a captured graph per bucket shape (module docstring).
 
     warmup: uncaptured runs of a bucket before its capture. max_graphs: buckets beyond this many run uncaptured.
     capture: how to capture (CudaGraphCapture on CUDA; tests pass one that re-runs the function)."""
@@ -81,20 +81,20 @@ class GraphedStep:
         self.graphs = 0
         self.replays = 0
 
-    def __call__(self, staged: StagedInputs) -> torch.Tensor:
-        if not isinstance(staged, BucketedInputs):  # outside the buckets: as it is
-            return self.train_step(staged.to(self.device))
-        bucket = self.buckets.setdefault(staged.shape_key, _Bucket())
+    def __call__(self, packed: PackedInputs) -> torch.Tensor:
+        if not isinstance(packed, BucketedInputs):  # outside the buckets: as it is
+            return self.train_step(packed.to(self.device))
+        bucket = self.buckets.setdefault(packed.shape_key, _Bucket())
         if bucket.replay is None:
             if bucket.runs < self.warmup or self.graphs >= self.max_graphs:
                 bucket.runs += 1
-                return self.train_step(staged.to(self.device))
-            bucket.inputs = torch.empty(staged.flat.shape, dtype=staged.flat.dtype, device=self.device)
-            bucket.inputs.copy_(staged.flat, non_blocking=True)
-            static = replace(staged, flat=bucket.inputs)  # views of the buffer (and casts) happen inside the graph
+                return self.train_step(packed.to(self.device))
+            bucket.inputs = torch.empty(packed.flat.shape, dtype=packed.flat.dtype, device=self.device)
+            bucket.inputs.copy_(packed.flat, non_blocking=True)
+            static = replace(packed, flat=bucket.inputs)  # views of the buffer (and casts) happen inside the graph
             bucket.replay = self.capture(lambda: self.train_step(static.to(self.device)))
             self.graphs += 1
         else:
-            bucket.inputs.copy_(staged.flat, non_blocking=True)
+            bucket.inputs.copy_(packed.flat, non_blocking=True)
         self.replays += 1
         return bucket.replay().clone()  # the graph's output is rewritten by the next replay

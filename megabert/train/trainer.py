@@ -132,11 +132,13 @@ class Trainer:
         from megabert.train.optimizer import build_optimizer, build_scheduler
 
         model.to(self.device)
+        if cfg.parallel.compile:
+            from megabert.model.compile import compile_model
+
+            compile_model(model, backend="inductor" if self.device.type == "cuda" else "aot_eager")
         self.optimizer = build_optimizer(model, cfg.optim)
         self.engine = initialize(model, self.optimizer, build_scheduler(self.optimizer, cfg.schedule), self.ds_config,
                                  mpu=self.mpu)
-        if cfg.parallel.compile:
-            self.engine.compile()
 
         self.checkpoints = CheckpointManager(cfg.checkpoint, self.rank, self.world_size)
         self.state, saved = TrainState(), {}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megabert.model.bert import MosaicBertForMaskedLM
-from megabert.model.buckets import BucketedInputs, TokenBuckets, stage_bucketed
+from megabert.model.buckets import BucketedInputs, TokenBuckets, pack_bucketed
 from megabert.model.inputs import prepare_inputs
 from tests.model.helpers import tiny_config
 
@@ -73,8 +73,8 @@ def _check_padding_keeps_loss_and_gradients(unpad, sparse, mlm_output, cases):
         if masked == 0:
             continue  # no labelled token: the loss is NaN either way
         ref_loss, ref_grads = _loss_and_grads(model, prepare_inputs(batch, cfg, "cpu"), mlm_output)
-        staged = stage_bucketed(batch, cfg, BUCKETS)
-        loss, grads = _loss_and_grads(model, staged.to("cpu"), mlm_output)
+        packed = pack_bucketed(batch, cfg, BUCKETS)
+        loss, grads = _loss_and_grads(model, packed.to("cpu"), mlm_output)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0, msg=f"T={tokens} M={masked}")
         assert grads.keys() == ref_grads.keys()
         for name, grad in ref_grads.items():
@@ -91,21 +91,21 @@ def assert_equal_up_to_sum_order(ours: torch.Tensor, ref: torch.Tensor, what: st
 
 def test_bucketed_shapes_are_the_bucket_sizes_and_the_same_for_every_batch_in_it():
     cfg = tiny_config()
-    a = stage_bucketed(_batch([16, 9, 0, 0], 7, seed=1), cfg, BUCKETS)
-    b = stage_bucketed(_batch([3, 3, 3, 10], 2, seed=2), cfg, BUCKETS)
+    a = pack_bucketed(_batch([16, 9, 0, 0], 7, seed=1), cfg, BUCKETS)
+    b = pack_bucketed(_batch([3, 3, 3, 10], 2, seed=2), cfg, BUCKETS)
     assert isinstance(a, BucketedInputs) and a.shape_key == b.shape_key
     shapes = {name: tuple(shape) for name, shape, _ in a.layout}
     assert shapes["input_ids"] == (BATCH + 1, SEQ)  # one extra row of padding
     assert shapes["indices"] == (32,) and shapes["masked_token_index"] == (8,)
     assert shapes["cu_seqlens"] == (BATCH + 1 + BUCKETS.dummy_segments,)
     assert a.unpadded.max_seqlen == SEQ and a.unpadded.batch == BATCH + 1
-    c = stage_bucketed(_batch([16, 16, 0, 0], 9, seed=3), cfg, BUCKETS)  # T = 32 is a step: the next bucket
+    c = pack_bucketed(_batch([16, 16, 0, 0], 9, seed=3), cfg, BUCKETS)  # T = 32 is a step: the next bucket
     assert c.shape_key != a.shape_key and dict((n, tuple(s)) for n, s, _ in c.layout)["indices"] == (48,)
 
 
 def test_a_batch_without_padding_gets_one_dummy_token():
-    staged = stage_bucketed(_batch([SEQ] * BATCH, 20), tiny_config(), BUCKETS)
-    inputs = staged.to("cpu")
+    packed = pack_bucketed(_batch([SEQ] * BATCH, 20), tiny_config(), BUCKETS)
+    inputs = packed.to("cpu")
     assert inputs["unpadded"].indices.numel() == BATCH * SEQ + 1
     assert inputs["unpadded"].cu_seqlens.tolist()[-BUCKETS.dummy_segments - 1:] == [64, 65] + [65] * (
         BUCKETS.dummy_segments - 1)
@@ -113,8 +113,8 @@ def test_a_batch_without_padding_gets_one_dummy_token():
 
 def test_dummy_tokens_form_sequences_of_at_most_seq_len():
     buckets = TokenBuckets(BATCH, SEQ, token_step=48, masked_step=8)  # gaps up to 48 tokens: 3 dummy sequences
-    staged = stage_bucketed(_batch([1, 0, 0, 0], 1), tiny_config(), buckets)
-    cu = staged.to("cpu")["unpadded"].cu_seqlens
+    packed = pack_bucketed(_batch([1, 0, 0, 0], 1), tiny_config(), buckets)
+    cu = packed.to("cpu")["unpadded"].cu_seqlens
     assert cu.tolist() == [0, 1, 1, 1, 1, 17, 33, 48]
     assert (cu[1:] - cu[:-1]).max() <= SEQ
 
@@ -122,11 +122,11 @@ def test_dummy_tokens_form_sequences_of_at_most_seq_len():
 def test_other_batch_shapes_are_outside_the_buckets_and_unlabelled_batches_are_refused():
     cfg = tiny_config()
     wide = {k: torch.cat([v, v], dim=0) for k, v in _batch([5, 5, 5, 5], 4).items()}  # [2 * BATCH, SEQ]
-    assert stage_bucketed(wide, cfg, BUCKETS) is None
+    assert pack_bucketed(wide, cfg, BUCKETS) is None
     batch = _batch([5, 5, 5, 5], 4)
     del batch["labels"]
     with pytest.raises(ValueError, match="labels"):
-        stage_bucketed(batch, cfg, BUCKETS)
+        pack_bucketed(batch, cfg, BUCKETS)
 
 
 def test_default_steps_suit_the_benchmark_batches():

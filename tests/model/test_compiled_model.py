@@ -5,14 +5,14 @@ import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from megabert.model.bert import MosaicBertForMaskedLM
-from megabert.model.buckets import TokenBuckets, stage_bucketed
+from megabert.model.buckets import TokenBuckets, pack_bucketed
 from megabert.model.compile import compile_model, is_compiled
 from megabert.model.inputs import prepare_inputs
 from tests.model.helpers import ragged_batch, tiny_config
 
 # lengths of 4 sequences in a [4, 16] batch: T, M and max_seqlen all change from batch to batch. The first batch
 # has no padding: its T (64) equals other sizes of the first trace (B * S, the offset of attention_mask in the
-# staged buffer), which duck shaping would turn into a guard that the next batch fails.
+# packed buffer), which duck shaping would turn into a guard that the next batch fails.
 LENGTHS = [[16, 16, 16, 16], [12, 7, 16, 3], [5, 5, 9, 2], [1, 11, 4, 8]]
 
 
@@ -67,10 +67,10 @@ def test_compiled_bucketed_batches_compile_once_per_bucket_with_static_shapes():
     buckets = TokenBuckets(4, 16, token_step=32, masked_step=16)
     seen = set()
     for seed, lengths in enumerate(LENGTHS + [[10, 10, 10, 1], [16, 16, 16, 15]]):
-        staged = stage_bucketed(_batch(lengths, seed), cfg, buckets)
-        seen.add(staged.shape_key)
+        packed = pack_bucketed(_batch(lengths, seed), cfg, buckets)
+        seen.add(packed.shape_key)
         ref_loss, _ = _loss_and_grads(eager, prepare_inputs(_batch(lengths, seed), cfg, "cpu"), "loss")
-        loss, _ = _loss_and_grads(compiled, staged.to("cpu"), "loss")
+        loss, _ = _loss_and_grads(compiled, packed.to("cpu"), "loss")
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
     assert 1 < len(seen) < len(LENGTHS) + 2  # some batches share a bucket
     assert _graphs() == len(seen)

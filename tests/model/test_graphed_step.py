@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from megabert.model.bert import MosaicBertForMaskedLM
-from megabert.model.buckets import TokenBuckets, stage_bucketed
+from megabert.model.buckets import TokenBuckets, pack_bucketed
 from megabert.model.graphed_step import GraphedStep
-from megabert.model.inputs import stage_inputs
+from megabert.model.inputs import pack_inputs
 from tests.model.helpers import ragged_batch, tiny_config
 
 BUCKETS = TokenBuckets(4, 16, token_step=32, masked_step=16)
@@ -58,10 +58,10 @@ def test_graphed_steps_train_exactly_as_plain_steps_with_one_capture_per_bucket(
     shapes = []
     for seed, lengths in enumerate(LENGTHS * 2):
         batch = _batch(lengths, seed)
-        staged = stage_bucketed(batch, cfg, BUCKETS)
-        shapes.append(staged.shape_key)
-        expected = plain_step(stage_inputs(batch, cfg).to("cpu"))
-        torch.testing.assert_close(step(staged), expected, rtol=1e-6, atol=1e-6, msg=f"step {seed}")
+        packed = pack_bucketed(batch, cfg, BUCKETS)
+        shapes.append(packed.shape_key)
+        expected = plain_step(pack_inputs(batch, cfg).to("cpu"))
+        torch.testing.assert_close(step(packed), expected, rtol=1e-6, atol=1e-6, msg=f"step {seed}")
     for (name, a), b in zip(plain.named_parameters(), graphed.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
     seen_twice = {key for key in shapes if shapes.count(key) >= 2}
@@ -79,10 +79,10 @@ def test_batches_outside_the_buckets_run_as_they_are_and_max_graphs_is_kept():
                        warmup=0, max_graphs=1)
     for seed, lengths in enumerate(LENGTHS):
         wide = _batch(lengths, seed, batch_size=6)  # not the buckets' [4, 16]: outside them
-        assert stage_bucketed(wide, cfg, BUCKETS) is None
-        losses.append(step(stage_inputs(wide, cfg)))
-        torch.testing.assert_close(losses[-1], model(**stage_inputs(wide, cfg).to("cpu"), mlm_output="loss").loss)
-        step(stage_bucketed(_batch(lengths, seed), cfg, BUCKETS))
+        assert pack_bucketed(wide, cfg, BUCKETS) is None
+        losses.append(step(pack_inputs(wide, cfg)))
+        torch.testing.assert_close(losses[-1], model(**pack_inputs(wide, cfg).to("cpu"), mlm_output="loss").loss)
+        step(pack_bucketed(_batch(lengths, seed), cfg, BUCKETS))
     assert capture.captures == step.graphs == 1  # the other buckets ran uncaptured
     assert len({loss.item() for loss in losses}) == len(LENGTHS)
 
@@ -109,8 +109,8 @@ def test_gpu_graph_replays_train_like_plain_steps_and_redraw_dropout():
     step = GraphedStep(_train_step(graphed, adamw(graphed), torch.bfloat16), "cuda")
     for seed, lengths in enumerate(LENGTHS * 3):
         batch = _batch(lengths, seed)
-        got = step(stage_bucketed(batch, cfg, BUCKETS).pin_memory())
-        expected = plain_step(stage_inputs(batch, cfg).to("cuda"))
+        got = step(pack_bucketed(batch, cfg, BUCKETS).pin_memory())
+        expected = plain_step(pack_inputs(batch, cfg).to("cuda"))
         assert abs(got.item() - expected.item()) < 2e-2 * abs(expected.item()), seed
     assert step.graphs >= 2 and step.replays > step.graphs
     # dropout: the same batch replayed twice through a graph gives two different losses
@@ -118,8 +118,8 @@ def test_gpu_graph_replays_train_like_plain_steps_and_redraw_dropout():
                            hidden_dropout=0.1)
     model = compile_model(MosaicBertForMaskedLM(cfg_drop).cuda())
     frozen = GraphedStep(lambda inputs: _loss(model, inputs), "cuda", warmup=1)
-    staged = stage_bucketed(_batch(LENGTHS[0], 0), cfg_drop, BUCKETS).pin_memory()
-    losses = [frozen(staged).item() for _ in range(4)]
+    packed = pack_bucketed(_batch(LENGTHS[0], 0), cfg_drop, BUCKETS).pin_memory()
+    losses = [frozen(packed).item() for _ in range(4)]
     assert frozen.replays == 3 and len(set(losses[1:])) == 3
 
 

@@ -82,3 +82,20 @@ def test_a_full_disk_during_a_save_stops_the_run_at_once_naming_the_cause(tmp_pa
     assert "latest` still names step_0000008" in proc.stderr
     assert max(losses(tmp_path / "run")) <= 18  # stopped within a step or two, not at the next save (step 24)
     assert latest_checkpoint(tmp_path / "run" / "ckpt").name == "step_0000008"
+
+
+@pytest.mark.slow
+def test_the_compiled_model_trains_through_the_engine_like_the_eager_one(tmp_path):
+    """parallel.compile: the forward and loss as one graph inside DeepSpeed's engine (its hooks stay outside the
+    graph, so nothing recompiles per micro-step); on a CPU the graph is traced without code generation, so the
+    losses equal eager ones exactly."""
+    runs = {}
+    for compiled in (False, True):
+        cfg = tiny_config(tmp_path / f"compiled_{compiled}")
+        cfg["parallel"]["compile"] = compiled
+        cfg["schedule"]["total_steps"] = 6
+        proc = run_trainer(cfg, tmp_path, env={"TORCH_LOGS": "recompiles"})
+        assert proc.returncode == 0, explain(proc)
+        assert "Recompiling" not in proc.stderr
+        runs[compiled] = losses(tmp_path / f"compiled_{compiled}")
+    assert runs[True] == runs[False] and sorted(runs[True]) == list(range(1, 7))
