@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One GPU check for megabert: GPU tests, attention and training-throughput benchmarks, the trainer against its bare
-# step, and the tensor-parallel code path's overhead at TP = 1.
+# One GPU check for megabert: GPU tests, attention and training-throughput benchmarks (eager, compiled and CUDA-graph
+# steps against Hugging Face + torch.compile), DeepSpeed's engine and the trainer against the plain step, and the
+# tensor-parallel code path's overhead at TP = 1.
 #
-#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention base profile ablation large trainer checkpoint tp
+#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention compiled engine base profile ablation large trainer
+#                                           checkpoint tp
 #                                      (default: all but trainer, checkpoint and tp)
 #
 # The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
@@ -46,10 +48,13 @@ need_deepspeed() {  # DeepSpeed from the wheels in .whl/ when the image lacks it
 
 for section in "${SECTIONS[@]}"; do
   case $section in
-    tests) run gpu_tests 100 python3 -m pytest -q -m gpu tests/ops tests/model -p no:cacheprovider ;;
+    tests) run gpu_tests 300 python3 -m pytest -q -m gpu tests/ops tests/model tests/hf tests/benchmarks -p no:cacheprovider ;;
     attention) run bench_attention 90 python3 -m benchmarks.attention ;;
     base) run bench_throughput_base 230 python3 -m benchmarks.throughput --models base \
             --dists c4-128 c4-512 --systems $BASE_SYSTEMS --warmup 3 --steps 15 ;;
+    compiled) run compiled_step 480 python3 -m benchmarks.compiled_step --json-out "$OUT/compiled_step.json" ;;
+    engine) need_deepspeed
+      run engine_overhead 240 python3 -m benchmarks.engine_overhead --json-out "$OUT/engine_overhead.json" ;;
     profile) run bench_profile 40 python3 -m benchmarks.step_profile --model base --dist c4-128 ;;
     ablation) run bench_ablation 120 python3 -m benchmarks.throughput --models base --systems \
                 --ablation --ablation-dists $ABLATION_DISTS --warmup 2 --steps 10 ;;
@@ -70,6 +75,7 @@ for section in "${SECTIONS[@]}"; do
       run bench_checkpoint 220 python3 -m benchmarks.checkpoint --config configs/base.json \
         --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --rounds "${CHECKPOINT_ROUNDS:-3}" ;;
     tp) run bench_tp_overhead 90 python3 -m benchmarks.tp_overhead --json-out "$OUT/tp_overhead.json" ;;
-    *) echo "unknown section $section (tests attention base profile ablation large trainer checkpoint tp)"; exit 2 ;;
+    *) echo "unknown section $section (tests attention compiled engine base profile ablation large trainer checkpoint tp)"
+       exit 2 ;;
   esac
 done

@@ -35,7 +35,8 @@ Capture = Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]
 
 class CudaGraphCapture:
     """torch.cuda.CUDAGraph capture; every graph it makes shares one memory pool. Capture errors are thread-local:
-    a training loop's other threads (prefetching and pinning batches, writing checkpoints) may keep using CUDA meanwhile."""
+    a training loop's other threads (prefetching and pinning batches, writing checkpoints) may keep using CUDA
+    meanwhile."""
 
     def __init__(self) -> None:
         self.pool = None
