@@ -17,7 +17,7 @@ import logging
 import signal
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -79,14 +79,11 @@ class _BatchRecipe:
 
 
 class _TrainBatches(torch.utils.data.Dataset):
-    """Map-style: item t is this rank's t-th micro-batch of training (t counts from the start of the run), passed
-    through `transform` when one is given (in the DataLoader worker that built it)."""
+    """Map-style: item t is this rank's t-th micro-batch of training (t counts from the start of the run)."""
 
-    def __init__(self, recipe: _BatchRecipe, blend: Optional[BlendIndex], micro: int, dp_rank: int, dp_size: int,
-                 transform: Optional[Callable[[dict[str, torch.Tensor]], Any]] = None):
+    def __init__(self, recipe: _BatchRecipe, blend: Optional[BlendIndex], micro: int, dp_rank: int, dp_size: int):
         self.recipe, self.blend = recipe, blend
         self.micro, self.dp_rank, self.dp_size = micro, dp_rank, dp_size
-        self.transform = transform
 
     def global_numbers(self, t: int) -> np.ndarray:
         first = t * self.micro * self.dp_size + self.dp_rank * self.micro
@@ -102,8 +99,7 @@ class _TrainBatches(torch.utils.data.Dataset):
         for d in np.unique(dataset_of):
             sel = dataset_of == d
             ids[sel] = self.recipe.splits[int(d)].sample_ids(numbers[sel])
-        batch = self.recipe.build(dataset_of, numbers, ids)
-        return batch if self.transform is None else self.transform(batch)
+        return self.recipe.build(dataset_of, numbers, ids)
 
 
 class _ValidBatches(torch.utils.data.Dataset):
@@ -192,18 +188,12 @@ class MLMData:
                                              generator=torch.Generator().manual_seed(self.seed))
         return WorkerBatches(iter(loader))
 
-    def train_batches(self, consumed_samples: int = 0,
-                      transform: Optional[Callable[[dict[str, torch.Tensor]], Any]] = None) -> Iterator[Any]:
-        """Infinite iterator over this rank's micro-batches, starting after ``consumed_samples`` global samples.
-
-        ``transform(batch)``, when given, runs where the batch is built -- in a DataLoader worker process when
-        ``num_workers > 0`` -- and its result is yielded instead: work moved off the training process (a trainer
-        prepares model inputs there). It must return what a worker can send back (tensors, numbers, tuples)."""
+    def train_batches(self, consumed_samples: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Infinite iterator over this rank's micro-batches, starting after ``consumed_samples`` global samples."""
         if consumed_samples < 0 or consumed_samples % self.samples_per_block:
             raise ValueError(f"consumed_samples ({consumed_samples}) must be a non-negative multiple of "
                              f"micro_batch_size x dp_size ({self.samples_per_block})")
-        dataset = _TrainBatches(self._train_recipe, self.blend, self.micro_batch_size, self.dp_rank, self.dp_size,
-                                transform)
+        dataset = _TrainBatches(self._train_recipe, self.blend, self.micro_batch_size, self.dp_rank, self.dp_size)
         return self._loader(dataset, _Counter(consumed_samples // self.samples_per_block))
 
     def valid_batches(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -262,20 +262,3 @@ def test_re_preprocessing_a_prefix_invalidates_its_cached_indices(tmp_path, samp
     ds = IndexedDataset(tmp_path / "a_text_document")
     assert split.stream_end[-1] == sum(len(ds.document(d)) + 1 for d in range(ds.num_documents))
     assert split.num_samples >= before
-
-
-def _in_which_process(batch):
-    """A transform that reports where it ran (top level: it pickles wherever workers are spawned)."""
-    import os
-
-    return os.getpid(), batch["input_ids"].sum()
-
-
-def test_a_transform_runs_in_the_worker_and_its_result_arrives_in_order(tmp_path, sample_prefix, vocab_file):
-    import os
-
-    cfg = _cfg([sample_prefix], vocab_file, tmp_path, num_workers=1)
-    plain = _take(build_mlm_data(cfg, seed=3, micro_batch_size=8).train_batches(16), 4)
-    transformed = _take(build_mlm_data(cfg, seed=3, micro_batch_size=8).train_batches(16, _in_which_process), 4)
-    assert all(pid != os.getpid() for pid, _ in transformed)
-    assert [int(total) for _, total in transformed] == [int(b["input_ids"].sum()) for b in plain]

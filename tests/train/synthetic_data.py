@@ -47,11 +47,10 @@ class SyntheticMLMData:
         rows = [make_sample(seed, first + i, self.seq_len, mask_prob) for i in range(self.mb)]
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
-    def train_batches(self, consumed_samples: int = 0, transform=None) -> Iterator:
+    def train_batches(self, consumed_samples: int = 0) -> Iterator:
         g = consumed_samples
         while True:
-            batch = self._batch(self.seed, g + self.dp_rank * self.mb, self.mask_prob)
-            yield batch if transform is None else transform(batch)
+            yield self._batch(self.seed, g + self.dp_rank * self.mb, self.mask_prob)
             g += self.mb * self.dp_size
 
     def valid_batches(self) -> Iterator[dict[str, torch.Tensor]]:
