@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -38,6 +39,8 @@ def consolidated_state_dict(checkpoint: Path, zero_stage: int) -> dict[str, torc
     checkpoint holds ZeRO partitions DeepSpeed's zero_to_fp32 can read, else the saved module)."""
     if zero_stage == 0:
         return module_state_dict(checkpoint)
+    if not torch.cuda.is_available():  # reading files needs no accelerator: no "Setting accelerator to CPU" warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:
