@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -69,11 +70,24 @@ def time_cuda(fn: Callable[[int], None], warmup: int, iters: int) -> list[float]
     for i in range(warmup):
         fn(i)
     torch.cuda.synchronize()
+    return time_steps(fn, warmup, iters)
+
+
+def time_steps(fn: Callable[[int], None], start: int, iters: int, cuda: bool = True) -> list[float]:
+    """Seconds per call of fn(start), fn(start + 1), ...: CUDA events around each call on a GPU, the wall clock
+    on a CPU."""
+    if not cuda:
+        times = []
+        for i in range(iters):
+            began = time.perf_counter()
+            fn(start + i)
+            times.append(time.perf_counter() - began)
+        return times
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     for i in range(iters):
         starts[i].record()
-        fn(warmup + i)
+        fn(start + i)
         ends[i].record()
     torch.cuda.synchronize()
     return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]

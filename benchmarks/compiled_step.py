@@ -50,9 +50,9 @@ import time
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import DISTRIBUTIONS, make_mlm_batches, padding_fraction
+from benchmarks.common import time_steps as common_time_steps
 from benchmarks.device_timeline import device_timeline, load_trace
 from benchmarks.throughput import BATCH, SIZES, hf_model, megabert_model
 
@@ -201,21 +201,7 @@ def hf_step(bench: Bench, model, host) -> Callable[[int], None]:
 
 def time_steps(bench: Bench, step: Callable[[int], None], start: int, iters: int) -> list[float]:
     """Seconds per step: CUDA events around each step on a GPU, wall clock on a CPU."""
-    if not bench.cuda:
-        times = []
-        for i in range(iters):
-            began = time.perf_counter()
-            step(start + i)
-            times.append(time.perf_counter() - began)
-        return times
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    for i in range(iters):
-        starts[i].record()
-        step(start + i)
-        ends[i].record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+    return common_time_steps(step, start, iters, cuda=bench.cuda)
 
 
 GEMM_MARKERS = ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul", "splitk", "triton_tem_")

@@ -470,6 +470,15 @@ def _classifier_dropout(config: MegaBertConfig) -> float:
     return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
 
 
+def _head_output(model, return_dict, output_class, loss, logits, hidden_states):
+    """A head's result as transformers returns it: the output class, or with return_dict False a tuple (loss first
+    when there is one)."""
+    if not _return_dict(model, return_dict):
+        output = tuple(v for v in (logits, hidden_states) if v is not None)
+        return (loss, *output) if loss is not None else output
+    return output_class(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
 class MegaBertForSequenceClassification(MegaBertPreTrainedModel):
     """[CLS] -> pooler (dense + tanh) -> dropout -> classifier, as megabert's fine-tuned classifiers. The loss
     follows config.problem_type as transformers' models do (num_labels 1: regression, MSE)."""
@@ -497,13 +506,8 @@ class MegaBertForSequenceClassification(MegaBertPreTrainedModel):
         outputs = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                             output_attentions, output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(outputs.pooler_output))  # [B, num_labels]
-        loss = None
-        if labels is not None:
-            loss = self._loss(logits, labels.to(logits.device))
-        if not _return_dict(self, return_dict):
-            output = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
-            return (loss, *output) if loss is not None else output
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        loss = self._loss(logits, labels.to(logits.device)) if labels is not None else None
+        return _head_output(self, return_dict, SequenceClassifierOutput, loss, logits, outputs.hidden_states)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.config.problem_type is None:
@@ -553,7 +557,4 @@ class MegaBertForTokenClassification(MegaBertPreTrainedModel):
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1).to(logits.device),
                                    ignore_index=-100)
-        if not _return_dict(self, return_dict):
-            output = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
-            return (loss, *output) if loss is not None else output
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return _head_output(self, return_dict, TokenClassifierOutput, loss, logits, outputs.hidden_states)
