@@ -384,15 +384,21 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def read_json_file(path: str | Path, what: str, error: type = ConfigError, shown: Optional[str] = None) -> Any:
+    """The content of a JSON file; `error` naming `what` and the file (as `shown`) when it is missing or not JSON."""
+    path = Path(path)
+    shown = str(path) if shown is None else shown
+    if not path.is_file():
+        raise error(f"{what} {shown} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {shown} is not valid JSON: {e}") from None
+
+
 def load_config(path: str | Path, overrides: Optional[list[str]] = None, validate: bool = True) -> TrainConfig:
     """Reads a JSON config, applies `--section.key value` overrides and validates."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid JSON: {e}") from None
+    data = read_json_file(path, "config file", shown=repr(str(path)))
     cfg = from_dict(TrainConfig, data)
     apply_overrides(cfg, overrides or [])
     if validate:

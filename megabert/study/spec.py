@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from megabert.config import ConfigError, TrainConfig, load_config
+from megabert.config import ConfigError, TrainConfig, load_config, read_json_file
 
 ROLES = ("mosaicbert", "baseline", "variant")
 """mosaicbert: the reference of the ablation; baseline: the model MosaicBERT is compared with; variant: other."""
@@ -177,12 +177,7 @@ class Study:
 def load_study(path: str | Path) -> Study:
     """Reads a study file, expands its sweeps and ablation into variants and checks every run's config."""
     path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"study file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StudyError(f"study file {path} is not valid JSON: {e}") from None
+    data = read_json_file(path, "study file", StudyError)
     where = str(path)
     known = {"name", "description", "output_dir", "base_config", "overrides", "budgets_minutes", "variants",
              "sweeps", "ablation", "evaluation", "downstream"}

@@ -11,12 +11,11 @@ LayerNorm parameters are not decayed in either. The schedule's total_steps is de
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from megabert.config import ConfigError, OptimConfig, ScheduleConfig, from_dict
+from megabert.config import ConfigError, OptimConfig, ScheduleConfig, from_dict, read_json_file
 
 
 _MOVED = {"lr", "weight_decay", "betas", "eps", "grad_clip", "warmup_fraction", "final_lr_fraction"}
@@ -89,13 +88,7 @@ class Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"recipe file {path} is not valid JSON: {e}") from None
-    recipe = Recipe.from_dict(data, f"{path.name}: ")
+    recipe = Recipe.from_dict(read_json_file(path, "recipe file"), f"{path.name}: ")
     recipe.validate()
     return recipe
 
