@@ -8,7 +8,7 @@ and the bare step) can be compared by how long their device waited and for what.
 
     python -m benchmarks.device_timeline trace.json.gz [--top 10]
 
-bench_trainer.py --profile writes such traces and prints this report for the trainer's step and the bare one.
+`python -m benchmarks.trainer --profile` writes such traces and prints this report for the trainer's step and the bare one.
 """
 
 from __future__ import annotations

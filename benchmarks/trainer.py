@@ -11,6 +11,10 @@
            engine) on the same in-memory batches: the engine's cost without the data path. Those steps train the
            trainer's model further (its losses then differ from a plain run); the lr schedule is put back.
 
+  profile  with --profile, torch.profiler records the trainer's third window and one more (untimed) plain block:
+           GPU milliseconds per step in GEMMs, attention, other kernels and idle for both, the Chrome traces kept
+           (python -m benchmarks.device_timeline <trace> lists the idle gaps and the host work inside them).
+
 Reported: real tokens/s and MFU of each, trainer / plain over the whole run and per (window, next block) pair as a
 geometric mean with its standard error (benchmarks/trainer_ratio.py pools the pairs of several runs).
 
@@ -25,11 +29,13 @@ the config points at it and it is missing. Results: printed, and written to <out
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -43,6 +49,7 @@ from megabert.utils.rng import get_rng_state, set_rng_state
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PREFIX = "data/sample/c4_sample_text_document"
+PROFILED_WINDOW = 3  # after start-up (window 1) and the first steady one
 
 
 def ensure_sample_data(cfg) -> None:
@@ -78,21 +85,33 @@ class ResidentBatches:
 
 class ReferenceBlocks:
     """The trainer callback: after each log window but the last, `steps` plain steps (and with engine_step the
-    trainer's own step) on resident batches, timed with the device drained at both ends."""
+    trainer's own step) on resident batches, timed with the device drained at both ends. With profile_window k,
+    torch.profiler records the trainer's k-th window and an extra, untimed plain block after it."""
 
-    def __init__(self, trainer: Trainer, steps: int, engine_step: bool):
+    def __init__(self, trainer: Trainer, steps: int, engine_step: bool, profile_window: int = 0,
+                 trace_dir: Optional[Path] = None):
         self.trainer, self.steps = trainer, steps
+        self.profile_window, self.trace_dir, self.windows_seen = profile_window, trace_dir, 0
+        self.profiler = None
+        self.profiles: dict[str, dict] = {}
         self.resident = ResidentBatches(trainer, steps)
-        self.plain = PlainStep(trainer.cfg, trainer.device, seed=trainer.cfg.seed)
+        self.plain = PlainStep(trainer.cfg, trainer.device, seed=trainer.cfg.seed, mlm_output=trainer.step.mlm_output)
         self.engine_step = TrainStep(trainer.engine, trainer.optimizer, trainer.device, trainer.accum,
-                                     trainer.world_size) if engine_step else None
+                                     trainer.world_size, trainer.step.mlm_output) if engine_step else None
         self.blocks: dict[str, list[float]] = {"plain": [], "engine": []}  # seconds per block
 
     def on_window_end(self, trainer: Trainer, metrics: dict) -> None:
+        self.windows_seen += 1
+        if self.profiler is not None:  # the profiled window has ended
+            self.profiles["trainer"] = self._stop_profiler("trainer")
         if trainer.state.step >= trainer.cfg.schedule.total_steps:
             return
         rng = get_rng_state()
         self.blocks["plain"].append(self._time(lambda i: self.plain(self.resident.on_device[i])))
+        if self.windows_seen == self.profile_window:
+            self._start_profiler()
+            self._time(lambda i: self.plain(self.resident.on_device[i]))
+            self.profiles["plain"] = self._stop_profiler("plain")
         if self.engine_step is not None:
             schedule = trainer.engine.lr_scheduler.state_dict()
             packed = self.resident.batches
@@ -101,6 +120,32 @@ class ReferenceBlocks:
             self.engine_step.read_pending(0)
             trainer.engine.lr_scheduler.load_state_dict(schedule)
         set_rng_state(rng)
+        if self.windows_seen + 1 == self.profile_window:
+            self._start_profiler()
+
+    def _start_profiler(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.trainer.device.type == "cuda" else [])
+        self.profiler = profile(activities=activities)
+        self.profiler.start()
+
+    def _stop_profiler(self, name: str) -> dict:
+        """GPU milliseconds per step in GEMMs, attention, other kernels and idle (benchmarks.compiled_step's
+        breakdown) of what was recorded; the Chrome trace is kept as trace_<name>.json.gz."""
+        from benchmarks.compiled_step import kernel_breakdown
+        from benchmarks.device_timeline import load_trace
+
+        _sync(self.trainer.device)
+        self.profiler.stop()
+        path = self.trace_dir / f"trace_{name}.json"
+        self.profiler.export_chrome_trace(str(path))
+        self.profiler = None
+        events = load_trace(path)
+        with gzip.open(f"{path}.gz", "wt") as f:
+            json.dump({"traceEvents": events}, f)
+        path.unlink()
+        return kernel_breakdown(events, self.steps)
 
     def _time(self, step) -> float:
         device = self.trainer.device
@@ -129,7 +174,8 @@ def engine_step_seconds(trainer: Trainer, steps: int, warmup: int = 3) -> float:
     """Seconds per optimizer step of the trainer's own step (a TrainStep over its engine) on one global batch of
     its data replayed from pinned host memory: the engine without the data path (no loader, no prefetch)."""
     packed = ResidentBatches(trainer, 1).batches[0]
-    step = TrainStep(trainer.engine, trainer.optimizer, trainer.device, trainer.accum, trainer.world_size)
+    step = TrainStep(trainer.engine, trainer.optimizer, trainer.device, trainer.accum, trainer.world_size,
+                     trainer.step.mlm_output)
     run = lambda i: step(i + 1, iter([(None, p) for p in packed]))
     trainer.engine.train()
     for i in range(warmup):
@@ -157,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--engine-step", action="store_true", help="also time the trainer's own step on the "
                         "in-memory batches in each block (its model then trains further)")
     parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="profile the trainer's third log window and a plain "
+                        "block after it: GPU time per step in GEMMs / attention / other / idle, traces kept")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
     if args.steps <= 20:
@@ -177,13 +225,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = Trainer(cfg)
     trainer.setup()
-    blocks = ReferenceBlocks(trainer, cfg.logging.log_interval, args.engine_step)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    blocks = ReferenceBlocks(trainer, cfg.logging.log_interval, args.engine_step,
+                             profile_window=PROFILED_WINDOW if args.profile else 0, trace_dir=Path(out))
     trainer.callbacks.append(blocks)
     summary = trainer.train()
 
     plain, engine = blocks.rates("plain"), blocks.rates("engine")
     windows = [r["train/tokens_per_s"] for r in _windows(Path(cfg.output_dir))]
-    pairs = list(zip(windows, plain["blocks_tokens_per_s"]))[1:]  # the first window: start-up
+    pairs = [pair for i, pair in enumerate(zip(windows, plain["blocks_tokens_per_s"]), start=1)
+             if i > 1 and i != blocks.profile_window]  # the first window is start-up; a profiled one is slowed
     result = {
         "config": args.config, "steps": args.steps, "zero_stage": cfg.parallel.zero_stage,
         "precision": cfg.parallel.precision, "micro_batch_size": cfg.micro_batch_size,
@@ -202,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if len(pairs) >= 2:
         result["trainer_over_plain_paired"] = paired_ratio(pairs)
+    if blocks.profiles:
+        result["profile_ms_per_step"] = blocks.profiles
     if engine:
         result["engine"] = engine
         result["engine_over_plain"] = engine["tokens_per_s"] / plain["tokens_per_s"]
@@ -225,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
               + (f"; per window pair {paired['ratio']:.3f} +- {paired['se']:.3f} ({paired['pairs']} pairs)"
                  if paired else "") + (f"; engine step / plain {result['engine_over_plain']:.3f}" if engine else "")
               + f" (target >= 0.95); {result['device']}, torch {result['torch']}")
+        for name, breakdown in blocks.profiles.items():
+            print(f"profile, {name} (ms per step): " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
         print("BENCH_TRAINER " + json.dumps(result))
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "bench_trainer.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -52,8 +52,10 @@ class StepOutput:
 class TrainStep:
     """The step's work, and the flags of a step read one step late."""
 
-    def __init__(self, engine, optimizer, device: torch.device, accum: int, world_size: int):
+    def __init__(self, engine, optimizer, device: torch.device, accum: int, world_size: int,
+                 mlm_output: str = "loss"):
         self.engine, self.optimizer, self.device = engine, optimizer, device
+        self.mlm_output = mlm_output  # "loss": the fused decoder + cross entropy, no [masked, vocab] logits
         self.accum, self.world_size = accum, world_size
         self._pending: Optional[tuple[int, torch.Tensor, Optional[torch.cuda.Event]]] = None
 
@@ -70,7 +72,7 @@ class TrainStep:
             micro_counts, packed = next(batches)
             data_seconds += time.perf_counter() - start
             counts.append(micro_counts)
-            loss = engine(**packed.to(device)).loss
+            loss = engine(**packed.to(device), mlm_output=self.mlm_output).loss
             engine.backward(loss)
             finite = torch.isfinite(loss.detach())
             loss_sum += torch.where(finite, loss.detach().float(), 0.0)

@@ -1,5 +1,6 @@
 """benchmarks/trainer.py end to end on CPU with a tiny model: trainer and bare-step throughput in one call."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -34,6 +35,23 @@ def test_bench_trainer_reports_the_trainer_and_the_plain_step_between_its_window
     assert "log windows" in stdout
     assert (tmp_path / "bench" / "bench_trainer.json").is_file()
     assert (tmp_path / "bench" / "checkpoints" / "latest").read_text().strip() == "step_0000040"
+
+
+@pytest.mark.slow
+def test_bench_trainer_profile_records_the_third_window_and_a_plain_block_and_leaves_it_out_of_the_pairs(
+        tmp_path, sample_corpus):
+    config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
+    out = tmp_path / "bench"
+    result, _, stdout = run_bench_trainer(tmp_path, config, out, "--steps", "50", "--zero-stage", "1", "--profile")
+    assert set(result["profile_ms_per_step"]) == {"trainer", "plain"}
+    for breakdown in result["profile_ms_per_step"].values():
+        assert {"gemm_ms", "attention_ms", "other_ms", "idle_ms", "kernels_per_step"} <= set(breakdown)
+    for name in ("trainer", "plain"):
+        events = json.loads(gzip.decompress((out / f"trace_{name}.json.gz").read_bytes()))["traceEvents"]
+        assert any(e.get("cat") == "cpu_op" for e in events), name  # the recorded steps are in the trace
+    assert len(result["window_pairs"]) == 2 and result["trainer_over_plain_paired"]["pairs"] == 2  # windows 2 and 4, not 3
+    assert result["plain"]["steps"] == 40  # the profiled plain block is extra, not timed
+    assert "profile, trainer (ms per step)" in stdout
 
 
 @pytest.mark.slow
