@@ -9,10 +9,9 @@ in every step. First the checks, then the timings:
 
 Checks (a failed check is reported, and the timings still run):
   * trajectory: 50 steps (--check-steps) of a --check-layers-deep base-width model on c4-128 batches, dropout 0,
-    from the same weights: eager fp32 (the reference, TF32 off), eager bf16, compiled bf16 and compiled bf16 with
-    CUDA graphs. Each bf16 run's loss curve and weight change (w_50 - w_0) against the reference; a compiled run
-    passes when its error is within 2x eager bf16's own (or a floor): "within bf16 tolerance", judged as the op
-    tests judge kernels.
+    from the same weights: eager fp32 (the reference, TF32 off), eager bf16 and compiled bf16. Each bf16 run's
+    loss curve and weight change (w_50 - w_0) against the reference; a compiled run passes when its error is
+    within 2x eager bf16's own (or a floor): "within bf16 tolerance", judged as the op tests judge kernels.
   * fused head: megabert.ops.linear_cross_entropy on a c4-128 micro-batch's masked rows (H x 30528), loss and
     gradients against F.linear + F.cross_entropy in fp32, relative to PyTorch's own bf16 error; peak memory of both.
 
@@ -22,14 +21,12 @@ Systems timed (--systems), each on both distributions for --models base large:
   megabert-eager-fused-head  eager, the fused MLM loss (mlm_output="loss")
   megabert-compiled          megabert.model.compile.compile_model (one dynamic-shape graph, forward + loss, the
                              backward through AOTAutograd), fused MLM loss
-  megabert-compiled-graphs   the same compiled model, the whole step (forward, backward, capturable fused AdamW)
-                             replayed from a CUDA graph per token-count bucket (megabert.model.graphed_step)
   megabert-compiled-triton-ops (optional) compiled with MEGABERT_COMPILE_TRITON_OPS=1: the Triton GeGLU and
                              add+LayerNorm kernels inside the graph instead of Inductor's fused code
   hf-eager                   (optional) Hugging Face, SDPA, eager
 Per row: median step time (CUDA events) after warm-up, real tokens/s, MFU (megabert.utils.flops, matmul peak
-measured at the start), peak memory, the ratio to hf-compile, setup seconds (model build + compile + warm-up
-and captures), and from torch.profiler over --profile-steps steps the GPU time per step in GEMMs, attention, other
+measured at the start), peak memory, the ratio to hf-compile, setup seconds (model build + compile + warm-up),
+and from torch.profiler over --profile-steps steps the GPU time per step in GEMMs, attention, other
 kernels (and copies) and idle. Rows are run model by model, system by system; once --budget-s seconds have passed
 the remaining rows are skipped (listed), so the run ends in time.
 """
@@ -57,15 +54,12 @@ from benchmarks.device_timeline import device_timeline, load_trace
 from benchmarks.throughput import BATCH, SIZES, hf_model, megabert_model
 
 from megabert.model.bert import MosaicBertForMaskedLM
-from megabert.model.buckets import TokenBuckets, pack_bucketed
 from megabert.model.compile import compile_model
-from megabert.model.graphed_step import GraphedStep
-from megabert.model.inputs import prepare_inputs, pack_inputs
+from megabert.model.inputs import prepare_inputs
 from megabert.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from megabert.utils.flops import measure_matmul_tflops, training_step_flops
 
-DEFAULT_SYSTEMS = ["megabert-eager", "megabert-eager-fused-head", "megabert-compiled", "megabert-compiled-graphs",
-                   "hf-compile"]
+DEFAULT_SYSTEMS = ["megabert-eager", "megabert-eager-fused-head", "megabert-compiled", "hf-compile"]
 OPTIONAL_SYSTEMS = ["megabert-compiled-triton-ops", "hf-eager"]
 TINY_SIZES = {"base": dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, vocab_size=1536),
               "large": dict(hidden_size=96, num_layers=2, num_heads=2, intermediate_size=192, vocab_size=1536)}
@@ -134,8 +128,8 @@ def host_batches(bench: Bench, size: str, dist: str, count: int = 8):
     return batches, host
 
 
-def adamw(model: torch.nn.Module, bench: Bench, capturable: bool = False) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=bench.cuda, capturable=capturable)
+def adamw(model: torch.nn.Module, bench: Bench) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=bench.cuda)
 
 
 def megabert_step(bench: Bench, model, cfg, host, mlm_output: str) -> Callable[[int], None]:
@@ -150,34 +144,6 @@ def megabert_step(bench: Bench, model, cfg, host, mlm_output: str) -> Callable[[
         opt.zero_grad(set_to_none=True)
 
     return step
-
-
-def capturable_train_step(bench: Bench, model, opt) -> Callable[[dict], torch.Tensor]:
-    """forward, backward, optimizer step; gradients kept (zeroed) between steps, as a CUDA graph needs."""
-
-    def train_step(inputs: dict) -> torch.Tensor:
-        with bench.autocast():
-            loss = model(**inputs, mlm_output="loss").loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=False)
-        return loss.detach()
-
-    return train_step
-
-
-def graphed_step(bench: Bench, model, cfg, host) -> tuple[Callable[[int], None], GraphedStep]:
-    opt = adamw(model, bench, capturable=True)
-    batch, seq = host[0]["input_ids"].shape
-    buckets = TokenBuckets.for_batch(batch, seq)
-    graphed = GraphedStep(capturable_train_step(bench, model, opt), bench.device)
-
-    def step(i: int) -> None:
-        b = host[i % len(host)]
-        packed = pack_bucketed(b, cfg, buckets, pin=True) or pack_inputs(b, cfg, pin=True)
-        graphed(packed)
-
-    return step, graphed
 
 
 def hf_step(bench: Bench, model, host) -> Callable[[int], None]:
@@ -251,7 +217,7 @@ def profile_steps(bench: Bench, step: Callable[[int], None], start: int) -> Opti
 
 def measure(bench: Bench, size: str, dist: str, system: str, step: Callable[[int], None], batches, flops_cfg,
             setup_began: float, warmup: int) -> Row:
-    """Warm-up (compiles, captures), then the timed steps and the profile of one system on one distribution."""
+    """Warm-up (compiles), then the timed steps and the profile of one system on one distribution."""
     for i in range(warmup):
         step(i)
     bench.sync()
@@ -312,15 +278,7 @@ def run_system(bench: Bench, size: str, system: str, dists: list[str], out_of_ti
                 model, cfg = megabert_model(size, bench.dims(size))
                 model = model.to(bench.device).train()
             flops_cfg = cfg
-            if system == "megabert-compiled-graphs":
-                if not bench.cuda:
-                    skipped.append(f"{size} {dist} {system} (CUDA graphs need a GPU)")
-                    continue
-                step, graphed = graphed_step(bench, model, cfg, host)
-                warmup = max(warmup, 2 * len(host))  # every bucket among the batches: a warm run, then its capture
-            else:
-                step = megabert_step(bench, model, cfg, host,
-                                     "logits" if system == "megabert-eager" else "loss")
+            step = megabert_step(bench, model, cfg, host, "logits" if system == "megabert-eager" else "loss")
         try:
             row = measure(bench, size, dist, system, step, batches, flops_cfg, began, warmup)
         except Exception as exc:  # noqa: BLE001 -- one failed row must not take the others with it
@@ -329,8 +287,6 @@ def run_system(bench: Bench, size: str, system: str, dists: list[str], out_of_ti
             continue
         if system.startswith("megabert-compiled"):
             row.note = f"{compiled_graphs()} compiled graph(s) so far"
-        if system == "megabert-compiled-graphs":
-            row.note += f", {graphed.graphs} CUDA graphs, {graphed.replays} replays"
         rows.append(row)
         print(f"{size} {dist} {system}: {row.step_ms:.1f} ms, {row.real_tokens_per_s:,.0f} real tok/s, "
               f"MFU {100 * row.mfu:.1f}%, {row.peak_gib:.1f} GiB, setup {row.setup_s:.0f} s {row.note}", flush=True)
@@ -351,8 +307,7 @@ def _weight_change(model, initial: dict) -> torch.Tensor:
 
 
 def check_trajectories(bench: Bench, steps: int, layers: int) -> list[dict]:
-    """Eager fp32 (reference), eager bf16, compiled bf16 and compiled bf16 + CUDA graphs from the same weights on
-    the same batches for `steps` steps: loss-curve and weight-change errors against the reference."""
+    """Eager fp32 (reference), eager bf16 and compiled bf16 from the same weights on the same batches for `steps` steps: loss-curve and weight-change errors against the reference."""
     dims = dict(bench.dims("base"), num_layers=layers)
     torch.manual_seed(0)
     reference_model, cfg = megabert_model("base", dims, hidden_dropout=0.0)
@@ -390,25 +345,12 @@ def check_trajectories(bench: Bench, steps: int, layers: int) -> list[dict]:
     with full_fp32_matmuls():
         run("eager fp32 (reference)", reference_model, plain(reference_model, None, "logits"))
     run("eager bf16", eager, plain(eager, torch.bfloat16, "logits"))
-    for label in ("compiled bf16", "compiled bf16 + CUDA graphs"):
-        if label.endswith("graphs") and not bench.cuda:
-            continue
-        model = compile_model(copy.deepcopy(eager), backend=bench.compile_backend)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(initial[name])
-        if label.endswith("graphs"):
-            graphed = GraphedStep(capturable_train_step(bench, model, adamw(model, bench, capturable=True)),
-                                  bench.device)
-            buckets = TokenBuckets.for_batch(*host[0]["input_ids"].shape)
+    model = compile_model(copy.deepcopy(eager), backend=bench.compile_backend)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(initial[name])
+    run("compiled bf16", model, plain(model, torch.bfloat16, "loss"))
 
-            def train_step(i, graphed=graphed, buckets=buckets):
-                b = host[i % len(host)]
-                return graphed(pack_bucketed(b, cfg, buckets, pin=True) or pack_inputs(b, cfg, pin=bench.cuda))
-
-            run(label, model, train_step)
-        else:
-            run(label, model, plain(model, torch.bfloat16, "loss"))
     def errors(label: str, against: str = "eager fp32 (reference)") -> tuple[float, float]:
         (losses, change), (ref_losses, ref_change) = results[label], results[against]
         loss_err = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
@@ -607,7 +549,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             os.environ.pop("MEGABERT_COMPILE_TRITON_OPS", None)
             rows += new_rows
             skipped += new_skipped
-            if system in ("megabert-compiled-graphs", "megabert-compiled-triton-ops", "hf-compile", "hf-eager"):
+            if system in ("megabert-compiled-triton-ops", "hf-compile", "hf-eager"):
                 shared.clear()
             gc.collect()
             if bench.cuda:

@@ -10,7 +10,7 @@ def test_compiled_step_smoke(tmp_path, capsys):
     # in-process (a subprocess would import torch again); HF eager: one compilation less (the same step code)
     out = tmp_path / "compiled_step.json"
     bench.main(["--tiny", "--device", "cpu", "--models", "base", "--dists", "c4-128", "--systems", "megabert-eager",
-                "megabert-compiled", "megabert-compiled-graphs", "hf-eager", "--check-steps", "3",
+                "megabert-compiled", "hf-eager", "--check-steps", "3",
                 "--check-layers", "1", "--steps", "1", "--warmup", "1", "--json-out", str(out)])
     printed = capsys.readouterr().out
     assert "### Checks" in printed and "### Training step" in printed
@@ -21,7 +21,7 @@ def test_compiled_step_smoke(tmp_path, capsys):
     assert [r["system"] for r in report["rows"]] == ["megabert-eager", "megabert-compiled", "hf-eager"]
     assert all(r["real_tokens_per_s"] > 0 and r["step_ms"] > 0 and 0 < r["mfu"] for r in report["rows"])
     assert set(report["ratios_vs_hf_compile"].values()) == {None}  # no hf-compile row to compare with
-    assert any("CUDA graphs need a GPU" in s for s in report["skipped"])
+    assert report["skipped"] == []  # every row asked for ran: nothing on the CPU is skipped
 
 
 def _kernel(name, ts, dur):

@@ -1,11 +1,10 @@
 """The whole masked-LM forward + loss as one graph (fullgraph) equals the eager model, batch after batch of different
-lengths, without recompiling; with buckets and static shapes, one graph per bucket; dropout still changes."""
+lengths, without recompiling; dropout still changes from step to step."""
 
 import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from megabert.model.bert import MosaicBertForMaskedLM
-from megabert.model.buckets import TokenBuckets, pack_bucketed
 from megabert.model.compile import compile_model, is_compiled
 from megabert.model.inputs import prepare_inputs
 from tests.model.helpers import ragged_batch, tiny_config
@@ -28,11 +27,11 @@ def _loss_and_grads(model, inputs, mlm_output):
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _compiled_copy(model, cfg, dynamic=True):
+def _compiled_copy(model, cfg):
     torch._dynamo.reset()
     compiled = MosaicBertForMaskedLM(cfg)
     compiled.load_state_dict(model.state_dict())
-    return compile_model(compiled, backend="aot_eager", dynamic=dynamic)
+    return compile_model(compiled, backend="aot_eager")
 
 
 def _graphs() -> int:
@@ -56,24 +55,6 @@ def test_compiled_matches_eager_over_batches_of_different_lengths_in_one_graph_p
             for name, grad in ref_grads.items():
                 torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-6, msg=f"{mlm_output} {name}")
     assert _graphs() == 2  # fullgraph and dynamic: one graph per mlm_output for every T, M and max_seqlen
-
-
-def test_compiled_bucketed_batches_compile_once_per_bucket_with_static_shapes():
-    """The shapes a CUDA graph needs: static per bucket, so compiles (and captures) are bounded by the buckets."""
-    torch.manual_seed(0)
-    cfg = tiny_config()
-    eager = MosaicBertForMaskedLM(cfg)
-    compiled = _compiled_copy(eager, cfg, dynamic=False)
-    buckets = TokenBuckets(4, 16, token_step=32, masked_step=16)
-    seen = set()
-    for seed, lengths in enumerate(LENGTHS + [[10, 10, 10, 1], [16, 16, 16, 15]]):
-        packed = pack_bucketed(_batch(lengths, seed), cfg, buckets)
-        seen.add(packed.shape_key)
-        ref_loss, _ = _loss_and_grads(eager, prepare_inputs(_batch(lengths, seed), cfg, "cpu"), "loss")
-        loss, _ = _loss_and_grads(compiled, packed.to("cpu"), "loss")
-        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
-    assert 1 < len(seen) < len(LENGTHS) + 2  # some batches share a bucket
-    assert _graphs() == len(seen)
 
 
 def test_compiled_dropout_changes_from_step_to_step():
