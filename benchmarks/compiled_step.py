@@ -17,7 +17,7 @@ Checks (a failed check is reported, and the timings still run):
 
 Systems timed (--systems), each on both distributions for --models base large:
   hf-compile                 Hugging Face BertForMaskedLM, SDPA attention, torch.compile (static shapes): the peer
-  megabert-eager             megabert as before this work: eager, [M, V] logits then cross entropy
+  megabert-eager             megabert eager, [M, V] logits then cross entropy
   megabert-eager-fused-head  eager, the fused MLM loss (mlm_output="loss")
   megabert-compiled          megabert.model.compile.compile_model (one dynamic-shape graph, forward + loss, the
                              backward through AOTAutograd), fused MLM loss
@@ -26,9 +26,11 @@ Systems timed (--systems), each on both distributions for --models base large:
   hf-eager                   (optional) Hugging Face, SDPA, eager
 Per row: median step time (CUDA events) after warm-up, real tokens/s, MFU (megabert.utils.flops, matmul peak
 measured at the start), peak memory, the ratio to hf-compile, setup seconds (model build + compile + warm-up),
-and from torch.profiler over --profile-steps steps the GPU time per step in GEMMs, attention, other
-kernels (and copies) and idle. Rows are run model by model, system by system; once --budget-s seconds have passed
-the remaining rows are skipped (listed), so the run ends in time.
+and from torch.profiler over --profile-steps steps the GPU time per step in GEMMs, attention, other kernels (and
+copies) and idle. Rows are run model by model, system by system. A row is skipped (and listed) when the time so
+far plus its estimated cost -- the longest row so far of its kind, compiled or eager -- would pass --budget-s, so
+the run ends in time. The JSON report (--json-out) is rewritten after the checks and after every row, so a run
+killed from outside still leaves what it measured; its "complete" is true once the run has ended.
 """
 
 from __future__ import annotations
@@ -245,14 +247,45 @@ def compiled_graphs() -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_system(bench: Bench, size: str, system: str, dists: list[str], out_of_time: Callable[[], bool],
-               shared: dict) -> tuple[list[Row], list[str]]:
-    """Rows of `system` for each distribution; `shared` carries the compiled megabert model between the compiled
-    systems of one size (one compilation serves both distributions and both ways of running it)."""
-    rows, skipped = [], []
+class Budget:
+    """--budget-s: a row starts only when the time so far plus an estimate of its cost fits in the budget. The
+    estimate is the longest row so far of the same kind (compiled or eager) and model size, else of the same kind,
+    else nothing: a row's cost is its setup (build, compile, warm-up), timed steps and profile."""
+
+    def __init__(self, seconds: float, started: float):
+        self.seconds, self.started = seconds, started
+        self.longest: dict[tuple[str, str], float] = {}
+
+    @staticmethod
+    def kind(system: str) -> str:
+        return "compiled" if "compile" in system else "eager"
+
+    def estimate(self, size: str, system: str) -> float:
+        kind = self.kind(system)
+        same_kind = [s for (_, k), s in self.longest.items() if k == kind]
+        return self.longest.get((size, kind), max(same_kind, default=0.0))
+
+    def refuses(self, size: str, system: str) -> Optional[str]:
+        """Why a row of `system` must not start now, or None when it fits."""
+        elapsed, estimate = time.perf_counter() - self.started, self.estimate(size, system)
+        if elapsed + estimate <= self.seconds:
+            return None
+        return f"budget: {elapsed:.0f} s so far + ~{estimate:.0f} s for the row > {self.seconds:.0f} s"
+
+    def record(self, size: str, system: str, seconds: float) -> None:
+        key = (size, self.kind(system))
+        self.longest[key] = max(self.longest.get(key, 0.0), seconds)
+
+
+def run_system(bench: Bench, size: str, system: str, dists: list[str], budget: Budget, shared: dict,
+               report: "Report") -> None:
+    """Rows of `system` for each distribution, each added to `report` and saved at once; `shared` carries the
+    compiled megabert model between the compiled systems of one size (one compilation serves both distributions
+    and both ways of running it)."""
     for dist in dists:
-        if out_of_time():
-            skipped.append(f"{size} {dist} {system}")
+        refused = budget.refuses(size, system)
+        if refused:
+            report.skip(f"{size} {dist} {system} ({refused})")
             continue
         began = time.perf_counter()
         batches, host = host_batches(bench, size, dist)
@@ -282,19 +315,18 @@ def run_system(bench: Bench, size: str, system: str, dists: list[str], out_of_ti
         try:
             row = measure(bench, size, dist, system, step, batches, flops_cfg, began, warmup)
         except Exception as exc:  # noqa: BLE001 -- one failed row must not take the others with it
-            skipped.append(f"{size} {dist} {system} (failed: {exc!r})")
+            report.skip(f"{size} {dist} {system} (failed: {exc!r})")
             print(f"{size} {dist} {system}: failed: {exc!r}", flush=True)
             continue
+        finally:
+            budget.record(size, system, time.perf_counter() - began)
         if system.startswith("megabert-compiled"):
             row.note = f"{compiled_graphs()} compiled graph(s) so far"
-        rows.append(row)
+        report.add_row(row)
         print(f"{size} {dist} {system}: {row.step_ms:.1f} ms, {row.real_tokens_per_s:,.0f} real tok/s, "
               f"MFU {100 * row.mfu:.1f}%, {row.peak_gib:.1f} GiB, setup {row.setup_s:.0f} s {row.note}", flush=True)
         del step
         gc.collect()
-    if system.startswith("megabert-eager"):
-        gc.collect()
-    return rows, skipped
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -486,6 +518,49 @@ def device_name(bench: Bench) -> str:
     return torch.cuda.get_device_name(bench.device) if bench.cuda else "cpu"
 
 
+@dataclasses.dataclass
+class Report:
+    """What the run has found so far, written to --json-out after the checks and after every row (atomically: a
+    run killed from outside keeps every finished row); "complete" is true only in the last write."""
+
+    environment: dict
+    device_label: str
+    started: float
+    json_out: Optional[str] = None
+    checks: list[dict] = dataclasses.field(default_factory=list)
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    complete: bool = False
+
+    def markdown(self) -> str:
+        return markdown(self.checks, self.rows, self.skipped, self.device_label)
+
+    def result(self) -> dict:
+        return {"environment": self.environment, "checks": self.checks,
+                "rows": [dataclasses.asdict(r) for r in self.rows],
+                "ratios_vs_hf_compile": {f"{r.model} {r.dist} {r.system}": ratio_to_peer(r, self.rows)
+                                         for r in self.rows},
+                "skipped": self.skipped, "complete": self.complete,
+                "elapsed_s": time.perf_counter() - self.started, "markdown": self.markdown()}
+
+    def save(self) -> dict:
+        result = self.result()
+        if self.json_out:
+            tmp = f"{self.json_out}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(result, f, indent=2, default=float)
+            os.replace(tmp, self.json_out)
+        return result
+
+    def add_row(self, row: Row) -> None:
+        self.rows.append(row)
+        self.save()
+
+    def skip(self, what: str) -> None:
+        self.skipped.append(what)
+        self.save()
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["base", "large"], choices=sorted(SIZES))
@@ -499,7 +574,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
                         help="layers of the base-width model of the trajectory check (compile time)")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--budget-s", type=float, default=390.0,
-                        help="start no new row after this many seconds (the run then ends in about a row more)")
+                        help="skip a row when the time so far plus its estimated cost (the longest row so far of "
+                             "its kind) would pass this many seconds")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny models and batches (a CPU smoke run)")
     parser.add_argument("--compile-backend", default=None,
@@ -516,8 +592,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     bench = Bench(device, args.tiny, peak, args.steps, args.warmup, args.profile_steps, backend)
     env = environment(bench)
     print(" | ".join(f"{k} {v}" for k, v in env.items()), flush=True)
+    report = Report(env, f"{device_name(bench)}, torch {torch.__version__}", started, args.json_out)
+    report.save()
 
-    checks: list[dict] = []
     if not args.no_checks:
         for name, check in (("fused head", lambda: check_fused_head(bench)),
                             ("trajectories", lambda: check_trajectories(bench, args.check_steps, args.check_layers))):
@@ -526,16 +603,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
             except Exception as exc:  # noqa: BLE001 -- report it, time the rest
                 result = {"check": name, "passed": False, "error": repr(exc)}
             for c in result if isinstance(result, list) else [result]:
-                checks.append(c)
+                report.checks.append(c)
                 print(f"check: {c['check']}: {'pass' if c['passed'] else 'FAIL'} {c}", flush=True)
+            report.save()
         torch._dynamo.reset()
         gc.collect()
         if bench.cuda:
             torch.cuda.empty_cache()
 
-    rows: list[Row] = []
-    skipped: list[str] = []
-    out_of_time = lambda: time.perf_counter() - started > args.budget_s
+    budget = Budget(args.budget_s, started)
     order = [s for s in DEFAULT_SYSTEMS + OPTIONAL_SYSTEMS if s in args.systems]
     for size in args.models:
         shared: dict = {}
@@ -545,10 +621,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             if system == "megabert-compiled-triton-ops":
                 torch._dynamo.reset()  # the kernel choice is made while tracing: trace again
                 os.environ["MEGABERT_COMPILE_TRITON_OPS"] = "1"
-            new_rows, new_skipped = run_system(bench, size, system, args.dists, out_of_time, shared)
+            run_system(bench, size, system, args.dists, budget, shared, report)
             os.environ.pop("MEGABERT_COMPILE_TRITON_OPS", None)
-            rows += new_rows
-            skipped += new_skipped
             if system in ("megabert-compiled-triton-ops", "hf-compile", "hf-eager"):
                 shared.clear()
             gc.collect()
@@ -557,14 +631,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         shared.clear()
         torch._dynamo.reset()
 
-    report = markdown(checks, rows, skipped, f"{device_name(bench)}, torch {torch.__version__}")
-    print("\n" + report, flush=True)
-    result = {"environment": env, "checks": checks, "rows": [dataclasses.asdict(r) for r in rows],
-              "ratios_vs_hf_compile": {f"{r.model} {r.dist} {r.system}": ratio_to_peer(r, rows) for r in rows},
-              "skipped": skipped, "elapsed_s": time.perf_counter() - started, "markdown": report}
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2, default=float)
+    report.complete = True
+    result = report.save()
+    print("\n" + result["markdown"], flush=True)
     print(f"elapsed {result['elapsed_s']:.0f} s", flush=True)
     return result
 
