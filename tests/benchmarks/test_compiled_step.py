@@ -16,8 +16,10 @@ def test_compiled_step_smoke(tmp_path, capsys):
     assert "### Checks" in printed and "### Training step" in printed
     report = json.loads(out.read_text())
     assert all(check["passed"] for check in report["checks"]), report["checks"]
-    assert {c["check"].split(", ")[-1] for c in report["checks"] if "trajectory" in c["check"]} == {
-        "eager bf16 vs eager fp32", "compiled bf16 vs eager fp32"}
+    judged = {c["check"].split(", ")[-1]: c.get("yardstick") for c in report["checks"] if "trajectory" in c["check"]}
+    assert judged == {"eager bf16 (logits) vs eager fp32 (logits)": None,  # the yardstick of the fused loss
+                      "eager bf16 (loss) vs eager fp32 (logits)": "eager bf16 (logits)",
+                      "compiled bf16 (loss) vs eager fp32 (logits)": "eager bf16 (loss)"}  # one change each
     assert [r["system"] for r in report["rows"]] == ["megabert-eager", "megabert-compiled", "hf-eager"]
     assert all(r["real_tokens_per_s"] > 0 and r["step_ms"] > 0 and 0 < r["mfu"] for r in report["rows"])
     assert set(report["ratios_vs_hf_compile"].values()) == {None}  # no hf-compile row to compare with
