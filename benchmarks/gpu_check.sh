@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU check for megabert: GPU tests, attention and training-throughput benchmarks (eager, compiled and CUDA-graph
-# steps against Hugging Face + torch.compile), DeepSpeed's engine and the trainer against the plain step, and the
+# One GPU check for megabert: GPU tests, attention and training-throughput benchmarks (eager and compiled steps
+# against Hugging Face + torch.compile), DeepSpeed's engine and the trainer against the plain step, and the
 # tensor-parallel code path's overhead at TP = 1.
 #
 #   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention compiled engine base profile ablation large trainer

@@ -1,10 +1,10 @@
 """Where a megabert training step spends GPU time: torch.profiler over a few steps, top kernels by CUDA time.
 
     python -m benchmarks.step_profile [--model base] [--dist c4-128] [--rows 25] \
-        [--system megabert-eager|megabert-eager-fused-head|megabert-compiled|megabert-compiled-graphs]
+        [--system megabert-eager|megabert-eager-fused-head|megabert-compiled]
 
-The step is benchmarks/compiled_step.py's for that system (pinned host batches, prepare_inputs or token-count
-buckets, bf16 autocast, fused AdamW); the table is torch.profiler's, then the GEMM / attention / other / idle split.
+The step is benchmarks/compiled_step.py's for that system (pinned host batches, prepare_inputs, bf16 autocast,
+fused AdamW); the table is torch.profiler's, then the GEMM / attention / other / idle split.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import environment_line
-from benchmarks.compiled_step import (Bench, graphed_step, host_batches, kernel_breakdown, megabert_step)
+from benchmarks.compiled_step import Bench, host_batches, kernel_breakdown, megabert_step
 from benchmarks.device_timeline import load_trace
 from benchmarks.throughput import SIZES, megabert_model
 
@@ -30,8 +30,7 @@ def main() -> None:
     parser.add_argument("--model", default="base", choices=sorted(SIZES))
     parser.add_argument("--dist", default="c4-128", choices=["c4-128", "c4-512"])
     parser.add_argument("--system", default="megabert-eager",
-                        choices=["megabert-eager", "megabert-eager-fused-head", "megabert-compiled",
-                                 "megabert-compiled-graphs"])
+                        choices=["megabert-eager", "megabert-eager-fused-head", "megabert-compiled"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
@@ -40,15 +39,11 @@ def main() -> None:
     torch.manual_seed(0)
     model, cfg = megabert_model(args.model)
     model = model.cuda().train()
-    if args.system.startswith("megabert-compiled"):
+    if args.system == "megabert-compiled":
         model = compile_model(model)
     _, host = host_batches(bench, args.model, args.dist)
-    if args.system == "megabert-compiled-graphs":
-        step, _ = graphed_step(bench, model, cfg, host)
-        warmup = 2 * len(host)  # every bucket warmed up and captured
-    else:
-        step = megabert_step(bench, model, cfg, host, "logits" if args.system == "megabert-eager" else "loss")
-        warmup = 4
+    step = megabert_step(bench, model, cfg, host, "logits" if args.system == "megabert-eager" else "loss")
+    warmup = 4
     for i in range(warmup):
         step(i)
     torch.cuda.synchronize()

@@ -10,8 +10,8 @@ warm-up), tokens/s (padded B x S), real tokens/s, peak memory, and MFU = useful 
 matmul rate measured at the start of this run (megabert.utils.flops; the same formula for every system, for its
 own architecture: a GeLU BERT has fewer matmul parameters than a GeGLU one).
 "megabert-compile" is the whole forward + loss as one torch.compile graph (megabert.model.compile.compile_model,
-dynamic shapes) with the fused MLM loss (mlm_output="loss"); benchmarks/compiled_step.py has every compiled mode,
-CUDA graphs included, with checks and profiles.
+dynamic shapes) with the fused MLM loss (mlm_output="loss"); benchmarks/compiled_step.py times it beside the eager
+modes, with checks and profiles.
 Hugging Face models use attention dropout 0.0 like MosaicBERT (hidden dropout 0.1 for both), so all systems
 compute the same kind of step.
 """

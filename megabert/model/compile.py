@@ -11,15 +11,15 @@ from generated code.
 
 What makes it one graph (fullgraph=True, so any break is an error, not a slow path):
   * the unpadding bookkeeping (indices, cu_seqlens, max_seqlen) and the masked-token rows come precomputed from
-    the CPU (megabert.model.inputs.prepare_inputs / pack_inputs, or megabert.model.buckets.pack_bucketed): the
-    forward has no nonzero, no .item(), nothing that waits for the device or branches on its data;
+    the CPU (megabert.model.inputs.prepare_inputs / pack_inputs): the forward has no nonzero, no .item(), nothing
+    that waits for the device or branches on its data;
   * the Triton attention is a custom op with a fake implementation and its own backward (one node); the fused
     MLM loss is another; GeGLU and dropout + add + LayerNorm trace their reference formulas so Inductor fuses them
     with what surrounds them (MEGABERT_COMPILE_TRITON_OPS=1 keeps their Triton kernels instead);
-  * the shapes are dynamic (dynamic=True): one compilation serves every token count T, masked count M, max_seqlen
-    and batch shape -- nothing recompiles per batch.
-Dropout inside the graph draws its random numbers on the device (Inductor's Philox seeds), so every step, and every
-replay of a captured graph, gets fresh masks without a host synchronisation.
+  * the shapes are dynamic: one compilation serves every token count T, masked count M, max_seqlen and batch
+    shape -- nothing recompiles per batch.
+Dropout inside the graph draws its random numbers on the device (Inductor's Philox seeds), so every step gets fresh
+masks without a host synchronisation.
 
 MEGABERT_COMPILE=0 makes compile_model return the model as it is (eager: CPU debugging, ablations).
 """
@@ -42,20 +42,18 @@ def compile_enabled() -> bool:
     return os.environ.get("MEGABERT_COMPILE", "1") != "0"
 
 
-def compile_model(model: nn.Module, backend: str = "inductor", mode: Optional[str] = None,
-                  dynamic: bool = True) -> nn.Module:
-    """Compiles `model`'s forward (loss included) in place as one graph (module docstring) and returns it.
+def compile_model(model: nn.Module, backend: str = "inductor", mode: Optional[str] = None) -> nn.Module:
+    """Compiles `model`'s forward (loss included) in place as one dynamic-shape graph (module docstring) and
+    returns it.
 
-    backend/mode: as torch.compile's ("aot_eager" traces without generating kernels, as the CPU tests do).
-    dynamic=False specialises on the first shapes seen: with megabert.model.buckets each bucket is then its own
-    graph (a bounded number), which mode="reduce-overhead" can capture as CUDA graphs."""
+    backend/mode: as torch.compile's ("aot_eager" traces without generating kernels, as the CPU tests do)."""
     if not compile_enabled():
         log.info("MEGABERT_COMPILE=0: the model runs eagerly")
         return model
     # The forward alone, not the module call: hooks a wrapper registers (DeepSpeed's engine counts micro-steps in
     # a forward hook) stay outside the graph, so their Python state never becomes a guard that recompiles.
-    compiled = torch.compile(model.forward, backend=backend, mode=mode, dynamic=dynamic, fullgraph=True)
-    model.forward = _WithoutDuckShapes(compiled) if dynamic else compiled
+    compiled = torch.compile(model.forward, backend=backend, mode=mode, dynamic=True, fullgraph=True)
+    model.forward = _WithoutDuckShapes(compiled)
     model._megabert_compiled = True
     return model
 
