@@ -218,8 +218,9 @@ class ParallelConfig:
     """'auto' (cuda when available), 'cuda' or 'cpu'."""
     compile: bool = False
     """Compile the model's forward and loss as one torch.compile graph (megabert.model.compile; Inductor on a GPU,
-    a trace without code generation on a CPU). Off by default until a GPU benchmark shows it faster
-    (python -m benchmarks.compiled_step)."""
+    a trace without code generation on a CPU; 20-70 s at the start). On an H200 it made the plain step 2% faster
+    at 128 tokens and 15% at 512 (more where the host is slow), but not the trainer, whose host-side engine work
+    it leaves as it is (docs/BENCHMARKS.md): off by default, worth trying for long sequences."""
     engine_switches: list = field(default_factory=lambda: ["no_throughput_timer"])
     """Named changes to the generated DeepSpeed config that remove engine work without changing the updates or the
     checkpoint (megabert/parallel/deepspeed_config.py ENGINE_SWITCHES, docs/ENGINE.md): each applies only to the

@@ -53,9 +53,11 @@ class TrainStep:
     """The step's work, and the flags of a step read one step late."""
 
     def __init__(self, engine, optimizer, device: torch.device, accum: int, world_size: int,
-                 mlm_output: str = "loss"):
+                 mlm_output: str = "logits"):
         self.engine, self.optimizer, self.device = engine, optimizer, device
-        self.mlm_output = mlm_output  # "loss": the fused decoder + cross entropy, no [masked, vocab] logits
+        # "logits" ([masked, vocab] logits, then cross entropy) or "loss" (the fused decoder + cross entropy). The
+        # fused loss is the faster plain step at some sizes but not in the trainer (docs/BENCHMARKS.md)
+        self.mlm_output = mlm_output
         self.accum, self.world_size = accum, world_size
         self._pending: Optional[tuple[int, torch.Tensor, Optional[torch.cuda.Event]]] = None
 
