@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--engine-step", action="store_true", help="also time the trainer's own step on the "
                         "in-memory batches in each block (its model then trains further)")
     parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--mlm-output", choices=["logits", "loss"], default=None,
+                        help="the trainer's (and the plain step's) MLM output: [masked, vocab] logits then cross "
+                        "entropy, or the fused loss (default: the trainer's own)")
     parser.add_argument("--profile", action="store_true", help="profile the trainer's third log window and a plain "
                         "block after it: GPU time per step in GEMMs / attention / other / idle, traces kept")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = Trainer(cfg)
     trainer.setup()
+    if args.mlm_output is not None:
+        trainer.step.mlm_output = args.mlm_output
     Path(out).mkdir(parents=True, exist_ok=True)
     blocks = ReferenceBlocks(trainer, cfg.logging.log_interval, args.engine_step,
                              profile_window=PROFILED_WINDOW if args.profile else 0, trace_dir=Path(out))
@@ -237,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
              if i > 1 and i != blocks.profile_window]  # the first window is start-up; a profiled one is slowed
     result = {
         "config": args.config, "steps": args.steps, "zero_stage": cfg.parallel.zero_stage,
-        "precision": cfg.parallel.precision, "micro_batch_size": cfg.micro_batch_size,
+        "precision": cfg.parallel.precision, "mlm_output": trainer.step.mlm_output,
+        "compile": cfg.parallel.compile, "engine_switches": cfg.parallel.engine_switches,
+        "micro_batch_size": cfg.micro_batch_size,
         "global_batch_size": cfg.global_batch_size, "world_size": trainer.world_size,
         "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
         "torch": torch.__version__, "peak_matmul_tflops": trainer.telemetry.peak_flops / 1e12,

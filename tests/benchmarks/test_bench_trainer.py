@@ -42,7 +42,9 @@ def test_bench_trainer_profile_records_the_third_window_and_a_plain_block_and_le
         tmp_path, sample_corpus):
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
     out = tmp_path / "bench"
-    result, _, stdout = run_bench_trainer(tmp_path, config, out, "--steps", "50", "--zero-stage", "1", "--profile")
+    result, _, stdout = run_bench_trainer(tmp_path, config, out, "--steps", "50", "--zero-stage", "1", "--profile",
+                                          "--mlm-output", "loss")
+    assert result["mlm_output"] == "loss"  # recorded with the result
     assert set(result["profile_ms_per_step"]) == {"trainer", "plain"}
     for breakdown in result["profile_ms_per_step"].values():
         assert {"gemm_ms", "attention_ms", "other_ms", "idle_ms", "kernels_per_step"} <= set(breakdown)
