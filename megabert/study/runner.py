@@ -9,6 +9,10 @@ Each run is three stages, each a subprocess on the worker's GPU, each skipped wh
   3. downstream `python tools/run_glue.py --task-name ... --train-file ...`: the user-task path, fine-tuned
                 from the exported model (downstream/results.json), when the study names a downstream task.
 The commands are written to the run's commands.sh, so any stage can be rerun by hand.
+
+With the study's keep_models false, a finished run's exported model and checkpoints are deleted and the stamp its
+results were made with is kept (model_removed.json): the run stays finished, and a study directory small enough to
+copy carries the finished runs to another machine or a later sitting, where the same command goes on with the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 PRETRAIN = ["-m", "pretrain_bert"]  # pretrain_bert.py, installed or run from the checkout
 RUN_GLUE = ["-m", "megabert.cli.run_glue"]  # tools/run_glue.py
 EVAL_SET = "eval_set.npz"
+MODEL_REMOVED = "model_removed.json"  # the stamp of a run's model deleted after its results were recorded
 
 
 class StudyRunner:
@@ -66,6 +72,11 @@ class StudyRunner:
                 and (self.study.downstream is None or self._downstream_fresh(run)))
 
     def work(self, run: Run, slot: Slot) -> None:
+        removed = read_json(run.directory / MODEL_REMOVED)
+        if removed is not None and pretrain_result(run) is not None:
+            raise StageError(f"{run.id}: its model was deleted after its results were recorded (keep_models false), "
+                             f"and the study's evaluation set or downstream task has changed since; delete "
+                             f"{run.directory} to train it again")
         commands = {"pretrain": self.pretrain_command(run), "evaluate": self.evaluate_command(run, slot)}
         if self.study.downstream:
             commands["downstream"] = self.downstream_command(run, slot)
@@ -84,6 +95,8 @@ class StudyRunner:
             log.info("%s: fine-tuning %s on %s", run.id, self.study.downstream.name, slot.name)
             self.processes.run(commands["downstream"], run.directory / "logs" / "downstream.log", slot)
             (run.directory / "downstream.json").write_text(json.dumps({"model_file": model_stamp(run)}) + "\n")
+        if not self.study.keep_models:
+            remove_model(run)
         log.info("%s: done", run.id)
 
     def pretrain_command(self, run: Run) -> list[str]:
@@ -149,12 +162,26 @@ def pretrain_result(run: Run) -> Optional[dict]:
 
 
 def model_stamp(run: Run) -> Optional[dict]:
-    """Size and modification time of the run's exported weights: an evaluation of other weights is stale."""
+    """Size and modification time of the run's exported weights: an evaluation of other weights is stale. For a
+    model deleted after its results were recorded, the stamp it had then."""
     path = run.directory / "model" / "model.safetensors"
     if not path.is_file():
-        return None
+        removed = read_json(run.directory / MODEL_REMOVED)
+        return removed.get("model_file") if isinstance(removed, dict) else None
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def remove_model(run: Run) -> None:
+    """Deletes a finished run's exported model and checkpoints, keeping the stamp its results were made with. The
+    stamp is written first: a crash in between leaves a run that is still finished."""
+    stamp = model_stamp(run)
+    if stamp is None:
+        return
+    (run.directory / MODEL_REMOVED).write_text(json.dumps({"model_file": stamp}) + "\n")
+    for name in ("model", "checkpoints"):
+        shutil.rmtree(run.directory / name, ignore_errors=True)
+    log.info("%s: results recorded; model and checkpoints deleted (keep_models false)", run.id)
 
 
 def final_summary(metrics_path: Path) -> Optional[dict]:

@@ -134,6 +134,8 @@ class Study:
     ablation_budget: Optional[float] = None
     evaluation: Evaluation = field(default_factory=Evaluation)
     downstream: Optional[Downstream] = None
+    keep_models: bool = True
+    """False: once a run's results are recorded, its exported model and checkpoints are deleted (runner.py)."""
     source: str = ""
 
     @property
@@ -180,7 +182,7 @@ def load_study(path: str | Path) -> Study:
     data = read_json_file(path, "study file", StudyError)
     where = str(path)
     known = {"name", "description", "output_dir", "base_config", "overrides", "budgets_minutes", "variants",
-             "sweeps", "ablation", "evaluation", "downstream"}
+             "sweeps", "ablation", "evaluation", "downstream", "keep_models"}
     _no_unknown(data, known, where)
     for key in ("name", "output_dir", "base_config", "budgets_minutes", "variants"):
         if key not in data:
@@ -204,6 +206,9 @@ def load_study(path: str | Path) -> Study:
         study.evaluation = _evaluation(data["evaluation"], f"{where}: evaluation")
     if data.get("downstream"):
         study.downstream = _downstream(data["downstream"], f"{where}: downstream")
+    if not isinstance(data.get("keep_models", True), bool):
+        raise StudyError(f"{where}: keep_models must be true or false, got {data['keep_models']!r}")
+    study.keep_models = data.get("keep_models", True)
     ids = [v.id for v in study.variants]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

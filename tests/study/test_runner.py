@@ -108,3 +108,52 @@ def test_a_pretraining_stopped_before_its_end_is_not_finished(tmp_path, sample_c
     (run.directory / "model" / "model.safetensors").write_bytes(b"weights")
     runner._record_pretrain(run)
     assert pretrain_result(run)["budget_spent_seconds"] == 59.0 and pretrain_result(run)["step"] == 40
+
+
+def test_a_finished_run_whose_model_was_deleted_stays_finished_and_a_stale_one_says_so(tmp_path, sample_corpus):
+    """keep_models false: the runner deletes a finished run's model and checkpoints, and the run stays done from the
+    stamp it keeps -- a study directory copied without its models carries its finished runs to another machine.
+    When the evaluation no longer matches, the runner refuses to evaluate a model that is not there."""
+    import pytest
+
+    from megabert.study.queue import Processes, Slot, StageError
+    from megabert.study.runner import MODEL_REMOVED, StudyRunner, model_stamp
+    from megabert.study.spec import load_study
+    from tests.study.test_spec import write_study
+
+    study = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1], keep_models=False))
+    assert study.keep_models is False
+    runner = StudyRunner(study, [], Processes(1))
+    runner.eval_meta = {"masked_positions_sha256": "abc"}
+    run = study.runs()[0]
+    (run.directory / "model").mkdir(parents=True)
+    (run.directory / "model" / "model.safetensors").write_bytes(b"weights")
+    (run.directory / "checkpoints" / "step_0000040").mkdir(parents=True)
+    (run.directory / "pretrain.json").write_text(json.dumps({"step": 40}))
+    stamp = model_stamp(run)
+    (run.directory / "evaluation.json").write_text(json.dumps({"model_file": stamp, "masked_positions_sha256": "abc"}))
+    (run.directory / "downstream").mkdir()
+    (run.directory / "downstream" / "results.json").write_text("{}")
+    (run.directory / "downstream.json").write_text(json.dumps({"model_file": stamp}))
+    # Every stage is fresh: work() starts none, and with keep_models false deletes the model and checkpoints.
+    assert runner.is_done(run)
+    runner.work(run, Slot("cpu0", "", "cpu"))
+    assert commands_run(run.directory) == 0
+    assert not (run.directory / "model").exists() and not (run.directory / "checkpoints").exists()
+    assert json.loads((run.directory / MODEL_REMOVED).read_text()) == {"model_file": stamp}
+    assert model_stamp(run) == stamp and runner.is_done(run)
+
+    runner.eval_meta = {"masked_positions_sha256": "another evaluation set"}
+    assert not runner.is_done(run)
+    with pytest.raises(StageError, match="model was deleted after its results were recorded"):
+        runner.work(run, Slot("cpu0", "", "cpu"))
+
+
+def test_keep_models_must_be_a_boolean(tmp_path, sample_corpus):
+    import pytest
+
+    from megabert.study.spec import StudyError, load_study
+    from tests.study.test_spec import write_study
+
+    with pytest.raises(StudyError, match="keep_models must be true or false"):
+        load_study(write_study(tmp_path, sample_corpus, keep_models="no"))
