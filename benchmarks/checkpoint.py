@@ -18,9 +18,7 @@ import json
 import statistics
 import time
 
-from benchmarks.trainer import ensure_sample_data
-from megabert.config import apply_overrides, load_config
-from megabert.train.trainer import Trainer
+from benchmarks.trainer import benchmark_trainer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,16 +28,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-steps", type=int, default=2, help="optimizer steps before the first save")
     args, overrides = parser.parse_known_args(argv)
 
-    cfg = load_config(args.config, validate=False)
     out = "runs/bench_checkpoint"
-    apply_overrides(cfg, [("output_dir", out), ("checkpoint.dir", f"{out}/checkpoints"), ("checkpoint.resume", "none"),
-                          ("checkpoint.keep_last", "1"), ("checkpoint.async_save", "true"),
-                          ("schedule.total_steps", "100")])
-    apply_overrides(cfg, overrides)
-    cfg.validate()
-    ensure_sample_data(cfg)
-    trainer = Trainer(cfg)
-    trainer.setup()
+    trainer = benchmark_trainer(args.config, [
+        ("output_dir", out), ("checkpoint.dir", f"{out}/checkpoints"), ("checkpoint.resume", "none"),
+        ("checkpoint.keep_last", "1"), ("checkpoint.async_save", "true"), ("schedule.total_steps", "100")], overrides)
     with contextlib.closing(trainer.train_batches()) as batches:
         for step in range(1, args.train_steps + 1):
             trainer.step(step, batches)

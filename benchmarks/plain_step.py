@@ -2,9 +2,8 @@
 
 No engine, no data loading: forward (compiled when the config compiles it, with the trainer's MLM output), loss,
 backward over `accum` micro-batches already on the device, the gradient clipped, one fused decoupled-AdamW update
-and the schedule's step. fp32 master weights with bf16 autocast
-on a GPU (precision bf16), fp32 on a CPU. What the trainer loses against this is what DeepSpeed, data loading,
-logging and checkpoints cost it.
+and the schedule's step. fp32 master weights with bf16 autocast on a GPU (precision bf16), fp32 on a CPU. What the
+trainer loses against this is what DeepSpeed, data loading, logging and checkpoints cost it.
 """
 
 from __future__ import annotations

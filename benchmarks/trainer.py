@@ -29,7 +29,6 @@ the config points at it and it is missing. Results: printed, and written to <out
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
@@ -59,6 +58,19 @@ def ensure_sample_data(cfg) -> None:
                         str(REPO / "data/sample/c4-train.00000-of-00001.json.gz"), "--output-prefix",
                         str(REPO / "data/sample/c4_sample"), "--tokenizer-type", "BertWordPieceLowerCase",
                         "--vocab-file", str(REPO / "data/sample/vocab.txt"), "--workers", "4"], check=True)
+
+
+def benchmark_trainer(config: str, settings: list[tuple[str, str]], overrides: list[str]) -> Trainer:
+    """A set-up Trainer on `config` with the benchmark's `settings`, then the user's `--section.key value`
+    `overrides` on top; the bundled sample corpus is preprocessed first when the config needs it."""
+    cfg = load_config(config, validate=False)
+    apply_overrides(cfg, settings)
+    apply_overrides(cfg, overrides)
+    cfg.validate()
+    ensure_sample_data(cfg)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    return trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -138,14 +150,10 @@ class ReferenceBlocks:
 
         _sync(self.trainer.device)
         self.profiler.stop()
-        path = self.trace_dir / f"trace_{name}.json"
-        self.profiler.export_chrome_trace(str(path))
+        path = self.trace_dir / f"trace_{name}.json.gz"
+        self.profiler.export_chrome_trace(str(path))  # gzip-compressed, by its suffix
         self.profiler = None
-        events = load_trace(path)
-        with gzip.open(f"{path}.gz", "wt") as f:
-            json.dump({"traceEvents": events}, f)
-        path.unlink()
-        return kernel_breakdown(events, self.steps)
+        return kernel_breakdown(load_trace(path), self.steps)
 
     def _time(self, step) -> float:
         device = self.trainer.device
@@ -214,20 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--steps must be > 20: the first log window (start-up, compilation) is not measured and the "
                      "pairs need two more")
 
-    cfg = load_config(args.config, validate=False)
     out = next((overrides[i + 1] for i, a in enumerate(overrides[:-1]) if a == "--output_dir"),
                f"runs/bench_trainer/{Path(args.config).stem}")
-    apply_overrides(cfg, [("schedule.total_steps", str(args.steps)), ("parallel.zero_stage", str(args.zero_stage)),
-                          ("output_dir", out), ("checkpoint.dir", f"{out}/checkpoints"),
-                          ("checkpoint.resume", "none"), ("checkpoint.save_interval", str(max(1, args.steps // 2))),
-                          ("checkpoint.keep_last", "1"), ("logging.log_interval", "10"),
-                          ("logging.eval_interval", "0")])
-    apply_overrides(cfg, overrides)
-    cfg.validate()
-    ensure_sample_data(cfg)
-
-    trainer = Trainer(cfg)
-    trainer.setup()
+    trainer = benchmark_trainer(args.config, [
+        ("schedule.total_steps", str(args.steps)), ("parallel.zero_stage", str(args.zero_stage)), ("output_dir", out),
+        ("checkpoint.dir", f"{out}/checkpoints"), ("checkpoint.resume", "none"),
+        ("checkpoint.save_interval", str(max(1, args.steps // 2))), ("checkpoint.keep_last", "1"),
+        ("logging.log_interval", "10"), ("logging.eval_interval", "0")], overrides)
+    cfg = trainer.cfg
     if args.mlm_output is not None:
         trainer.step.mlm_output = args.mlm_output
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -288,7 +290,6 @@ def main(argv: list[str] | None = None) -> dict:
         for name, breakdown in blocks.profiles.items():
             print(f"profile, {name} (ms per step): " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
         print("BENCH_TRAINER " + json.dumps(result))
-        Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "bench_trainer.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

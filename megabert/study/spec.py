@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from megabert.config import ConfigError, TrainConfig, load_config, read_json_file
+from megabert.train.preflight import data_prefixes
 
 ROLES = ("mosaicbert", "baseline", "variant")
 """mosaicbert: the reference of the ablation; baseline: the model MosaicBERT is compared with; variant: other."""
@@ -237,8 +238,7 @@ def check_runs(study: Study) -> None:
             if value and not Path(value).is_file():
                 hint = " (build it with tools/build_package_task.py)" if "debian" in value else ""
                 raise StudyError(f"{study.source}: downstream.{name} {value} does not exist{hint}")
-    prefixes = [p for p in study.run_config(study.runs()[0]).data.data_path if not _is_number(p)]
-    for prefix in prefixes:
+    for prefix in data_prefixes(study.run_config(study.runs()[0])):
         missing = [ext for ext in (".bin", ".idx") if not Path(prefix + ext).is_file()]
         if missing:
             raise StudyError(f"{study.source}: corpus {prefix}{' and '.join(missing)} not found; preprocess it first "
@@ -352,14 +352,6 @@ def _positive(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise StudyError(f"{where}: {value!r} is not a positive number of minutes")
     return float(value)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def override_args(overrides: dict) -> list[str]:

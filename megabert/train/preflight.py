@@ -22,6 +22,7 @@ import torch
 
 from megabert.checkpoint.manager import latest_checkpoint
 from megabert.config import ConfigError, ModelConfig, TrainConfig
+from megabert.data.samples import parse_data_path
 from megabert.parallel.deepspeed_config import build_deepspeed_config
 from megabert.utils.distributed import DistEnv
 
@@ -153,8 +154,11 @@ def check_data_files(cfg: TrainConfig) -> None:
 
 
 def data_prefixes(cfg: TrainConfig) -> list[str]:
-    """The dataset prefixes of data.data_path, blend weights left out."""
-    return [p for p in cfg.data.data_path if not _is_number(p)]
+    """The dataset prefixes of data.data_path, blend weights left out (the loader's own reading of it)."""
+    try:
+        return parse_data_path(cfg.data.data_path)[0]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def tensor_parallel_api():
@@ -166,11 +170,3 @@ def tensor_parallel_api():
         raise ConfigError(f"tensor parallelism not available in this installation ({e}); set "
                           f"parallel.tensor_parallel_size 1") from None
     return ParallelGroups, parallelize_model
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except (TypeError, ValueError):
-        return False
