@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One GPU check for megabert: GPU tests, attention and training-throughput benchmarks (eager and compiled steps
-# against Hugging Face + torch.compile), DeepSpeed's engine and the trainer against the plain step, and the
+# against Hugging Face + torch.compile), the trainer and its DeepSpeed engine step against the plain step, and the
 # tensor-parallel code path's overhead at TP = 1.
 #
-#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention compiled engine base profile ablation large trainer
+#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention compiled base profile ablation large trainer
 #                                           checkpoint tp
 #                                      (default: all but trainer, checkpoint and tp)
 #
@@ -53,8 +53,6 @@ for section in "${SECTIONS[@]}"; do
     base) run bench_throughput_base 230 python3 -m benchmarks.throughput --models base \
             --dists c4-128 c4-512 --systems $BASE_SYSTEMS --warmup 3 --steps 15 ;;
     compiled) run compiled_step 480 python3 -m benchmarks.compiled_step --json-out "$OUT/compiled_step.json" ;;
-    engine) need_deepspeed
-      run engine_overhead 240 python3 -m benchmarks.engine_overhead --json-out "$OUT/engine_overhead.json" ;;
     profile) run bench_profile 40 python3 -m benchmarks.step_profile --model base --dist c4-128 ;;
     ablation) run bench_ablation 120 python3 -m benchmarks.throughput --models base --systems \
                 --ablation --ablation-dists $ABLATION_DISTS --warmup 2 --steps 10 ;;
@@ -75,7 +73,7 @@ for section in "${SECTIONS[@]}"; do
       run bench_checkpoint 220 python3 -m benchmarks.checkpoint --config configs/base.json \
         --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --rounds "${CHECKPOINT_ROUNDS:-3}" ;;
     tp) run bench_tp_overhead 90 python3 -m benchmarks.tp_overhead --json-out "$OUT/tp_overhead.json" ;;
-    *) echo "unknown section $section (tests attention compiled engine base profile ablation large trainer checkpoint tp)"
+    *) echo "unknown section $section (tests attention compiled base profile ablation large trainer checkpoint tp)"
        exit 2 ;;
   esac
 done

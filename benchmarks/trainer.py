@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "config": args.config, "steps": args.steps, "zero_stage": cfg.parallel.zero_stage,
         "precision": cfg.parallel.precision, "mlm_output": trainer.step.mlm_output,
-        "compile": cfg.parallel.compile, "engine_switches": cfg.parallel.engine_switches,
+        "compile": cfg.parallel.compile, "deepspeed_extra": cfg.deepspeed_extra,
         "micro_batch_size": cfg.micro_batch_size,
         "global_batch_size": cfg.global_batch_size, "world_size": trainer.world_size,
         "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",

@@ -221,12 +221,6 @@ class ParallelConfig:
     a trace without code generation on a CPU; 20-70 s at the start). On an H200 it made the plain step 2% faster
     at 128 tokens and 15% at 512 (more where the host is slow), but not the trainer, whose host-side engine work
     it leaves as it is (docs/BENCHMARKS.md): off by default, worth trying for long sequences."""
-    engine_switches: list = field(default_factory=lambda: ["no_throughput_timer"])
-    """Named changes to the generated DeepSpeed config that remove engine work without changing the updates or the
-    checkpoint (megabert/parallel/deepspeed_config.py ENGINE_SWITCHES, docs/ENGINE.md): each applies only to the
-    ZeRO stages and replica counts it is meant for. The default turns off DeepSpeed's throughput timer, which
-    megabert does not use and which synchronises the device twice per micro-batch."""
-
     def validate(self) -> None:
         _check(self.tensor_parallel_size >= 1, "parallel.tensor_parallel_size must be >= 1")
         _check(self.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage ({self.zero_stage}) must be 0, 1, 2 or 3")
@@ -496,12 +490,17 @@ def _divisors(n: int, limit: int) -> list[int]:
 
 RENAMED = {"data.stage_ahead": "data.prefetch_depth"}
 """Fields that have a new name: a config using the old one is told the new one."""
+REMOVED = {"parallel.engine_switches": "DeepSpeed settings go in deepspeed_extra (docs/ENGINE.md says which ones "
+                                       "were measured); the throughput timer is always off"}
+"""Fields that are gone: a config using one is told what to do instead."""
 
 
 def _unknown_key_message(dotted: str, key: str, names: list[str], prefix: str = "") -> str:
     full = f"{prefix}.{key}" if prefix else dotted
     if full in RENAMED:
         return f"config key '{full}' is now called '{RENAMED[full]}'; rename it"
+    if full in REMOVED:
+        return f"config key '{full}' was removed: {REMOVED[full]}; remove it"
     close = difflib.get_close_matches(key, names, n=1)
     where = f" in section '{prefix}'" if prefix else ""
     hint = f"; did you mean '{(prefix + '.') if prefix else ''}{close[0]}'?" if close else ""

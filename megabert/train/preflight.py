@@ -43,8 +43,7 @@ def preflight(cfg: TrainConfig, env: DistEnv, check_data: bool = True) -> dict:
         tensor_parallel_api()
     on_gpu = cfg.parallel.device != "cpu" and torch.cuda.is_available()
     ds_config = build_deepspeed_config(cfg.parallel, cfg.optim, cfg.global_batch_size, cfg.micro_batch_size,
-                                       env.world_size // tp, cfg.deepspeed_extra, on_gpu=on_gpu,
-                                       switches=cfg.parallel.engine_switches)
+                                       env.world_size // tp, cfg.deepspeed_extra, on_gpu=on_gpu)
     check_combinations(cfg)
     if check_data:
         check_data_files(cfg)

@@ -143,9 +143,9 @@ def test_a_damaged_index_is_named_before_anything_starts(config_file, monkeypatc
     assert "damaged.idx" in message
 
 
-def test_an_unknown_engine_switch_is_named(config_file, monkeypatch):
-    message = run(config_file, monkeypatch, "--parallel.engine_switches", '["no_throughput_timers"]')
-    assert "no_throughput_timers" in message and "no_throughput_timer" in message
+def test_a_config_with_the_removed_engine_switches_is_told_what_to_do(config_file, monkeypatch):
+    message = run(config_file, monkeypatch, "--parallel.engine_switches", '["no_throughput_timer"]')
+    assert "parallel.engine_switches" in message and "was removed" in message and "deepspeed_extra" in message
 
 
 def test_the_default_run_turns_deepspeeds_throughput_timer_off():
@@ -153,5 +153,5 @@ def test_the_default_run_turns_deepspeeds_throughput_timer_off():
     from megabert.parallel.deepspeed_config import build_deepspeed_config
 
     cfg = TrainConfig()
-    ds = build_deepspeed_config(cfg.parallel, cfg.optim, 4096, 128, 1, switches=cfg.parallel.engine_switches)
+    ds = build_deepspeed_config(cfg.parallel, cfg.optim, 4096, 128, 1)
     assert ds["timers"]["throughput"]["enabled"] is False
