@@ -34,7 +34,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -143,13 +143,14 @@ class CheckpointManager:
             return False
         return last_step or bool(self.cfg.save_interval and step % self.cfg.save_interval == 0)
 
-    def maybe_save(self, engine, step: int, trainer_state: dict[str, Any], run_config: dict[str, Any],
+    def maybe_save(self, engine, step: int, contents: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
                    last_step: bool = False) -> Optional[Path]:
-        """save() when due(step, last_step); the first call also prepares the pinned buffers (prepare())."""
+        """save() when due(step, last_step), of `contents()` = (trainer state, run config), which is only built
+        then; the first call also prepares the pinned buffers (prepare())."""
         self.prepare(engine)
         if not self.due(step, last_step):
             return None
-        return self.save(engine, step, trainer_state, run_config)
+        return self.save(engine, step, *contents())
 
     def save(self, engine, step: int, trainer_state: dict[str, Any], run_config: dict[str, Any]) -> Path:
         """Saves the state at `step`. Synchronous: returns once published. Asynchronous: returns once the state is

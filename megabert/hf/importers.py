@@ -13,14 +13,13 @@ every tensor is accounted for.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from megabert.config import ModelConfig
+from megabert.config import ModelConfig, read_json_file
 from megabert.hf import mapping
 from megabert.hf.tokenizer_files import import_tokenizer
 from megabert.model import mosaic_mapping
@@ -40,12 +39,7 @@ class ConversionError(ValueError):
 
 
 def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ConversionError(f"{path} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path} is not valid JSON: {e}") from None
+    return read_json_file(path, "model config", ConversionError)
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:

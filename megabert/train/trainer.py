@@ -223,7 +223,7 @@ class Trainer:
                     self.telemetry.exclude(self._evaluate()["eval_seconds"])
                 if out.flags.stop:
                     return self._stop(out.flags.stop)
-                self.checkpoints.maybe_save(self.engine, st.step, self._state_dict(), to_dict(self.cfg),
+                self.checkpoints.maybe_save(self.engine, st.step, self._checkpoint_contents,
                                             last_step=st.step == schedule.total_steps)
             self.nonfinite.record(self.step.read_pending(st.step))  # the last step's, when read a step late
             st.skipped_steps = self.nonfinite.skipped
@@ -281,10 +281,14 @@ class Trainer:
         budget = {BUDGET_KEY: self.budget.state_dict()} if self.budget is not None else {}
         return {**asdict(self.state), "zero_stage": self.cfg.parallel.zero_stage, **budget}
 
+    def _checkpoint_contents(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What a checkpoint holds besides the engine's state: the trainer's state and the run config."""
+        return self._state_dict(), to_dict(self.cfg)
+
     def _save_now(self) -> None:
         """A checkpoint of the current step (unless it is the one already saved), published before returning."""
         if self.checkpoints.due(self.state.step, last_step=True):
-            self.checkpoints.save(self.engine, self.state.step, self._state_dict(), to_dict(self.cfg))
+            self.checkpoints.save(self.engine, self.state.step, *self._checkpoint_contents())
         self.checkpoints.wait()
 
     def _stop(self, signum: int) -> dict[str, Any]:
