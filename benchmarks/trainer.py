@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
         "torch": torch.__version__, "peak_matmul_tflops": trainer.telemetry.peak_flops / 1e12,
         "deepspeed_zero": trainer.ds_config["zero_optimization"],
+        "optimizer_wrapper": type(trainer.engine.optimizer).__name__,
         "trainer_tokens_per_s": summary.get("run_tokens_per_s"), "trainer_mfu": summary.get("run_mfu"),
         "trainer_loop_tokens_per_s": summary.get("loop_tokens_per_s"), "trainer_loop_mfu": summary.get("loop_mfu"),
         "trainer_steps_measured": summary.get("run_steps_measured"),

@@ -221,6 +221,12 @@ class ParallelConfig:
     a trace without code generation on a CPU; 20-70 s at the start). On an H200 it made the plain step 2% faster
     at 128 tokens and 15% at 512 (more where the host is slow), but not the trainer, whose host-side engine work
     it leaves as it is (docs/BENCHMARKS.md): off by default, worth trying for long sequences."""
+    flat_gradients: bool = True
+    """ZeRO 1/2: gradients accumulate in one flat buffer per parameter group and the step runs on the flat
+    partition, instead of DeepSpeed's per-parameter hooks, bucket copies and synchronising checks
+    (megabert/parallel/flat_gradients.py; same checkpoints). Runs it cannot serve (fp16, CPU offload, tensor
+    parallelism, ...) keep DeepSpeed's path and the log says why. false always uses DeepSpeed's."""
+
     def validate(self) -> None:
         _check(self.tensor_parallel_size >= 1, "parallel.tensor_parallel_size must be >= 1")
         _check(self.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage ({self.zero_stage}) must be 0, 1, 2 or 3")

@@ -135,10 +135,12 @@ def merge_extra(config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def initialize(model, optimizer, lr_scheduler, ds_config: dict[str, Any], mpu: Optional[object] = None):
+def initialize(model, optimizer, lr_scheduler, ds_config: dict[str, Any], mpu: Optional[object] = None,
+               flat_gradients: bool = True):
     """deepspeed.initialize over an existing process group. `mpu` carries tensor-parallel groups (or None).
 
-    Returns the engine; engine.optimizer wraps `optimizer`, engine.lr_scheduler is `lr_scheduler`.
+    Returns the engine; engine.optimizer wraps `optimizer`, engine.lr_scheduler is `lr_scheduler`. With
+    `flat_gradients`, a ZeRO 1/2 optimizer that qualifies handles gradients in flat buffers (flat_gradients.py).
     """
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
@@ -148,6 +150,10 @@ def initialize(model, optimizer, lr_scheduler, ds_config: dict[str, Any], mpu: O
     deepspeed.init_distributed(auto_mpi_discovery=False)  # adopts the torch.distributed group already running
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                            config=ds_config, mpu=mpu, dist_init_required=False)
+    if flat_gradients:
+        from megabert.parallel.flat_gradients import adopt
+
+        adopt(engine)
     return engine
 
 

@@ -138,7 +138,7 @@ class Trainer:
             compile_model(model, backend="inductor" if self.device.type == "cuda" else "aot_eager")
         self.optimizer = build_optimizer(model, cfg.optim)
         self.engine = initialize(model, self.optimizer, build_scheduler(self.optimizer, cfg.schedule), self.ds_config,
-                                 mpu=self.mpu)
+                                 mpu=self.mpu, flat_gradients=cfg.parallel.flat_gradients)
 
         self.checkpoints = CheckpointManager(cfg.checkpoint, self.rank, self.world_size)
         self.state, saved = TrainState(), {}
