@@ -21,7 +21,7 @@ from megabert.train.optimizer import build_optimizer, build_scheduler
 class PlainStep:
     """step(micro_batches) runs one optimizer step on a list of model-input dicts (one per micro-batch)."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, seed: int = 0, mlm_output: str = "logits"):
+    def __init__(self, cfg: TrainConfig, device: torch.device, seed: int = 0, mlm_output: str = "loss"):
         generator_state = torch.get_rng_state()
         torch.manual_seed(seed)
         self.model = MosaicBertForMaskedLM(cfg.model).to(device).train()

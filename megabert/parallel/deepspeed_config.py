@@ -94,11 +94,12 @@ def build_deepspeed_config(parallel: ParallelConfig, optim: OptimConfig, global_
 
 
 def _zero_section(stage: int, on_gpu: bool) -> dict[str, Any]:
-    """ZeRO settings. `overlap_comm` stays on on GPUs even for one replica: it runs the gradient reduction on a side stream (the copies into the bucket stay on the compute
-    stream); with it off, ZeRO-2's 1-GPU step on an H200 took 87.5 ms against 79-82 ms on 2-4 GPUs with it on
-    (separate launches, not an A/B in one run; docs/history/). It costs a device synchronisation at the
-    end of every backward; the trainer prepares the next micro-batch on a thread so that little host work is left
-    after that sync."""
+    """ZeRO settings of DeepSpeed's own gradient path (flat gradients, flat_gradients.py, use neither its buckets
+    nor `overlap_comm`). `overlap_comm` stays on on GPUs even for one replica: it runs the gradient reduction on a
+    side stream (the copies into the bucket stay on the compute stream); with it off, ZeRO-2's 1-GPU step on an H200
+    took 87.5 ms against 79-82 ms on 2-4 GPUs with it on (separate launches, not an A/B in one run; docs/history/).
+    It costs a device synchronisation at the end of every backward; the trainer prepares the next micro-batch on a
+    thread so that little host work is left after that sync."""
     section: dict[str, Any] = {"stage": stage}
     if stage >= 1:
         section.update(contiguous_gradients=True, reduce_scatter=True, reduce_bucket_size=int(5e8),
