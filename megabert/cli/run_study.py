@@ -5,6 +5,7 @@
     python tools/run_study.py --config study.json --gpus 0,1,2,3            # these GPUs only
     python tools/run_study.py --config study.json --dry-run                 # the runs and their commands
     python tools/run_study.py --config study.json --report-only             # results from the runs so far
+    python tools/run_study.py --config study.json --time-limit-minutes 55   # within a 1-hour allocation
 
 Every (variant, budget) is a normal pretraining run with --schedule.budget_minutes, then an evaluation on the
 study's masked-LM set and, when the study names one, a fine-tuning of the downstream task. Rerunning the command
@@ -21,7 +22,7 @@ import shlex
 import signal
 import sys
 import threading
-
+import time
 
 from megabert.config import ConfigError
 from megabert.study.evaluation import EvaluationError
@@ -41,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-workers", type=int, default=1, help="workers when no GPU is visible (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their pretraining commands")
     p.add_argument("--report-only", action="store_true", help="write the results of the runs finished so far")
+    p.add_argument("--time-limit-minutes", type=float, default=None,
+                   help="start only runs that end within this many minutes, and stop cleanly when they are up "
+                        "(an allocation's time limit; rerun to continue)")
+    p.add_argument("--run-overhead-minutes", type=float, default=2.0,
+                   help="time a run needs besides its budget: start-up, evaluation, fine-tuning (default 2)")
     return p.parse_args(argv)
 
 
@@ -51,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.config)
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
         slots = find_slots(gpus, args.cpu_workers)
-        runner = StudyRunner(study, slots)
+        deadline = None if args.time_limit_minutes is None else time.monotonic() + 60.0 * args.time_limit_minutes
+        runner = StudyRunner(study, slots, deadline=deadline, overhead_minutes=args.run_overhead_minutes)
         runs = study.runs()
         if args.dry_run:
             for run in runs:

@@ -180,9 +180,10 @@ def _alive(pid: int) -> bool:
 
 def run_queue(items: Sequence[T], key: Callable[[T], str], is_done: Callable[[T], bool],
               work: Callable[[T, Slot], None], slots: Sequence[Slot], claims: Claims,
-              processes: Processes) -> dict[str, str]:
+              processes: Processes, fits: Callable[[T], bool] = lambda item: True) -> dict[str, str]:
     """Works through `items` with one thread per slot; returns {item key: error} for the items that failed. An
-    item is taken at most once per call (a failed one is retried by the next call, never in a loop)."""
+    item is taken at most once per call (a failed one is retried by the next call, never in a loop); one for which
+    `fits` is false (it would not finish in the time left) is not started."""
     failed: dict[str, str] = {}
     taken: set[str] = set()
     lock = threading.Lock()
@@ -192,7 +193,7 @@ def run_queue(items: Sequence[T], key: Callable[[T], str], is_done: Callable[[T]
             if processes.stopping.is_set():
                 return None
             with lock:
-                if key(item) in taken or is_done(item) or not claims.try_claim(key(item), owner):
+                if key(item) in taken or is_done(item) or not fits(item) or not claims.try_claim(key(item), owner):
                     continue
                 taken.add(key(item))
                 return item

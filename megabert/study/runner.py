@@ -22,6 +22,8 @@ import logging
 import shlex
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -38,12 +40,20 @@ MODEL_REMOVED = "model_removed.json"  # the stamp of a run's model deleted after
 
 
 class StudyRunner:
-    def __init__(self, study: Study, slots: Sequence[Slot], processes: Optional[Processes] = None):
+    """Runs a study's queue. With `deadline` (a time.monotonic() value) it starts a run only if its budget plus
+    `overhead_minutes` (start-up, evaluation, fine-tuning) ends before it, and at the deadline stops what is
+    running the way a signal does (pretraining saves a checkpoint): an allocation's time limit ends the sitting
+    cleanly, and the next sitting continues."""
+
+    def __init__(self, study: Study, slots: Sequence[Slot], processes: Optional[Processes] = None,
+                 deadline: Optional[float] = None, overhead_minutes: float = 2.0):
         self.study = study
         self.slots = list(slots)
         self.processes = processes or Processes(len(self.slots))
         self.eval_set = study.output_dir / EVAL_SET
         self.eval_meta: Optional[dict] = None
+        self.deadline, self.overhead_minutes = deadline, overhead_minutes
+        self.postponed: set[str] = set()
 
     # ------------------------------------------------------------------------------------------------ study
     def prepare(self) -> dict:
@@ -63,8 +73,33 @@ class StudyRunner:
         if self.eval_meta is None:
             self.prepare()
         claims = Claims(self.study.output_dir / "locks")
-        return run_queue(self.study.runs(), key=lambda r: r.id, is_done=self.is_done, work=self.work,
-                         slots=self.slots, claims=claims, processes=self.processes)
+        timer = None
+        if self.deadline is not None:
+            timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._time_is_up)
+            timer.daemon = True
+            timer.start()
+        try:
+            return run_queue(self.study.runs(), key=lambda r: r.id, is_done=self.is_done, work=self.work,
+                             slots=self.slots, claims=claims, processes=self.processes, fits=self.fits)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def fits(self, run: Run) -> bool:
+        """Whether `run` would end before the deadline: its budget (unless pretrained already) plus the overhead."""
+        if self.deadline is None:
+            return True
+        minutes = self.overhead_minutes + (run.budget_minutes if pretrain_result(run) is None else 0.0)
+        if time.monotonic() + 60.0 * minutes <= self.deadline:
+            return True
+        if run.id not in self.postponed:
+            self.postponed.add(run.id)
+            log.info("%s: not started, %.1f min would end after the time limit", run.id, minutes)
+        return False
+
+    def _time_is_up(self) -> None:
+        log.warning("time limit reached: stopping (running pretraining saves a checkpoint; rerun to continue)")
+        self.processes.stop()
 
     # ------------------------------------------------------------------------------------------------ a run
     def is_done(self, run: Run) -> bool:

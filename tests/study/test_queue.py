@@ -141,3 +141,36 @@ def test_an_item_that_stays_unfinished_is_taken_once_and_reported(tmp_path):
                        slots=[Slot("cpu0", "", "cpu"), Slot("cpu1", "", "cpu")], claims=Claims(tmp_path),
                        processes=Processes(2))
     assert calls == ["x"] and "still looks unfinished" in failed["x"]
+
+
+def test_a_run_that_would_end_after_the_time_limit_is_not_started_and_the_limit_stops_the_one_running(
+        tmp_path, sample_corpus):
+    from megabert.study.runner import StudyRunner
+    from megabert.study.spec import load_study
+    from tests.study.test_spec import write_study
+
+    # budgets of 0.05 and 1 minute, 0.02 min (1.2 s) of overhead, a deadline 6 s away: a 0.05-min run (4.2 s)
+    # fits at the start, a 1-minute one does not
+    study = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[0.05, 1.0]))
+    processes = Processes(1)
+    runner = StudyRunner(study, [Slot("cpu0", "", "cpu")], processes, deadline=time.monotonic() + 6.0,
+                         overhead_minutes=0.02)
+    long_run = next(r for r in study.runs() if r.budget_minutes == 1.0)
+    assert not runner.fits(long_run) and long_run.id in runner.postponed
+    runner.eval_meta = {}  # no evaluation set needed: the work below stands in for every stage
+    started = []
+    script = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], 'w').write('term'), sys.exit(0)))\n"
+              "time.sleep(60)\n")
+
+    def work(run, slot):
+        started.append(run.id)
+        flag = tmp_path / f"{len(started)}.term"
+        processes.run([sys.executable, "-c", script, str(flag)], tmp_path / f"{len(started)}.log", slot)
+
+    runner.work = work
+    begin = time.monotonic()
+    assert runner.run() == {}
+    assert started == ["mosaicbert/0.05min"]  # nothing new starts after the limit stopped the first
+    assert (tmp_path / "1.term").read_text() == "term"  # SIGTERM, as a signal to the runner sends
+    assert time.monotonic() - begin < 15  # at the limit, not after the work's 60 s
