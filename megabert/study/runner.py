@@ -41,9 +41,10 @@ MODEL_REMOVED = "model_removed.json"  # the stamp of a run's model deleted after
 
 class StudyRunner:
     """Runs a study's queue. With `deadline` (a time.monotonic() value) it starts a run only if its budget plus
-    `overhead_minutes` (start-up, evaluation, fine-tuning) ends before it, and at the deadline stops what is
-    running the way a signal does (pretraining saves a checkpoint): an allocation's time limit ends the sitting
-    cleanly, and the next sitting continues."""
+    `overhead_minutes` (start-up, evaluation, fine-tuning) ends before it -- or, for a run longer than the whole
+    sitting, if at least half the sitting is left -- and at the deadline stops what is running the way a signal
+    does (pretraining saves a checkpoint): an allocation's time limit ends the sitting cleanly, and the next sitting
+    continues, an interrupted run from its checkpoint."""
 
     def __init__(self, study: Study, slots: Sequence[Slot], processes: Optional[Processes] = None,
                  deadline: Optional[float] = None, overhead_minutes: float = 2.0):
@@ -53,6 +54,7 @@ class StudyRunner:
         self.eval_set = study.output_dir / EVAL_SET
         self.eval_meta: Optional[dict] = None
         self.deadline, self.overhead_minutes = deadline, overhead_minutes
+        self.sitting_seconds = None if deadline is None else deadline - time.monotonic()
         self.postponed: set[str] = set()
 
     # ------------------------------------------------------------------------------------------------ study
@@ -86,11 +88,13 @@ class StudyRunner:
                 timer.cancel()
 
     def fits(self, run: Run) -> bool:
-        """Whether `run` would end before the deadline: its budget (unless pretrained already) plus the overhead."""
+        """Whether to start `run` before the deadline: it ends in time (its budget, unless pretrained already, plus
+        the overhead), or it is longer than the whole sitting and half of the sitting is still left."""
         if self.deadline is None:
             return True
         minutes = self.overhead_minutes + (run.budget_minutes if pretrain_result(run) is None else 0.0)
-        if time.monotonic() + 60.0 * minutes <= self.deadline:
+        left = self.deadline - time.monotonic()
+        if 60.0 * minutes <= left or (60.0 * minutes > self.sitting_seconds and left >= self.sitting_seconds / 2):
             return True
         if run.id not in self.postponed:
             self.postponed.add(run.id)

@@ -150,13 +150,16 @@ def test_a_run_that_would_end_after_the_time_limit_is_not_started_and_the_limit_
     from tests.study.test_spec import write_study
 
     # budgets of 0.05 and 1 minute, 0.02 min (1.2 s) of overhead, a deadline 6 s away: a 0.05-min run (4.2 s)
-    # fits at the start, a 1-minute one does not
+    # fits at the start
     study = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[0.05, 1.0]))
     processes = Processes(1)
     runner = StudyRunner(study, [Slot("cpu0", "", "cpu")], processes, deadline=time.monotonic() + 6.0,
                          overhead_minutes=0.02)
     long_run = next(r for r in study.runs() if r.budget_minutes == 1.0)
+    assert runner.fits(long_run)  # longer than the whole sitting: started while half of it is left
+    runner.sitting_seconds = 120.0  # as if the sitting were 2 minutes long, with 6 s left: it would not end in time
     assert not runner.fits(long_run) and long_run.id in runner.postponed
+    runner.sitting_seconds = 6.0
     runner.eval_meta = {}  # no evaluation set needed: the work below stands in for every stage
     started = []
     script = ("import signal, sys, time\n"
