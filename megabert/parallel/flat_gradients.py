@@ -14,8 +14,8 @@ the checkpoint files, zero_to_fp32, universal checkpoints -- and replaces only h
   (gradients accumulate in the parameters' dtype, as DeepSpeed's ZeRO-1 does), after every micro-batch for ZeRO-2,
   which then adds this rank's slice into its gradient partition in `data_types.grad_accum_dtype` (fp32 in megabert)
   -- ZeRO-2's semantics, with the full low-precision buffer held instead of DeepSpeed's 1-2 reduction buckets;
-- the step works on the flat partition: the norm by `torch._foreach_norm`, the clip factor and the finiteness test
-  on the device. With megabert's fused DecoupledAdamW a non-finite norm (or a non-finite loss flagged by the
+- the step works on the flat partition: the norm (in fp64, as DeepSpeed's), the clip factor and the finiteness
+  test on the device. With megabert's fused DecoupledAdamW a non-finite norm (or a non-finite loss flagged by the
   trainer) skips the update on the device and the host never waits; with another optimizer the host reads the flag
   once and skips the step as DeepSpeed does.
 
@@ -37,6 +37,8 @@ from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from megabert.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+NORM_CHUNK = 1 << 24  # elements per fp64 norm reduction: a 128 MB copy at most, ~10 launches for megabert-base
 
 
 class FlatGradientZeroOptimizer(DeepSpeedZeroOptimizer):
@@ -144,12 +146,15 @@ class FlatGradientZeroOptimizer(DeepSpeedZeroOptimizer):
                                  allgather_bucket_size=self.allgather_bucket_size)
 
     def _global_norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """L2 norm of the whole gradient: this rank's partitions are disjoint, so squares add over ranks."""
-        squares = torch.stack(torch._foreach_norm(grads)).float().square().sum()
+        """L2 norm of the whole gradient: this rank's partitions are disjoint, so squares add over ranks. Computed in
+        fp64, as DeepSpeed does (the squares of a large but finite gradient exceed fp32's range, and that must not
+        read as an overflow), in chunks of NORM_CHUNK elements, so that the fp64 copy stays small."""
+        squares = torch.stack([torch.linalg.vector_norm(chunk, dtype=torch.float64)
+                               for g in grads for chunk in g.split(NORM_CHUNK)]).square().sum()
         group = self.dp_process_group
         if dist.get_world_size(group=group) > 1:
             dist.all_reduce(squares, group=group)
-        return squares.sqrt()
+        return squares.sqrt().float()
 
     def _check_views(self) -> None:
         for views in self._gradient_views:

@@ -147,3 +147,21 @@ def test_a_run_the_flat_path_cannot_serve_keeps_deepspeeds_optimizer_and_says_wh
     (r,) = run_on_processes(ineligible_worker, 1)
     assert r["stage0"] != "FlatGradientZeroOptimizer"
     assert "not ZeRO 1/2's DeepSpeedZeroOptimizer" in r["reason"]
+
+
+def huge_gradient_worker(rank: int, world_size: int) -> dict:
+    engine, optimizer = _engine(1, "bf16", world_size, True)
+    before = _masters(engine)
+    batch = mlm_batch(engine.module.cfg, seed=7)
+    for micro in range(ACCUM):  # gradients ~1e22: their squared norm is beyond fp32, the norm itself is not
+        engine.backward(engine(**batch).loss * 1e22)
+        engine.step()
+    return {"before": before, "after": _masters(engine), "norm": float(engine.get_global_grad_norm())}
+
+
+@pytest.mark.slow
+def test_a_huge_but_finite_gradient_is_clipped_not_skipped():
+    (r,) = run_on_processes(huge_gradient_worker, 1)
+    assert math.isfinite(r["norm"]) and r["norm"] > 1e20
+    assert all(torch.isfinite(m).all() for m in r["after"])
+    assert not all(torch.equal(a, b) for a, b in zip(r["before"], r["after"]))
