@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=200, help="trainer steps (default 200)")
     parser.add_argument("--engine-step", action="store_true", help="also time the trainer's own step on the "
                         "in-memory batches in each block (its model then trains further)")
-    parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--zero-stage", type=int, default=None, help="ZeRO stage (default: the config's)")
     parser.add_argument("--mlm-output", choices=["logits", "loss"], default=None,
                         help="the trainer's (and the plain step's) MLM output: [masked, vocab] logits then cross "
                         "entropy, or the fused loss (default: the trainer's own)")
@@ -225,10 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = next((overrides[i + 1] for i, a in enumerate(overrides[:-1]) if a == "--output_dir"),
                f"runs/bench_trainer/{Path(args.config).stem}")
     trainer = benchmark_trainer(args.config, [
-        ("schedule.total_steps", str(args.steps)), ("parallel.zero_stage", str(args.zero_stage)), ("output_dir", out),
+        ("schedule.total_steps", str(args.steps)), ("output_dir", out),
         ("checkpoint.dir", f"{out}/checkpoints"), ("checkpoint.resume", "none"),
         ("checkpoint.save_interval", str(max(1, args.steps // 2))), ("checkpoint.keep_last", "1"),
-        ("logging.log_interval", "10"), ("logging.eval_interval", "0")], overrides)
+        ("logging.log_interval", "10"), ("logging.eval_interval", "0")]
+        + ([("parallel.zero_stage", str(args.zero_stage))] if args.zero_stage is not None else []), overrides)
     cfg = trainer.cfg
     if args.mlm_output is not None:
         trainer.step.mlm_output = args.mlm_output

@@ -27,7 +27,8 @@ def run_row(study: Study, run: Run, eval_meta: dict, failures: dict[str, str]) -
     evaluation = read_json(run.directory / "evaluation.json") or {}
     row = {"run": run.id, "variant": run.variant.name, "variant_id": run.variant.id, "role": run.variant.role,
            "switch": run.variant.switch, "budget_minutes": run.budget_minutes,
-           "steps": pretrain.get("step"), "wall_clock_s": pretrain.get("budget_spent_seconds"),
+           "steps": pretrain.get("step"), "epochs": pretrain.get("epochs"),
+           "wall_clock_s": pretrain.get("budget_spent_seconds"),
            "estimated_s": pretrain.get("budget_estimated_seconds"),
            "tokens_per_s": pretrain.get("loop_tokens_per_s", pretrain.get("run_tokens_per_s")),
            "eval_loss": evaluation.get("loss"), "eval_accuracy": evaluation.get("accuracy"),
@@ -158,11 +159,12 @@ def markdown(results: dict[str, Any]) -> str:
               f"{_fmt(100 * unigram['accuracy'] if 'accuracy' in unigram else None, '.1f')}%; a run whose loss is "
               f"above {PLATEAU_FRACTION:g} x that is marked *plateau*.", "",
               "## Runs", "",
-              "| variant | budget | steps | wall clock (s) | real tokens/s | val loss | val acc (%) | "
-              f"{results['downstream'] or 'downstream'} | status |", "|---|---|---|---|---|---|---|---|---|"]
+              "| variant | budget | steps | epochs | wall clock (s) | real tokens/s | val loss | val acc (%) | "
+              f"{results['downstream'] or 'downstream'} | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         note = r["status"] + (", plateau" if r.get("on_unigram_plateau") else "")
         lines.append(f"| {r['variant']} | {budget_label(r['budget_minutes'])} | {_fmt(r['steps'], 'd')} | "
+                     f"{_fmt(r.get('epochs'), '.2f')} | "
                      f"{_fmt(r['wall_clock_s'], '.1f')} | {_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['eval_loss'])} | "
                      f"{_fmt(None if r['eval_accuracy'] is None else 100 * r['eval_accuracy'], '.2f')} | "
                      f"{_fmt(r['downstream_score'], '.2f')} | {note} |")

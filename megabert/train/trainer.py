@@ -309,6 +309,9 @@ class Trainer:
                 log.info("%s", self.budget.report(self.state.step))
         summary.update(self._evaluate() if self.cfg.logging.eval_interval else {})
         summary.update(step=self.state.step, stopped_by_signal=False)
+        train_samples = getattr(self.data, "num_train_samples", 0)
+        if train_samples:  # how often the run saw its training split (a small corpus is seen many times)
+            summary["epochs"] = self.state.consumed_samples / train_samples
         self._export()
         if self.is_main:
             self.writer.write(self.state.step, {f"final/{k}": v for k, v in summary.items()})

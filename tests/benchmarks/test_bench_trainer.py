@@ -24,8 +24,10 @@ def run_bench_trainer(tmp_path, config, out, *args: str) -> tuple[dict, list[dic
 @pytest.mark.slow
 def test_bench_trainer_reports_the_trainer_and_the_plain_step_between_its_windows(tmp_path, sample_corpus):
     config = tiny_config_on_sample(tmp_path, sample_corpus, seq_len=64)
-    result, _, stdout = run_bench_trainer(tmp_path, config, tmp_path / "bench", "--steps", "40", "--engine-step")
+    result, _, stdout = run_bench_trainer(tmp_path, config, tmp_path / "bench", "--steps", "40", "--engine-step",
+                                          "--zero-stage", "2")
     assert result["zero_stage"] == 2 and result["trainer_steps_measured"] == 30  # steps 11-40: after window one
+    assert result["optimizer_wrapper"] == "FlatGradientZeroOptimizer"
     for key in ("trainer_tokens_per_s", "trainer_loop_tokens_per_s", "trainer_mfu", "trainer_over_plain"):
         assert result[key] > 0, key
     assert result["trainer_loop_tokens_per_s"] >= result["trainer_tokens_per_s"]  # the final save only adds time

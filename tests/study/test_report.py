@@ -19,7 +19,7 @@ def fake_run(run, tokens_per_s: float, wall_s: float, loss: float, accuracy: flo
     """What the stages leave in a run's directory."""
     run.directory.mkdir(parents=True, exist_ok=True)
     (run.directory / "pretrain.json").write_text(json.dumps(
-        {"step": 100, "budget_spent_seconds": wall_s, "budget_estimated_seconds": wall_s - 1,
+        {"step": 100, "epochs": wall_s / 100, "budget_spent_seconds": wall_s, "budget_estimated_seconds": wall_s - 1,
          "loop_tokens_per_s": tokens_per_s, "stopped_by_signal": False}))
     (run.directory / "evaluation.json").write_text(json.dumps(
         {"loss": loss, "accuracy": accuracy, "masked_positions_sha256": EVAL_META["masked_positions_sha256"]}))
@@ -73,7 +73,7 @@ def test_report_has_every_run_one_ablation_row_per_switch_and_the_frontier(study
     height, width = _png_size(out / "pareto.png")
     assert width > 1200 and height > 400  # two panels side by side
     text = (out / "results.md").read_text()
-    assert "| BERT | 5min | 100 | 300.0 | 800 | 6.9000 | 6.00 | 50.00 | done, plateau |" in text
+    assert "| BERT | 5min | 100 | 3.00 | 300.0 | 800 | 6.9000 | 6.00 | 50.00 | done, plateau |" in text
     assert "| geglu | GELU MLP | 900 | -10.0% | +0.1000 | -1.00 | -1.00 |" in text
     assert "| mask_30 | 15% masking | - | - | - | - | - |" in text
     assert "![pareto.png](pareto.png)" in text

@@ -4,7 +4,10 @@ output, scores every variant on the same masked tokens and skips finished work o
 reach its end is not taken for finished."""
 
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 from megabert.study.evaluation import load_eval_set, masked_positions_digest
 from tests.study.test_spec import BERT
@@ -12,6 +15,12 @@ from tests.tasks.tiny_model import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def sample_train_samples(study_dir: Path, run_id: str) -> int:
+    """The training split's size in samples, as the run's loader logged it ("... epochs of M samples")."""
+    log = (study_dir / "runs" / run_id / "logs" / "pretrain.log").read_text()
+    return int(re.search(r"epochs of (\d+) samples", log).group(1))
 
 
 def commands_run(run_dir: Path) -> int:
@@ -59,6 +68,7 @@ def test_tiny_study_end_to_end(tmp_path, sample_corpus):
         assert row["masked_positions_sha256"] == digest, run_id  # the same masked tokens for every variant
         assert row["eval_loss"] > 0 and 0 <= row["eval_accuracy"] <= 1 and row["downstream_score"] is not None
         assert row["steps"] > 25 and row["wall_clock_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["epochs"] == pytest.approx(row["steps"] * 8 / sample_train_samples(out, run_id), rel=1e-9)
         run_dir = out / "runs" / run_id
         for name in ("pretrain.json", "evaluation.json", "downstream/results.json", "commands.sh",
                      "model/model.safetensors"):
