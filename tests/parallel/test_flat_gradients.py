@@ -1,5 +1,6 @@
 """The flat-gradient ZeRO 1/2 path trains like DeepSpeed's own gradient handling, writes checkpoints that either
-path resumes exactly, skips a non-finite step on the device, and leaves runs it cannot serve to DeepSpeed."""
+path resumes exactly, skips a non-finite step on the device, and leaves runs it cannot serve to DeepSpeed. On CPU
+processes over gloo; the cases marked gpu run the same comparison on a CUDA device."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _engine(zero_stage: int, precision: str, world_size: int, flat: bool):
     optimizer = build_optimizer(model, OPTIM)
     scheduler = build_scheduler(optimizer, ScheduleConfig(total_steps=20, warmup_fraction=0.1))
     ds = build_deepspeed_config(ParallelConfig(zero_stage=zero_stage, precision=precision), OPTIM,
-                                ACCUM * MICRO * world_size, MICRO, world_size, on_gpu=False)
+                                ACCUM * MICRO * world_size, MICRO, world_size, on_gpu=torch.cuda.is_available())
     return initialize(model, optimizer, scheduler, ds, flat_gradients=flat), optimizer
 
 
@@ -35,13 +36,13 @@ def _train(engine, optimizer, rank: int, steps: range, nan_at: int = -1) -> list
     for step in steps:
         for micro in range(ACCUM):
             batch = mlm_batch(engine.module.cfg, seed=1000 * step + 10 * micro + rank, lengths=(16, 11, 7))
-            loss = engine(**batch).loss
+            loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
             if step == nan_at and micro == 1:
                 loss = loss * float("nan")
             engine.backward(loss)
             if micro == ACCUM - 1:
                 # what TrainStep does with the fused optimizer: a non-finite loss skips on the device
-                optimizer.nonfinite = torch.tensor(float(not math.isfinite(loss.item())))
+                optimizer.nonfinite = torch.tensor(float(not math.isfinite(loss.item())), device=engine.device)
             engine.step()
             losses.append(loss.item())
         optimizer.nonfinite = None
@@ -49,7 +50,7 @@ def _train(engine, optimizer, rank: int, steps: range, nan_at: int = -1) -> list
 
 
 def _masters(engine) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in engine.optimizer.single_partition_of_fp32_groups]
+    return [p.detach().cpu().clone() for p in engine.optimizer.single_partition_of_fp32_groups]
 
 
 def compare_worker(rank: int, world_size: int, zero_stage: int, precision: str, ckpt_dir: str) -> dict:
@@ -69,8 +70,13 @@ def compare_worker(rank: int, world_size: int, zero_stage: int, precision: str, 
     return out
 
 
+GPU_CASES = [pytest.param(1, 1, "bf16", marks=pytest.mark.gpu, id="gpu-zero1-bf16"),
+             pytest.param(1, 2, "bf16", marks=pytest.mark.gpu, id="gpu-zero2-bf16")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("world_size,zero_stage,precision", [(1, 1, "bf16"), (2, 1, "fp32"), (2, 2, "bf16")])
+@pytest.mark.parametrize("world_size,zero_stage,precision",
+                         [(1, 1, "bf16"), (2, 1, "fp32"), (2, 2, "bf16")] + GPU_CASES)
 def test_flat_gradients_train_and_resume_like_deepspeeds_own_handling(tmp_path, world_size, zero_stage, precision):
     results = run_on_processes(compare_worker, world_size, zero_stage, precision, str(tmp_path))
     # measured: masters within 1.3e-5 (bf16) and 1.5e-8 (fp32), norms within 2e-6 relative (fp64 vs fp32 sums)
@@ -152,7 +158,7 @@ def test_a_run_the_flat_path_cannot_serve_keeps_deepspeeds_optimizer_and_says_wh
 def huge_gradient_worker(rank: int, world_size: int) -> dict:
     engine, optimizer = _engine(1, "bf16", world_size, True)
     before = _masters(engine)
-    batch = mlm_batch(engine.module.cfg, seed=7)
+    batch = {k: v.to(engine.device) for k, v in mlm_batch(engine.module.cfg, seed=7).items()}
     for micro in range(ACCUM):  # gradients ~1e22: their squared norm is beyond fp32, the norm itself is not
         engine.backward(engine(**batch).loss * 1e22)
         engine.step()
