@@ -219,8 +219,9 @@ class ParallelConfig:
     compile: bool = False
     """Compile the model's forward and loss as one torch.compile graph (megabert.model.compile; Inductor on a GPU,
     a trace without code generation on a CPU; 20-70 s at the start). On an H200 it made the plain step 2% faster
-    at 128 tokens and 15% at 512 (more where the host is slow), but not the trainer, whose host-side engine work
-    it leaves as it is (docs/BENCHMARKS.md): off by default, worth trying for long sequences."""
+    at 128 tokens and 15% at 512 (more where the host is slow); in the trainer it did not pay while DeepSpeed's
+    per-parameter gradient work held the host, and it has not been measured with flat gradients
+    (docs/BENCHMARKS.md): off by default, worth trying for long sequences."""
     flat_gradients: bool = True
     """ZeRO 1/2: gradients accumulate in one flat buffer per parameter group and the step runs on the flat
     partition, instead of DeepSpeed's per-parameter hooks, bucket copies and synchronising checks
