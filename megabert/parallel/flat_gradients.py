@@ -124,20 +124,25 @@ class FlatGradientZeroOptimizer(DeepSpeedZeroOptimizer):
             torch._foreach_div_(grads, factor)
         inner = self.optimizer
         self.overflow = False
-        if getattr(inner, "skips_on_device", False):
-            flagged = getattr(inner, "nonfinite", None)
-            inner.nonfinite = nonfinite if flagged is None else torch.maximum(nonfinite, flagged.to(norm.device))
-        elif bool(nonfinite.item()):  # the host must know before it steps: one sync, as DeepSpeed's own check
+        on_device = getattr(inner, "skips_on_device", False)
+        if not on_device and bool(nonfinite.item()):  # the host must know before it steps: one sync, as DeepSpeed's
             self.overflow = True
             self._global_grad_norm = float("inf")
             self.zero_grad()
             return
-        for i, grad in enumerate(grads):
-            masters[i].grad = grad
-            self._optimizer_step(i)
-            masters[i].grad = None
-            rank = dist.get_rank(group=self.real_dp_process_group[i])
-            self.parallel_partitioned_bit16_groups[i][rank].data.copy_(masters[i].data)
+        flagged = getattr(inner, "nonfinite", None)  # the trainer's flag (a non-finite loss), or None
+        if on_device:  # the update is skipped on the device where either flag is set
+            inner.nonfinite = nonfinite if flagged is None else torch.maximum(nonfinite, flagged.to(norm.device))
+        try:
+            for i, grad in enumerate(grads):
+                masters[i].grad = grad
+                self._optimizer_step(i)
+                masters[i].grad = None
+                rank = dist.get_rank(group=self.real_dp_process_group[i])
+                self.parallel_partitioned_bit16_groups[i][rank].data.copy_(masters[i].data)
+        finally:
+            if on_device:
+                inner.nonfinite = flagged  # the combined flag belongs to this step only
         if any(dist.get_world_size(group=g) > 1 for g in self.real_dp_process_group):
             all_gather_dp_groups(groups_flat=self.bit16_groups_flat,
                                  partitioned_param_groups=self.parallel_partitioned_bit16_groups,

@@ -171,3 +171,29 @@ def test_a_huge_but_finite_gradient_is_clipped_not_skipped():
     assert math.isfinite(r["norm"]) and r["norm"] > 1e20
     assert all(torch.isfinite(m).all() for m in r["after"])
     assert not all(torch.equal(a, b) for a, b in zip(r["before"], r["after"]))
+
+
+def unflagged_nan_worker(rank: int, world_size: int) -> dict:
+    """A NaN gradient the trainer did not flag (optimizer.nonfinite stays None): the norm alone skips the step."""
+    engine, optimizer = _engine(1, "bf16", world_size, True)
+    batch = {k: v.to(engine.device) for k, v in mlm_batch(engine.module.cfg, seed=3).items()}
+
+    def step(scale: float) -> None:
+        for micro in range(ACCUM):
+            engine.backward(engine(**batch).loss * scale)
+            engine.step()
+
+    step(1.0)
+    before = _masters(engine)
+    step(float("nan"))
+    skipped = _masters(engine)
+    step(1.0)
+    return {"before": before, "skipped": skipped, "after": _masters(engine), "flag": optimizer.nonfinite}
+
+
+@pytest.mark.slow
+def test_an_unflagged_nonfinite_gradient_is_skipped_by_its_norm_and_leaves_no_flag_behind():
+    (r,) = run_on_processes(unflagged_nan_worker, 1)
+    assert all(torch.equal(a, b) for a, b in zip(r["before"], r["skipped"]))
+    assert not all(torch.equal(a, b) for a, b in zip(r["skipped"], r["after"]))  # the next step is not skipped
+    assert all(torch.isfinite(m).all() for m in r["after"]) and r["flag"] is None
