@@ -2,7 +2,9 @@
 # The study corpus (data/study_corpus/, what configs/study/*.json train on): the English manuals of 27 Debian 12
 # documentation packages (configs/corpora/debian_docs.json; ~300 MB of .deb files fetched with apt-get download),
 # a 30,528-entry uncased WordPiece vocabulary trained on it, and the corpus preprocessed into .bin/.idx.
-# About 6 minutes on 2 CPU cores; the .deb files are kept in DEBS for the next build.
+# About 5 minutes on 2 CPU cores; the .deb files are kept in DEBS for the next build. The corpus file is the same
+# on every build, the vocabulary can differ in an entry or two (ties in the tokenizer's training): copy vocab.txt
+# with the .bin/.idx to other machines instead of building it again there.
 #
 #   bash examples/study_corpus.sh
 #   DEBS=/data/debs OUT=/data/study_corpus bash examples/study_corpus.sh
