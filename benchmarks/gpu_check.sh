@@ -53,7 +53,7 @@ for section in "${SECTIONS[@]}"; do
     base) run bench_throughput_base 230 python3 -m benchmarks.throughput --models base \
             --dists c4-128 c4-512 --systems $BASE_SYSTEMS --warmup 3 --steps 15 ;;
     compiled) run compiled_step 480 python3 -m benchmarks.compiled_step --json-out "$OUT/compiled_step.json" ;;
-    profile) run bench_profile 40 python3 -m benchmarks.step_profile --model base --dist c4-128 ;;
+    profile) run bench_profile 40 python3 -m benchmarks.step_profile --model base --dists c4-128 ;;
     ablation) run bench_ablation 120 python3 -m benchmarks.throughput --models base --systems \
                 --ablation --ablation-dists $ABLATION_DISTS --warmup 2 --steps 10 ;;
     large) run bench_throughput_large 90 python3 -m benchmarks.throughput --models large \
