@@ -39,6 +39,18 @@ def check_matches_reference(shapes: list[list[int]]) -> None:
             assert rel_error(c, r) < 1e-5, f"{name} {shape} (compiled): {rel_error(c, r):.2e}"
 
 
+def assert_independent_masks(keep: torch.Tensor, p: float) -> None:
+    """The kernel draws four elements' decisions per random draw, one in each quarter of a row: the quarters, and
+    neighbouring rows, must still agree only as often as independent masks do (p^2 + (1-p)^2), not always."""
+    independent = p * p + (1 - p) * (1 - p)
+    quarter = keep.shape[1] // 4
+    pieces = [keep[:, k * quarter:(k + 1) * quarter] for k in range(4)]
+    pairs = [(pieces[a], pieces[b]) for a in range(4) for b in range(a + 1, 4)] + [(keep[:-1], keep[1:])]
+    for a, b in pairs:
+        agreement = (a == b).float().mean().item()
+        assert agreement < independent + 0.15, f"masks agree on {agreement:.2f} of elements (independent: {independent:.2f})"
+
+
 def check_dropout(shape: list[int], p: float, device: str = "cpu") -> None:
     """The mask the kernel used, read off dx, explains y and the gradients; the drop rate; seeding."""
     from megabert.ops import add_layernorm as op
@@ -48,6 +60,7 @@ def check_dropout(shape: list[int], p: float, device: str = "cpu") -> None:
     y, dx, dres, dw, db = _fwd_bwd(lambda *a: op.add_layernorm(*a, dropout_p=p), x, res, w, b, grad)
     keep = dx != 0  # dres is nonzero almost everywhere, so a zero dx marks a dropped element
     assert abs(keep.float().mean().item() - (1 - p)) < 0.05, keep.float().mean()
+    assert_independent_masks(keep.reshape(-1, shape[-1]), p)
     dropped = (x * keep / (1 - p)).detach().requires_grad_()
     ref = _fwd_bwd(add_layernorm_reference, dropped, res, w, b, grad)
     assert rel_error(y, ref[0]) < 1e-5
