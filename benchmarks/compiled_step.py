@@ -26,8 +26,10 @@ Systems timed (--systems), each on both distributions for --models base large:
   megabert-eager-fused-head  eager, the fused MLM loss (mlm_output="loss")
   megabert-compiled          megabert.model.compile.compile_model (one dynamic-shape graph, forward + loss, the
                              backward through AOTAutograd), fused MLM loss
-  megabert-compiled-triton-ops (optional) compiled with MEGABERT_COMPILE_TRITON_OPS=1: the Triton GeGLU and
-                             add+LayerNorm kernels inside the graph instead of Inductor's fused code
+  megabert-compiled-<ops>     (optional) compiled with another choice of fused elementwise kernels inside the
+                             graph (MEGABERT_COMPILE_TRITON_OPS, megabert.ops): "inductor-ops" Inductor's code
+                             from the reference formulas for both, "triton-ops" megabert's Triton GeGLU and
+                             add+LayerNorm, "triton-geglu" the Triton GeGLU only
   hf-eager                   (optional) Hugging Face, SDPA, eager
 Per row: median step time (CUDA events) after warm-up, real tokens/s, MFU (megabert.utils.flops, matmul peak
 measured at the start), peak memory, the ratio to hf-compile, setup seconds (model build + compile + warm-up),
@@ -67,7 +69,10 @@ from megabert.ops.linear_cross_entropy import linear_cross_entropy, linear_cross
 from megabert.utils.flops import measure_matmul_tflops, training_step_flops
 
 DEFAULT_SYSTEMS = ["megabert-eager", "megabert-eager-fused-head", "megabert-compiled", "hf-compile"]
-OPTIONAL_SYSTEMS = ["megabert-compiled-triton-ops", "hf-eager"]
+COMPILED_VARIANTS = {"megabert-compiled-inductor-ops": "0", "megabert-compiled-triton-ops": "1",
+                     "megabert-compiled-triton-geglu": "geglu"}
+"""Optional compiled systems: MEGABERT_COMPILE_TRITON_OPS while each is traced."""
+OPTIONAL_SYSTEMS = [*COMPILED_VARIANTS, "hf-eager"]
 TINY_SIZES = {"base": dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, vocab_size=1536),
               "large": dict(hidden_size=96, num_layers=2, num_heads=2, intermediate_size=192, vocab_size=1536)}
 TINY_BATCH = {"c4-128": 4, "c4-512": 2}
@@ -304,7 +309,7 @@ def run_system(bench: Bench, size: str, system: str, dists: list[str], budget: B
             step = hf_step(bench, model, host)
         else:
             if system.startswith("megabert-compiled"):
-                key = "triton-ops" if system.endswith("triton-ops") else "compiled"
+                key = system
                 if key not in shared:
                     torch.manual_seed(0)
                     model, cfg = megabert_model(size, bench.dims(size))
@@ -641,14 +646,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for size in args.models:
         shared: dict = {}
         for system in order:
-            if system in ("megabert-compiled-triton-ops", "hf-compile", "hf-eager"):
-                shared.pop("hf", None)  # a new HF model per HF system
-            if system == "megabert-compiled-triton-ops":
+            own_model = system in COMPILED_VARIANTS or system in ("hf-compile", "hf-eager")
+            if own_model:
+                shared.clear()  # a new model per such system
+            saved = os.environ.get("MEGABERT_COMPILE_TRITON_OPS")
+            if system in COMPILED_VARIANTS:
                 torch._dynamo.reset()  # the kernel choice is made while tracing: trace again
-                os.environ["MEGABERT_COMPILE_TRITON_OPS"] = "1"
-            run_system(bench, size, system, args.dists, budget, shared, report)
-            os.environ.pop("MEGABERT_COMPILE_TRITON_OPS", None)
-            if system in ("megabert-compiled-triton-ops", "hf-compile", "hf-eager"):
+                os.environ["MEGABERT_COMPILE_TRITON_OPS"] = COMPILED_VARIANTS[system]
+            try:
+                run_system(bench, size, system, args.dists, budget, shared, report)
+            finally:
+                if saved is None:
+                    os.environ.pop("MEGABERT_COMPILE_TRITON_OPS", None)
+                else:
+                    os.environ["MEGABERT_COMPILE_TRITON_OPS"] = saved
+            if own_model:
                 shared.clear()
             gc.collect()
             if bench.cuda:

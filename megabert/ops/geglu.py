@@ -164,7 +164,7 @@ def is_available(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernel runs: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests); inside
     torch.compile only with MEGABERT_COMPILE_TRITON_OPS=1 (else Inductor fuses the reference formula)."""
     return (fused_ops_enabled() and triton is not None and (tensor.is_cuda or triton_interpreting())
-            and elementwise_kernel_wanted())
+            and elementwise_kernel_wanted("geglu"))
 
 
 def geglu(gate_value: torch.Tensor) -> torch.Tensor:

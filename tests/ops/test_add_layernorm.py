@@ -74,8 +74,8 @@ def check_dropout(shape: list[int], p: float, device: str = "cpu") -> None:
 
 
 def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
-    """Inside torch.compile: by default the reference formula is traced (Inductor fuses it); with
-    MEGABERT_COMPILE_TRITON_OPS=1 the kernel is one custom-op node whose dropout seed is drawn on the device, the
+    """Inside torch.compile: by default the reference formula is traced (Inductor fuses it); when
+    MEGABERT_COMPILE_TRITON_OPS names add_layernorm the kernel is one custom-op node whose dropout seed is drawn on the device, the
     mask it used (read off dx) explains y and the gradients, and it differs from call to call."""
     import os
 
@@ -88,12 +88,14 @@ def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
         graphs.append(str(gm.graph))
         return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
 
-    for flag in ("0", "1"):
-        os.environ["MEGABERT_COMPILE_TRITON_OPS"] = flag
+    for flag, kernel in ((None, False), ("0", False), ("1", True), ("geglu", False), ("add_layernorm", True)):
+        os.environ.pop("MEGABERT_COMPILE_TRITON_OPS", None)
+        if flag is not None:
+            os.environ["MEGABERT_COMPILE_TRITON_OPS"] = flag
         torch._dynamo.reset()
         compiled = torch.compile(lambda *a: op.add_layernorm(*a, dropout_p=p), backend=backend, fullgraph=True)
         y, dx, dres, dw, db = _fwd_bwd(compiled, x, res, w, b, grad)
-        assert ("add_layernorm_fwd" in graphs[-1]) == (flag == "1"), graphs[-1]
+        assert ("add_layernorm_fwd" in graphs[-1]) == kernel, (flag, graphs[-1])
         keep = dx != 0
         assert abs(keep.float().mean().item() - (1 - p)) < 0.05, keep.float().mean()
         dropped = (x * keep / (1 - p)).detach().requires_grad_()

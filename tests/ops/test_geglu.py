@@ -35,8 +35,8 @@ def _check_shape(op, shape: list[int]) -> None:
 
 
 def check_compiled_kernel_choice(shape: list[int]) -> None:
-    """Inside torch.compile the reference formula is traced by default (Inductor fuses it), the kernel's custom op
-    with MEGABERT_COMPILE_TRITON_OPS=1; both give the reference's output and gradient."""
+    """Inside torch.compile the kernel's custom op is traced by default and whenever MEGABERT_COMPILE_TRITON_OPS names
+    geglu, the reference formula (which Inductor fuses) otherwise; both give the reference's output and gradient."""
     import os
 
     from megabert.ops import geglu as op
@@ -50,12 +50,15 @@ def check_compiled_kernel_choice(shape: list[int]) -> None:
     x = torch.randn(shape).requires_grad_()
     grad_out = torch.randn(*shape[:-1], shape[-1] // 2)
     (dx_ref,) = torch.autograd.grad(geglu_reference(x), x, grad_out)
-    for flag in ("0", "1"):
-        os.environ["MEGABERT_COMPILE_TRITON_OPS"] = flag
+    for flag, kernel in ((None, True), ("0", False), ("1", True), ("add_layernorm", False), ("geglu", True),
+                         ("add_layernorm,geglu", True)):
+        os.environ.pop("MEGABERT_COMPILE_TRITON_OPS", None)
+        if flag is not None:
+            os.environ["MEGABERT_COMPILE_TRITON_OPS"] = flag
         torch._dynamo.reset()
         out = torch.compile(op.geglu, backend=backend, fullgraph=True)(x)
         (dx,) = torch.autograd.grad(out, x, grad_out)
-        assert ("geglu_fwd" in graphs[-1]) == (flag == "1"), graphs[-1]
+        assert ("geglu_fwd" in graphs[-1]) == kernel, (flag, graphs[-1])
         assert rel_error(out, geglu_reference(x)) < 1e-6 and rel_error(dx, dx_ref) < 1e-6
 
 
@@ -71,6 +74,16 @@ def test_interpreted_kernel_matches_reference_on_odd_shapes():
 def test_cpu_falls_back_to_eager_reference():
     x = torch.randn(4, 10)
     torch.testing.assert_close(geglu(x), torch.nn.functional.gelu(x[:, :5]) * x[:, 5:])
+
+
+def test_compile_kernel_choice_names_unknown_ops(monkeypatch):
+    from megabert.ops import compile_triton_ops
+
+    monkeypatch.setenv("MEGABERT_COMPILE_TRITON_OPS", "geglu,layer_norm")
+    with pytest.raises(ValueError, match="unknown ops \\['layer_norm'\\]"):
+        compile_triton_ops()
+    monkeypatch.setenv("MEGABERT_COMPILE_TRITON_OPS", " geglu , add_layernorm ")
+    assert compile_triton_ops() == {"geglu", "add_layernorm"}
 
 
 def test_rejects_odd_last_dim():
