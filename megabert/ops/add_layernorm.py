@@ -203,7 +203,7 @@ SEGMENTS = 4
 LAUNCH = {"fwd_rows": 4, "fwd_warps": 4, "bwd_rows": 1, "bwd_warps": 4, "bwd_programs_per_sm": 4}
 """Rows per tile, warps per program and (backward) programs per SM, the fastest of a sweep on an H100 at 29,800 x 768
 and x 1024 (`python -m benchmarks.fused_ops --sweep`): the forward 0.067 ms, the backward 0.194 ms at 768; a
-backward of 4-row tiles ran 3.5x slower (its live segments outgrow the registers). The backward's programs each sum
+backward of 4-row tiles ran 3.5x slower. The backward's programs each sum
 dweight and dbias over their rows into a partial: more programs, more parallel rows, more partials to add up."""
 
 
@@ -275,7 +275,7 @@ def _sm_count(device: torch.device) -> int:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Autograd: autograd.Function in eager mode (cheapest dispatch); custom ops (one opaque node each) under
-# torch.compile with MEGABERT_COMPILE_TRITON_OPS=1, their dropout seed a device tensor.
+# torch.compile when MEGABERT_COMPILE_TRITON_OPS names add_layernorm, their dropout seed a device tensor.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -347,7 +347,8 @@ _add_ln_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def is_available(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernels run: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests), H <= 16384;
-    inside torch.compile only with MEGABERT_COMPILE_TRITON_OPS=1 (else Inductor fuses the reference formula)."""
+    inside torch.compile only when MEGABERT_COMPILE_TRITON_OPS names add_layernorm (else Inductor fuses the
+    reference formula)."""
     return (fused_ops_enabled() and triton is not None and tensor.shape[-1] <= 16384
             and (tensor.is_cuda or triton_interpreting()) and elementwise_kernel_wanted("add_layernorm"))
 

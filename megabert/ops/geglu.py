@@ -107,7 +107,7 @@ def geglu_bwd(gate_value: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Autograd: autograd.Function in eager mode (cheapest dispatch); custom ops (one opaque node each) under
-# torch.compile with MEGABERT_COMPILE_TRITON_OPS=1.
+# torch.compile, unless MEGABERT_COMPILE_TRITON_OPS leaves geglu out (megabert.ops.compile_triton_ops).
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -162,7 +162,7 @@ _geglu_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def is_available(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernel runs: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests); inside
-    torch.compile only with MEGABERT_COMPILE_TRITON_OPS=1 (else Inductor fuses the reference formula)."""
+    torch.compile unless MEGABERT_COMPILE_TRITON_OPS leaves geglu out (then Inductor compiles the reference)."""
     return (fused_ops_enabled() and triton is not None and (tensor.is_cuda or triton_interpreting())
             and elementwise_kernel_wanted("geglu"))
 
