@@ -2,6 +2,7 @@
 profile breakdown sorts device activity into GEMM, attention, other and idle time."""
 
 import json
+import os
 
 from benchmarks import compiled_step as bench
 
@@ -42,3 +43,20 @@ def test_profile_breakdown_sorts_kernels_and_counts_idle_time():
     assert got["idle_ms"] == (10 + 30) / 2 / 1e3 and got["span_ms"] == 0.060 and got["kernels_per_step"] == 2
     assert bench.kernel_category("pytorch_flash::flash_bwd_kernel") == "attention"
     assert bench.kernel_category("void at::native::vectorized_elementwise_kernel") == "other"
+
+
+def test_compiled_variants_trace_with_their_kernel_choice_and_restore_it(tmp_path, monkeypatch):
+    seen = []
+    real = bench.compile_model
+
+    def recording_compile(model, **kwargs):
+        seen.append(os.environ.get("MEGABERT_COMPILE_TRITON_OPS"))
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(bench, "compile_model", recording_compile)
+    monkeypatch.setenv("MEGABERT_COMPILE_TRITON_OPS", "add_layernorm")
+    bench.main(["--tiny", "--device", "cpu", "--models", "base", "--dists", "c4-128", "--no-checks", "--systems",
+                "megabert-compiled", "megabert-compiled-inductor-ops", "megabert-compiled-triton-geglu",
+                "--steps", "1", "--warmup", "1", "--json-out", str(tmp_path / "out.json")])
+    assert seen == ["add_layernorm", "0", "geglu"]  # the default system keeps the caller's choice
+    assert os.environ["MEGABERT_COMPILE_TRITON_OPS"] == "add_layernorm"
