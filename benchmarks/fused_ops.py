@@ -1,20 +1,18 @@
 """The fused elementwise ops against their peers: dropout + add + LayerNorm and GeGLU, forward and backward.
 
-    python -m benchmarks.fused_ops [--tokens 29800] [--hidden 768 1024] [--sweep]
+    python -m benchmarks.fused_ops [--tokens 29800] [--hidden 768 1024]
 
 One process, one GPU, bf16 inputs of a micro-batch's size (--tokens rows; 29,800 is base c4-128's 256 x 128 at
 ~9% padding). Peers, each on the same inputs: megabert's Triton kernel, the eager PyTorch reference
 (F.dropout, add, F.layer_norm / chunk, gelu, mul) and that reference compiled by torch.compile (Inductor, dynamic
 shapes as the model compiles). Per row: the median time (triton.testing.do_bench) of the forward and of the
 backward, and the bandwidth those reach on the fewest bytes the op must move (each input read once, each output
-written once) against the device's copy bandwidth measured in the same run. --sweep times add+LayerNorm at each
-launch setting of megabert.ops.add_layernorm.LAUNCH around the default.
+written once) against the device's copy bandwidth measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 from typing import Callable
 
 import torch
@@ -93,42 +91,15 @@ def geglu_rows(tokens: int, hidden: int, bandwidth: float) -> list[str]:
     return rows
 
 
-def sweep(tokens: int, hidden: int, p: float) -> list[str]:
-    """add+LayerNorm's forward and backward at launch settings around megabert.ops.add_layernorm.LAUNCH."""
-    default = dict(add_ln_op.LAUNCH)
-    x, res, grad = (torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    w, b = torch.ones(hidden, device="cuda"), torch.zeros(hidden, device="cuda")
-    y, mean, rstd = add_ln_op.add_ln_fwd(x, res, w, b, 1e-12, p, 7)
-    lines = []
-    try:
-        for rows, warps in itertools.product((1, 2, 4, 8), (2, 4, 8)):
-            add_ln_op.LAUNCH.update(fwd_rows=rows, fwd_warps=warps)
-            fwd = bench(lambda: add_ln_op.add_ln_fwd(x, res, w, b, 1e-12, p, 7))
-            lines.append(f"fwd rows {rows} warps {warps}: {fwd:.3f} ms")
-        add_ln_op.LAUNCH.update(default)
-        for rows, warps, per_sm in itertools.product((1, 2), (2, 4, 8), (4, 8, 16)):
-            add_ln_op.LAUNCH.update(bwd_rows=rows, bwd_warps=warps, bwd_programs_per_sm=per_sm)
-            bwd = bench(lambda: add_ln_op.add_ln_bwd(grad, x, res, w, mean, rstd, p, 7))
-            lines.append(f"bwd rows {rows} warps {warps} programs/SM {per_sm}: {bwd:.3f} ms")
-    finally:
-        add_ln_op.LAUNCH.clear()
-        add_ln_op.LAUNCH.update(default)
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=29800)
     parser.add_argument("--hidden", type=int, nargs="+", default=[768, 1024])
-    parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
     print(environment_line())
     torch._functorch.config.donated_buffer = False  # the compiled peers' backward runs again on one graph
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s")
-    if args.sweep:
-        for hidden in args.hidden:
-            print("\n".join(f"H {hidden}: {line}" for line in sweep(args.tokens, hidden, 0.1)))
     lines = ["| op | shape | dropout | system | fwd ms | bwd ms | fwd of copy bandwidth | bwd of copy bandwidth |",
              "|---|---|---|---|---|---|---|---|"]
     for hidden in args.hidden:

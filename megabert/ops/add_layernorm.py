@@ -40,179 +40,90 @@ def add_layernorm_reference(x: torch.Tensor, residual: torch.Tensor, weight: tor
 
 # ---------------------------------------------------------------------------------------------------------------
 # Kernels
-#
-# A row of H columns is handled as four column segments of Q = ceil(H / 4) columns each (lanes past H masked), so
-# that one Philox call -- four 32-bit outputs -- draws the dropout decisions of four elements, one per segment:
-# element (row, k * Q + j) keeps when output k of Philox(seed, row * Q + j) says so. Philox costs ~100 integer
-# instructions per call; one call per element made the dropout kernels compute-bound at ~4x their memory time.
-# Each program takes ROWS rows at a time as [ROWS, BLOCK] tiles, one tile per segment.
 # ---------------------------------------------------------------------------------------------------------------
 
 if triton is not None:
 
     @triton.jit
-    def _dropout_scales(counter, seed, p, HAS_DROPOUT: tl.constexpr, SEED_IS_PTR: tl.constexpr):
-        """keep / (1 - p) for the four segments' elements at Philox counter `counter` ([ROWS, BLOCK], int32:
-        it wraps past 2^31, so masks repeat there, still valid). The seed is a number, or (SEED_IS_PTR) a
-        one-element device tensor drawn on the device (inside torch.compile nothing waits for the host)."""
+    def _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT: tl.constexpr, SEED_IS_PTR: tl.constexpr):
+        """Per-element factor keep / (1 - p) from a counter-based RNG (Philox) keyed on (seed, element index):
+        the backward regenerates the same mask instead of storing it. The seed is a number, or (SEED_IS_PTR) a
+        one-element device tensor: drawn on the device, it changes at every replay of a captured CUDA graph."""
         if HAS_DROPOUT:
+            offsets = (row * n_cols + cols).to(tl.int32)  # wraps past 2^31 elements: masks repeat, still valid
             if SEED_IS_PTR:
-                r0, r1, r2, r3 = tl.randint4x(tl.load(seed), counter)
+                keep = tl.rand(tl.load(seed), offsets) >= p
             else:
-                r0, r1, r2, r3 = tl.randint4x(seed, counter)
-            scale = 1.0 / (1.0 - p)
-            return (tl.where(tl.uint_to_uniform_float(r0) >= p, scale, 0.0),
-                    tl.where(tl.uint_to_uniform_float(r1) >= p, scale, 0.0),
-                    tl.where(tl.uint_to_uniform_float(r2) >= p, scale, 0.0),
-                    tl.where(tl.uint_to_uniform_float(r3) >= p, scale, 0.0))
+                keep = tl.rand(seed, offsets) >= p
+            return tl.where(keep, 1.0 / (1.0 - p), 0.0)
         else:
-            return 1.0, 1.0, 1.0, 1.0
+            return 1.0
 
     @triton.jit
-    def _segment(rows, row_ok, cols, k, seg_cols, n_cols):
-        """Offsets [ROWS, BLOCK] of segment k's elements and their mask."""
-        col = k * seg_cols + cols
-        ok = row_ok & (cols < seg_cols) & (col < n_cols)
-        return rows * n_cols + col, ok
-
-    @triton.jit
-    def _fwd_sum(X, R, offs, ok, drop):
-        return (tl.load(X + offs, mask=ok, other=0.0).to(tl.float32) * drop
-                + tl.load(R + offs, mask=ok, other=0.0).to(tl.float32))
-
-    @triton.jit
-    def _fwd_store(Y, W, B, offs, ok, k, seg_cols, cols, centered, rstd):
-        col_ok = cols < seg_cols
-        w = tl.load(W + k * seg_cols + cols, mask=col_ok, other=0.0).to(tl.float32)
-        b = tl.load(B + k * seg_cols + cols, mask=col_ok, other=0.0).to(tl.float32)
-        tl.store(Y + offs, (centered * rstd * w + b).to(Y.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def _add_layernorm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, n_rows, n_cols, seg_cols, eps, seed, p,
-                                  HAS_DROPOUT: tl.constexpr, SEED_IS_PTR: tl.constexpr, ROWS: tl.constexpr,
-                                  BLOCK: tl.constexpr):
-        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
-        cols = tl.arange(0, BLOCK)[None, :]  # [1, BLOCK], within a segment
-        row_ok = rows < n_rows
-        d0, d1, d2, d3 = _dropout_scales((rows * seg_cols + cols).to(tl.int32), seed, p, HAS_DROPOUT, SEED_IS_PTR)
-        o0, k0 = _segment(rows, row_ok, cols, 0, seg_cols, n_cols)
-        o1, k1 = _segment(rows, row_ok, cols, 1, seg_cols, n_cols)
-        o2, k2 = _segment(rows, row_ok, cols, 2, seg_cols, n_cols)
-        o3, k3 = _segment(rows, row_ok, cols, 3, seg_cols, n_cols)
-        s0 = _fwd_sum(X, R, o0, k0, d0)
-        s1 = _fwd_sum(X, R, o1, k1, d1)
-        s2 = _fwd_sum(X, R, o2, k2, d2)
-        s3 = _fwd_sum(X, R, o3, k3, d3)
-        mean = (tl.sum(s0, 1) + tl.sum(s1, 1) + tl.sum(s2, 1) + tl.sum(s3, 1)) / n_cols  # [ROWS]
-        c0 = tl.where(k0, s0 - mean[:, None], 0.0)
-        c1 = tl.where(k1, s1 - mean[:, None], 0.0)
-        c2 = tl.where(k2, s2 - mean[:, None], 0.0)
-        c3 = tl.where(k3, s3 - mean[:, None], 0.0)
-        var = (tl.sum(c0 * c0, 1) + tl.sum(c1 * c1, 1) + tl.sum(c2 * c2, 1) + tl.sum(c3 * c3, 1)) / n_cols
-        rstd = (1.0 / tl.sqrt(var + eps))[:, None]  # [ROWS, 1]
-        _fwd_store(Y, W, B, o0, k0, 0, seg_cols, cols, c0, rstd)
-        _fwd_store(Y, W, B, o1, k1, 1, seg_cols, cols, c1, rstd)
-        _fwd_store(Y, W, B, o2, k2, 2, seg_cols, cols, c2, rstd)
-        _fwd_store(Y, W, B, o3, k3, 3, seg_cols, cols, c3, rstd)
-        tl.store(MEAN + rows, mean[:, None], mask=row_ok)
-        tl.store(RSTD + rows, rstd, mask=row_ok)
-
-    @triton.jit
-    def _bwd_load(X, R, DY, W, offs, ok, k, seg_cols, cols, drop, mean, rstd):
-        """This segment's normalised input xhat, dy and w * dy (fp32 [ROWS, BLOCK])."""
-        s = _fwd_sum(X, R, offs, ok, drop)
-        dy = tl.load(DY + offs, mask=ok, other=0.0).to(tl.float32)
-        w = tl.load(W + k * seg_cols + cols, mask=cols < seg_cols, other=0.0).to(tl.float32)
-        return tl.where(ok, (s - mean) * rstd, 0.0), dy, w * dy
-
-    @triton.jit
-    def _bwd_store(DX, DR, offs, ok, xhat, wdy, c1, c2, rstd, drop, HAS_DROPOUT: tl.constexpr):
-        ds = (wdy - (xhat * c1 + c2)) * rstd
-        tl.store(DR + offs, ds.to(DR.dtype.element_ty), mask=ok)
-        if HAS_DROPOUT:
-            tl.store(DX + offs, (ds * drop).to(DX.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def _partial_store(PARTIAL, pid, n_cols, k, seg_cols, cols, value):
-        col = k * seg_cols + cols
-        tl.store(PARTIAL + pid * n_cols + col, value, mask=(cols < seg_cols) & (col < n_cols))
+    def _add_layernorm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, n_cols, eps, seed, p, HAS_DROPOUT: tl.constexpr,
+                                  SEED_IS_PTR: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        ok = cols < n_cols
+        drop = _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT, SEED_IS_PTR)
+        s = (tl.load(X + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32) * drop
+             + tl.load(R + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32))
+        mean = tl.sum(s, 0) / n_cols
+        centered = tl.where(ok, s - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, 0) / n_cols + eps)
+        w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
+        b = tl.load(B + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(Y + row * n_cols + cols, (centered * rstd * w + b).to(Y.dtype.element_ty), mask=ok)
+        tl.store(MEAN + row, mean)
+        tl.store(RSTD + row, rstd)
 
     @triton.jit
     def _add_layernorm_bwd_kernel(X, R, W, DY, DX, DR, MEAN, RSTD, DW_PARTIAL, DB_PARTIAL, n_rows, n_cols,
-                                  seg_cols, tiles_per_program, seed, p, HAS_DROPOUT: tl.constexpr,
-                                  SEED_IS_PTR: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                                  rows_per_program, seed, p, HAS_DROPOUT: tl.constexpr, SEED_IS_PTR: tl.constexpr,
+                                  BLOCK: tl.constexpr):
         """ds = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)) is d(residual); d(x) = ds * dropout factor
         (written only with dropout: without it, d(x) is d(residual)); dw, db summed per program into partials."""
         pid = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)[None, :]
-        dw0 = tl.zeros([BLOCK], tl.float32)
-        dw1 = tl.zeros([BLOCK], tl.float32)
-        dw2 = tl.zeros([BLOCK], tl.float32)
-        dw3 = tl.zeros([BLOCK], tl.float32)
-        db0 = tl.zeros([BLOCK], tl.float32)
-        db1 = tl.zeros([BLOCK], tl.float32)
-        db2 = tl.zeros([BLOCK], tl.float32)
-        db3 = tl.zeros([BLOCK], tl.float32)
-        for t in range(0, tiles_per_program):
-            rows = (pid * tiles_per_program + t).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
-            row_ok = rows < n_rows
-            mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
-            rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
-            d0, d1, d2, d3 = _dropout_scales((rows * seg_cols + cols).to(tl.int32), seed, p, HAS_DROPOUT,
-                                             SEED_IS_PTR)
-            o0, k0 = _segment(rows, row_ok, cols, 0, seg_cols, n_cols)
-            o1, k1 = _segment(rows, row_ok, cols, 1, seg_cols, n_cols)
-            o2, k2 = _segment(rows, row_ok, cols, 2, seg_cols, n_cols)
-            o3, k3 = _segment(rows, row_ok, cols, 3, seg_cols, n_cols)
-            x0, dy0, g0 = _bwd_load(X, R, DY, W, o0, k0, 0, seg_cols, cols, d0, mean, rstd)
-            x1, dy1, g1 = _bwd_load(X, R, DY, W, o1, k1, 1, seg_cols, cols, d1, mean, rstd)
-            x2, dy2, g2 = _bwd_load(X, R, DY, W, o2, k2, 2, seg_cols, cols, d2, mean, rstd)
-            x3, dy3, g3 = _bwd_load(X, R, DY, W, o3, k3, 3, seg_cols, cols, d3, mean, rstd)
-            c1 = ((tl.sum(x0 * g0, 1) + tl.sum(x1 * g1, 1) + tl.sum(x2 * g2, 1) + tl.sum(x3 * g3, 1))
-                  / n_cols)[:, None]
-            c2 = ((tl.sum(g0, 1) + tl.sum(g1, 1) + tl.sum(g2, 1) + tl.sum(g3, 1)) / n_cols)[:, None]
-            _bwd_store(DX, DR, o0, k0, x0, g0, c1, c2, rstd, d0, HAS_DROPOUT)
-            _bwd_store(DX, DR, o1, k1, x1, g1, c1, c2, rstd, d1, HAS_DROPOUT)
-            _bwd_store(DX, DR, o2, k2, x2, g2, c1, c2, rstd, d2, HAS_DROPOUT)
-            _bwd_store(DX, DR, o3, k3, x3, g3, c1, c2, rstd, d3, HAS_DROPOUT)
-            dw0 += tl.sum(dy0 * x0, 0)
-            dw1 += tl.sum(dy1 * x1, 0)
-            dw2 += tl.sum(dy2 * x2, 0)
-            dw3 += tl.sum(dy3 * x3, 0)
-            db0 += tl.sum(dy0, 0)
-            db1 += tl.sum(dy1, 0)
-            db2 += tl.sum(dy2, 0)
-            db3 += tl.sum(dy3, 0)
-        _partial_store(DW_PARTIAL, pid, n_cols, 0, seg_cols, cols, dw0[None, :])
-        _partial_store(DW_PARTIAL, pid, n_cols, 1, seg_cols, cols, dw1[None, :])
-        _partial_store(DW_PARTIAL, pid, n_cols, 2, seg_cols, cols, dw2[None, :])
-        _partial_store(DW_PARTIAL, pid, n_cols, 3, seg_cols, cols, dw3[None, :])
-        _partial_store(DB_PARTIAL, pid, n_cols, 0, seg_cols, cols, db0[None, :])
-        _partial_store(DB_PARTIAL, pid, n_cols, 1, seg_cols, cols, db1[None, :])
-        _partial_store(DB_PARTIAL, pid, n_cols, 2, seg_cols, cols, db2[None, :])
-        _partial_store(DB_PARTIAL, pid, n_cols, 3, seg_cols, cols, db3[None, :])
+        cols = tl.arange(0, BLOCK)
+        ok = cols < n_cols
+        w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
+        dw = tl.zeros([BLOCK], tl.float32)
+        db = tl.zeros([BLOCK], tl.float32)
+        first = pid * rows_per_program
+        for i in range(0, rows_per_program):
+            row = (first + i).to(tl.int64)
+            if row < n_rows:
+                drop = _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT, SEED_IS_PTR)
+                s = (tl.load(X + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32) * drop
+                     + tl.load(R + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32))
+                dy = tl.load(DY + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
+                mean = tl.load(MEAN + row)
+                rstd = tl.load(RSTD + row)
+                xhat = tl.where(ok, (s - mean) * rstd, 0.0)
+                wdy = w * dy
+                c1 = tl.sum(xhat * wdy, 0) / n_cols
+                c2 = tl.sum(wdy, 0) / n_cols
+                ds = (wdy - (xhat * c1 + c2)) * rstd
+                tl.store(DR + row * n_cols + cols, ds.to(DR.dtype.element_ty), mask=ok)
+                if HAS_DROPOUT:
+                    tl.store(DX + row * n_cols + cols, (ds * drop).to(DX.dtype.element_ty), mask=ok)
+                dw += dy * xhat
+                db += dy
+        tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=ok)
+        tl.store(DB_PARTIAL + pid * n_cols + cols, db, mask=ok)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Host launchers
 # ---------------------------------------------------------------------------------------------------------------
 
-SEGMENTS = 4
-"""Column segments per row: one Philox call draws the dropout decisions of one element in each."""
 
-LAUNCH = {"fwd_rows": 4, "fwd_warps": 4, "bwd_rows": 1, "bwd_warps": 4, "bwd_programs_per_sm": 4}
-"""Rows per tile, warps per program and (backward) programs per SM, the fastest of a sweep on an H100 at 29,800 x 768
-and x 1024 (`python -m benchmarks.fused_ops --sweep`): the forward 0.067 ms, the backward 0.194 ms at 768; a
-backward of 4-row tiles ran 3.5x slower. The backward's programs each sum
-dweight and dbias over their rows into a partial: more programs, more parallel rows, more partials to add up."""
+def _block(n_cols: int) -> int:
+    return triton.next_power_of_2(n_cols)
 
 
-def _geometry(n_cols: int, rows: int) -> tuple[int, int, int]:
-    """Columns per segment, the power-of-two block that covers them, and rows per tile: fewer than `rows` for
-    wide rows, so that a tile stays at most 4096 elements (registers)."""
-    seg_cols = triton.cdiv(n_cols, SEGMENTS)
-    block = triton.next_power_of_2(seg_cols)
-    return seg_cols, block, max(1, min(rows, 4096 // (SEGMENTS * block)))
+def _warps(block: int) -> int:
+    return 4 if block <= 1024 else 8
 
 
 def add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -227,11 +138,10 @@ def add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bi
     mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty_like(mean)
     if n_rows:
-        seg_cols, block, rows = _geometry(n_cols, LAUNCH["fwd_rows"])
-        _add_layernorm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
-            x2, r2, weight, bias, y, mean, rstd, n_rows, n_cols, seg_cols, eps, seed, dropout_p,
-            HAS_DROPOUT=dropout_p > 0.0, SEED_IS_PTR=isinstance(seed, torch.Tensor), ROWS=rows, BLOCK=block,
-            num_warps=LAUNCH["fwd_warps"])
+        block = _block(n_cols)
+        _add_layernorm_fwd_kernel[(n_rows,)](x2, r2, weight, bias, y, mean, rstd, n_cols, eps, seed, dropout_p,
+                                             HAS_DROPOUT=dropout_p > 0.0, SEED_IS_PTR=isinstance(seed, torch.Tensor),
+                                             BLOCK=block, num_warps=_warps(block))
     return y.view(x.shape), mean, rstd
 
 
@@ -245,17 +155,15 @@ def add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, we
     n_rows = x2.shape[0]
     dres = torch.empty_like(x2)
     dx = torch.empty_like(x2) if dropout_p > 0.0 else dres
-    seg_cols, block, rows = _geometry(n_cols, LAUNCH["bwd_rows"])
-    tiles = triton.cdiv(max(n_rows, 1), rows)
-    programs = max(1, min(tiles, LAUNCH["bwd_programs_per_sm"] * _sm_count(x.device)))
-    tiles_per_program = triton.cdiv(tiles, programs)
-    programs = triton.cdiv(tiles, tiles_per_program)  # no program without rows
+    programs = max(1, min(n_rows, 4 * _sm_count(x.device)))
+    rows_per_program = triton.cdiv(max(n_rows, 1), programs)
     partials = torch.empty(2, programs, n_cols, dtype=torch.float32, device=x.device)  # [dw | db] per program
     if n_rows:
+        block = _block(n_cols)
         _add_layernorm_bwd_kernel[(programs,)](x2, r2, weight, dy, dx, dres, mean, rstd, partials[0], partials[1],
-                                               n_rows, n_cols, seg_cols, tiles_per_program, seed, dropout_p,
+                                               n_rows, n_cols, rows_per_program, seed, dropout_p,
                                                HAS_DROPOUT=dropout_p > 0.0, SEED_IS_PTR=isinstance(seed, torch.Tensor),
-                                               ROWS=rows, BLOCK=block, num_warps=LAUNCH["bwd_warps"])
+                                               BLOCK=block, num_warps=_warps(block))
     else:
         partials.zero_()
     dw, db = partials.sum(1).to(weight.dtype).unbind(0)
