@@ -3,9 +3,9 @@
 # against Hugging Face + torch.compile), the trainer and its DeepSpeed engine step against the plain step, and the
 # tensor-parallel code path's overhead at TP = 1.
 #
-#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention compiled base profile ablation large trainer
-#                                           checkpoint tp
-#                                      (default: all but trainer, checkpoint and tp)
+#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention fused compiled base profile ablation large
+#                                           trainer checkpoint tp
+#                                      (default: all but compiled, trainer, checkpoint and tp)
 #
 # The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
 # installed into /tmp/site first. The trainer section times the plain step (megabert + fused AdamW, no engine)
@@ -25,7 +25,7 @@ SECTIONS=("$@")
 BASE_SYSTEMS=${BASE_SYSTEMS:-megabert megabert-compile hf-sdpa hf-eager hf-compile}
 LARGE_DISTS=${LARGE_DISTS:-c4-128 c4-512}
 ABLATION_DISTS=${ABLATION_DISTS:-c4-128 c4-512}
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(tests attention base profile ablation large)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(tests attention fused base profile ablation large)
 
 run() {  # run NAME SECONDS CMD...: tee the output to $OUT/NAME.log, report the exit status
   local name=$1 limit=$2; shift 2
@@ -50,6 +50,7 @@ for section in "${SECTIONS[@]}"; do
   case $section in
     tests) run gpu_tests 300 python3 -m pytest -q -m gpu tests/ops tests/model tests/hf tests/benchmarks -p no:cacheprovider ;;
     attention) run bench_attention 90 python3 -m benchmarks.attention ;;
+    fused) run bench_fused_ops 90 python3 -m benchmarks.fused_ops ;;
     base) run bench_throughput_base 230 python3 -m benchmarks.throughput --models base \
             --dists c4-128 c4-512 --systems $BASE_SYSTEMS --warmup 3 --steps 15 ;;
     compiled) run compiled_step 480 python3 -m benchmarks.compiled_step --json-out "$OUT/compiled_step.json" ;;
@@ -73,7 +74,7 @@ for section in "${SECTIONS[@]}"; do
       run bench_checkpoint 220 python3 -m benchmarks.checkpoint --config configs/base.json \
         --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --rounds "${CHECKPOINT_ROUNDS:-3}" ;;
     tp) run bench_tp_overhead 90 python3 -m benchmarks.tp_overhead --json-out "$OUT/tp_overhead.json" ;;
-    *) echo "unknown section $section (tests attention compiled base profile ablation large trainer checkpoint tp)"
+    *) echo "unknown section $section (tests attention fused compiled base profile ablation large trainer checkpoint tp)"
        exit 2 ;;
   esac
 done
