@@ -1,5 +1,6 @@
 """benchmarks/compiled_step.py runs end to end (tiny models, CPU, a few steps): checks, rows, table, JSON; and its
-profile breakdown sorts device activity into GEMM, attention, other and idle time."""
+profile breakdown sorts device activity into GEMM, attention, other and idle time; benchmarks/step_profile.py's
+kernel table groups it by name."""
 
 import json
 import os
@@ -60,3 +61,17 @@ def test_compiled_variants_trace_with_their_kernel_choice_and_restore_it(tmp_pat
                 "--steps", "1", "--warmup", "1", "--json-out", str(tmp_path / "out.json")])
     assert seen == ["add_layernorm", "0", "geglu"]  # the default system keeps the caller's choice
     assert os.environ["MEGABERT_COMPILE_TRITON_OPS"] == "add_layernorm"
+
+
+def test_step_profile_groups_device_activity_by_name_per_step():
+    from benchmarks.step_profile import kernel_table
+
+    events = [_kernel("triton_poi_fused_gelu_mul_0", 0, 30), _kernel("triton_poi_fused_gelu_mul_0", 40, 50),
+              _kernel("nvjet_sm90_tst_128x256_TNT", 100, 200),
+              {"ph": "X", "cat": "gpu_memset", "name": "Memset (Device)", "ts": 300, "dur": 4},
+              {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 500}]
+    rows = kernel_table(events, steps=2)
+    assert [(r["name"], r["category"], r["ms_per_step"], r["calls_per_step"]) for r in rows] == [
+        ("nvjet_sm90_tst_128x256_TNT", "gemm", 0.1, 0.5),
+        ("triton_poi_fused_gelu_mul_0", "other", 0.04, 1.0),
+        ("Memset (Device)", "other", 0.002, 0.5)]
