@@ -211,20 +211,25 @@ def kernel_breakdown(events: list[dict], steps: int) -> dict:
             "span_ms": per_step(timeline.span_us), "kernels_per_step": kernels / max(steps, 1)}
 
 
-def profile_steps(bench: Bench, step: Callable[[int], None], start: int) -> Optional[dict]:
-    """kernel_breakdown over bench.profile_steps steps (GPU only: a CPU has no device timeline)."""
-    if not bench.cuda or bench.profile_steps <= 0:
-        return None
+def profiled_events(step: Callable[[int], None], start: int, steps: int) -> list[dict]:
+    """The Chrome-trace events of torch.profiler over steps start .. start + steps - 1 (CPU and CUDA activity)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for i in range(bench.profile_steps):
+        for i in range(steps):
             step(start + i)
         torch.cuda.synchronize()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)
-        return kernel_breakdown(load_trace(path), bench.profile_steps)
+        return load_trace(path)
+
+
+def profile_steps(bench: Bench, step: Callable[[int], None], start: int) -> Optional[dict]:
+    """kernel_breakdown over bench.profile_steps steps (GPU only: a CPU has no device timeline)."""
+    if not bench.cuda or bench.profile_steps <= 0:
+        return None
+    return kernel_breakdown(profiled_events(step, start, bench.profile_steps), bench.profile_steps)
 
 
 def measure(bench: Bench, size: str, dist: str, system: str, step: Callable[[int], None], batches, flops_cfg,

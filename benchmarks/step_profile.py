@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from benchmarks.common import environment_line, time_steps
-from benchmarks.compiled_step import Bench, host_batches, kernel_breakdown, kernel_category, megabert_step
-from benchmarks.device_timeline import load_trace
+from benchmarks.compiled_step import (Bench, host_batches, kernel_breakdown, kernel_category, megabert_step,
+                                      profiled_events)
 from benchmarks.throughput import SIZES, megabert_model
 
 from megabert.model.compile import compile_model
@@ -44,18 +40,6 @@ def kernel_table(events: list[dict], steps: int) -> list[dict]:
     rows = [{"name": name, "category": kernel_category(name), "ms_per_step": us / 1e3 / steps,
              "calls_per_step": calls[name] / steps} for name, us in total_us.items()]
     return sorted(rows, key=lambda r: -r["ms_per_step"])
-
-
-def profile_one(step, start: int, steps: int) -> tuple[list[dict], dict]:
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for i in range(steps):
-            step(start + i)
-        torch.cuda.synchronize()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        events = load_trace(path)
-    return kernel_table(events, steps), kernel_breakdown(events, steps)
 
 
 def main() -> None:
@@ -85,7 +69,8 @@ def main() -> None:
                 step(i)
             torch.cuda.synchronize()
             step_ms = 1e3 * statistics.median(time_steps(step, warmup, args.timed_steps))
-            kernels, split = profile_one(step, warmup + args.timed_steps, args.steps)
+            events = profiled_events(step, warmup + args.timed_steps, args.steps)
+            kernels, split = kernel_table(events, args.steps), kernel_breakdown(events, args.steps)
             report.append({"model": args.model, "dist": dist, "system": system, "step_ms": step_ms,
                            "split": split, "kernels": kernels})
             print(f"\n== {args.model} {dist} {system}: median step {step_ms:.2f} ms; per step: "
