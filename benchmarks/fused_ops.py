@@ -16,6 +16,7 @@ import argparse
 from typing import Callable
 
 import torch
+import torch._functorch.config
 
 from benchmarks.common import environment_line
 from megabert.ops import add_layernorm as add_ln_op
@@ -103,13 +104,12 @@ def main() -> None:
     torch._functorch.config.donated_buffer = False  # the compiled peers' backward runs again on one graph
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s")
-    lines = ["| op | shape | dropout | system | fwd ms | bwd ms | fwd of copy bandwidth | bwd of copy bandwidth |",
-             "|---|---|---|---|---|---|---|---|"]
-    for hidden in args.hidden:
+    print("| op | shape | dropout | system | fwd ms | bwd ms | fwd of copy bandwidth | bwd of copy bandwidth |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for hidden in args.hidden:  # rows printed as they are measured: a run cut short keeps what it measured
         for p in (0.0, 0.1):
-            lines += add_layernorm_rows(args.tokens, hidden, p, bandwidth)
-        lines += geglu_rows(args.tokens, hidden, bandwidth)
-    print("\n".join(lines))
+            print("\n".join(add_layernorm_rows(args.tokens, hidden, p, bandwidth)), flush=True)
+        print("\n".join(geglu_rows(args.tokens, hidden, bandwidth)), flush=True)
 
 
 if __name__ == "__main__":
