@@ -1,6 +1,6 @@
 """The plain training step: megabert with torch's fused AdamW and nothing else -- the trainer's reference.
 
-No engine, no data loading: forward (compiled when the config compiles it, with the trainer's MLM output), loss,
+No engine, no data loading: forward (compiled where the trainer compiles it, with the trainer's MLM output), loss,
 backward over `accum` micro-batches already on the device, the gradient clipped, one fused decoupled-AdamW update
 and the schedule's step. fp32 master weights with bf16 autocast on a GPU (precision bf16), fp32 on a CPU. What the
 trainer loses against this is what DeepSpeed, data loading, logging and checkpoints cost it.
@@ -16,6 +16,7 @@ from megabert.config import TrainConfig
 from megabert.model.bert import MosaicBertForMaskedLM
 from megabert.model.compile import compile_model
 from megabert.train.optimizer import build_optimizer, build_scheduler
+from megabert.train.trainer import compile_wanted
 
 
 class PlainStep:
@@ -26,7 +27,7 @@ class PlainStep:
         torch.manual_seed(seed)
         self.model = MosaicBertForMaskedLM(cfg.model).to(device).train()
         torch.set_rng_state(generator_state)  # the caller's RNG stream is left as it was
-        if cfg.parallel.compile:  # as the trainer runs it
+        if compile_wanted(cfg.parallel, device)[0]:  # as the trainer runs it
             compile_model(self.model, backend="inductor" if device.type == "cuda" else "aot_eager")
         self.mlm_output = mlm_output
         self.optimizer = build_optimizer(self.model, cfg.optim)

@@ -216,12 +216,13 @@ class ParallelConfig:
     """Distributed backend: 'auto' (nccl on GPU, gloo on CPU), 'nccl' or 'gloo'."""
     device: str = "auto"
     """'auto' (cuda when available), 'cuda' or 'cpu'."""
-    compile: bool = False
+    compile: Optional[bool] = None
     """Compile the model's forward and loss as one torch.compile graph (megabert.model.compile; Inductor on a GPU,
-    a trace without code generation on a CPU; 20-70 s at the start). On an H200 it made the plain step 2% faster
-    at 128 tokens and 15% at 512 (more where the host is slow); in the trainer it did not pay while DeepSpeed's
-    per-parameter gradient work held the host, and it has not been measured with flat gradients
-    (docs/BENCHMARKS.md): off by default, worth trying for long sequences."""
+    a trace without code generation on a CPU; 20-70 s at the start). null (the default) compiles on a GPU with
+    tensor_parallel_size 1 and ZeRO 0-2, where it was measured faster (docs/BENCHMARKS.md: the trainer 9% faster
+    on an H100 at base, 128 tokens), and runs eagerly elsewhere (CPU, tensor parallelism, ZeRO-3: not measured
+    compiled); the log says which and why. true compiles wherever, false never; MEGABERT_COMPILE=0 in the
+    environment also keeps the model eager (debugging)."""
     flat_gradients: bool = True
     """ZeRO 1/2: gradients accumulate in one flat buffer per parameter group and the step runs on the flat
     partition, instead of DeepSpeed's per-parameter hooks, bucket copies and synchronising checks

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 
 from megabert.checkpoint.manager import CheckpointManager, resolve_resume, step_dir_name
-from megabert.config import ConfigError, TrainConfig, to_dict
+from megabert.config import ConfigError, ParallelConfig, TrainConfig, to_dict
 from megabert.model.inputs import PackedInputs, pack_inputs
 from megabert.train import metrics as M
 from megabert.train.budget import BUDGET_KEY, budget_for_run, max_over_ranks, refresh_lr
@@ -78,6 +78,20 @@ def default_data_builder(cfg: TrainConfig, dp_rank: int, dp_size: int, train_sam
 
     return build_mlm_data(cfg.data, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size, dp_rank=dp_rank,
                           dp_size=dp_size, train_samples=train_samples)
+
+
+def compile_wanted(parallel: ParallelConfig, device: torch.device) -> tuple[bool, str]:
+    """Whether the trainer compiles the model (parallel.compile: true, false or null for this rule), and why. The
+    rule compiles only where compiling was measured faster: on a GPU, without tensor parallelism, ZeRO 0-2."""
+    if parallel.compile is not None:
+        return parallel.compile, f"parallel.compile is {str(parallel.compile).lower()}"
+    if device.type != "cuda":
+        return False, f"parallel.compile null compiles on a GPU only (device {device.type})"
+    if parallel.tensor_parallel_size > 1:
+        return False, "parallel.compile null keeps tensor-parallel models eager (compiling them is not measured)"
+    if parallel.zero_stage == 3:
+        return False, "parallel.compile null keeps ZeRO-3 eager (its parameter gathering is not measured compiled)"
+    return True, "parallel.compile null compiles on a GPU (ZeRO 0-2, no tensor parallelism)"
 
 
 def prepare_batch(batch: dict, model_cfg, pin: bool) -> tuple[dict[str, int], PackedInputs]:
@@ -132,7 +146,10 @@ class Trainer:
         from megabert.train.optimizer import build_optimizer, build_scheduler
 
         model.to(self.device)
-        if cfg.parallel.compile:
+        compiled, why = compile_wanted(cfg.parallel, self.device)
+        if self.is_main:
+            log.info("model %s: %s", "compiled" if compiled else "eager", why)
+        if compiled:
             from megabert.model.compile import compile_model
 
             compile_model(model, backend="inductor" if self.device.type == "cuda" else "aot_eager")

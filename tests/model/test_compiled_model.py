@@ -11,7 +11,7 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from megabert.model.bert import MosaicBertForMaskedLM
 from megabert.model.compile import compile_model, is_compiled
 from megabert.model.inputs import prepare_inputs
-from tests.model.helpers import ragged_batch, tiny_config
+from tests.model.helpers import plain_bert_config, ragged_batch, tiny_config
 
 # lengths of 4 sequences in a [4, 16] batch: T, M and max_seqlen all change from batch to batch. The first batch
 # has no padding: its T (64) equals other sizes of the first trace (B * S, the offset of attention_mask in the
@@ -119,3 +119,20 @@ def test_gpu_compiled_training_stays_within_bf16_tolerance_of_eager():
     compiled = _train(compile_model(copy.deepcopy(template)), batches, cfg, device, steps, bf16=True)
     eager_errors, compiled_errors = trajectory_errors(eager, reference), trajectory_errors(compiled, reference)
     assert within_bf16_tolerance(compiled_errors, eager_errors), (compiled_errors, eager_errors)
+
+
+@pytest.mark.parametrize("switch_off", ["position_embedding", "mlp_type", "unpad", "low_precision_layernorm",
+                                        "sparse_mlm_head", "all"])
+def test_every_ablation_variant_compiles_to_the_eager_loss(switch_off):
+    """The trainer compiles by default on a GPU, also for a study's BERT baseline and ablation runs: each model
+    with a MosaicBERT switch off (and all of them off) traces as one graph with the eager model's loss."""
+    off = plain_bert_config()
+    cfg = off if switch_off == "all" else tiny_config(**{switch_off: getattr(off, switch_off)})
+    torch.manual_seed(0)
+    eager = MosaicBertForMaskedLM(cfg)
+    compiled = _compiled_copy(eager, cfg)
+    for seed, lengths in enumerate(LENGTHS[:2]):
+        inputs = prepare_inputs(_batch(lengths, seed), cfg, "cpu")
+        torch.testing.assert_close(_loss_and_grads(compiled, inputs, "loss")[0],
+                                   _loss_and_grads(eager, inputs, "loss")[0], rtol=1e-5, atol=1e-6)
+    assert _graphs() == 1
