@@ -7,10 +7,12 @@
     trainer_state[BUDGET_KEY] = budget.state_dict()         # in every checkpoint
     log.info(budget.report())                               # at the end: the estimate against the actual end
 
-What the budget covers: the training loop's wall clock, from the start of its first step to the end of its last,
-with everything in between (waiting for data, logging, evaluation, checkpoint snapshots), summed over the
-processes of a resumed run. Process start-up (imports, sample indices, the engine) and what follows the last step
-(the final save, evaluation and export) are outside it: they do not grow with the step count.
+What the budget covers: the training loop's wall clock, from the end of each process's first step to the end of
+its last, with everything in between (waiting for data, logging, evaluation, checkpoint snapshots), summed over the
+processes of a resumed run. Process start-up (imports, sample indices, the engine), the first step of each process
+(where torch.compile compiles the model, 30-60 s for base on a GPU, and CUDA libraries initialise) and what follows
+the last step (the final save, evaluation and export) are outside it: they do not grow with the step count, and
+counting a compilation would make a short budget compare compilers rather than models. Each is logged.
 
 How the count is fixed: the first `ignore_steps` steps after the loop starts are not measured (memory allocation,
 kernel compilation and autotuning make them slow); the next `measure_steps` give the seconds per step, and
@@ -40,6 +42,9 @@ from megabert.config import ScheduleConfig
 BUDGET_KEY = "budget"
 """Key of the budget's state in a checkpoint's trainer state."""
 
+STARTUP_STEPS = 1
+"""Steps at the start of each process whose time is start-up, outside the budget (torch.compile compiles in the
+first)."""
 IGNORE_STEPS = 5
 """Steps at the start of each process left out of the measurement (allocation, compilation, autotuning)."""
 MEASURE_STEPS = 20
@@ -53,18 +58,21 @@ class WallClockBudget:
     """Fixes `schedule.total_steps` from the measured step rate so that the run ends within its budget."""
 
     def __init__(self, schedule: ScheduleConfig, state: Optional[dict[str, Any]] = None,
-                 agree: Optional[Agree] = None, ignore_steps: int = IGNORE_STEPS, measure_steps: int = MEASURE_STEPS):
+                 agree: Optional[Agree] = None, ignore_steps: int = IGNORE_STEPS, measure_steps: int = MEASURE_STEPS,
+                 startup_steps: int = STARTUP_STEPS):
         recorded = bool(state and state.get("total_steps") is not None)
         if schedule.budget_minutes is None and not recorded:
             raise ValueError("schedule.budget_minutes is not set: a run without a budget needs no WallClockBudget")
-        if ignore_steps < 0 or measure_steps < 1:
-            raise ValueError(f"ignore_steps ({ignore_steps}) must be >= 0 and measure_steps ({measure_steps}) >= 1")
+        if ignore_steps < 0 or measure_steps < 1 or not 0 <= startup_steps <= ignore_steps:
+            raise ValueError(f"ignore_steps ({ignore_steps}) must be >= 0, measure_steps ({measure_steps}) >= 1 and "
+                             f"startup_steps ({startup_steps}) between 0 and ignore_steps")
         self.schedule = schedule
         self.budget_seconds = (60.0 * float(schedule.budget_minutes) if schedule.budget_minutes is not None
                                else float(state["budget_seconds"]))
         self.agree = agree
-        self.ignore_steps, self.measure_steps = ignore_steps, measure_steps
+        self.ignore_steps, self.measure_steps, self.startup_steps = ignore_steps, measure_steps, startup_steps
         self.spent_seconds = 0.0
+        self.startup_seconds = 0.0  # this process's first steps, outside the budget
         self.estimate: Optional[dict[str, Any]] = None  # set when the count is fixed
         self.recorded_budget_seconds: Optional[float] = None  # the budget the recorded count was fixed for
         if state:
@@ -103,6 +111,9 @@ class WallClockBudget:
         if self._last is None:
             raise RuntimeError("WallClockBudget.record before start(): call start() when the loop starts")
         seconds, self._last = now - self._last, now
+        if step <= self._start_step + self.startup_steps:
+            self.startup_seconds += seconds
+            return None
         self.spent_seconds += seconds
         if self.fixed:
             return None
@@ -154,7 +165,7 @@ class WallClockBudget:
         """The run's budget figures at its end (`step` reached): for the run summary and the study."""
         out = {"budget_seconds": self.recorded_budget_seconds or self.budget_seconds,
                "budget_spent_seconds": self.spent_seconds, "budget_total_steps": self.total_steps,
-               "budget_steps_run": step}
+               "budget_steps_run": step, "budget_startup_seconds": self.startup_seconds}
         if self.estimate:
             out["budget_estimated_seconds"] = self.estimate["estimated_seconds"]
             out["budget_fixed_at_step"] = self.estimate["fixed_at_step"]
@@ -169,7 +180,8 @@ class WallClockBudget:
         missed = self.spent_seconds - budget
         return (f"budget {_duration(budget)}: estimated {e['total_steps']} steps in {e['estimated_seconds']:.1f} s; "
                 f"actual {step} steps in {self.spent_seconds:.1f} s ({'+' if missed >= 0 else '-'}{abs(missed):.1f} s, "
-                f"{100 * missed / budget:+.1f}% against the budget)")
+                f"{100 * missed / budget:+.1f}% against the budget); outside it, this process's start-up steps "
+                f"(compilation): {self.startup_seconds:.1f} s")
 
 
 def budget_for_run(schedule: ScheduleConfig, state: Optional[dict[str, Any]] = None,

@@ -55,20 +55,40 @@ def run_loop(schedule: ScheduleConfig, clock: FakeClock, state=None, first_step:
 def test_measured_rate_fixes_the_count_that_fills_the_budget_with_time_already_spent():
     schedule = ScheduleConfig(total_steps=1000, warmup_fraction=0.1, budget_minutes=1.0)
     budget, _, _, last = run_loop(schedule, FakeClock(slow=3.0, fast=0.5, slow_steps=5))
-    # Steps 1-5 (ignored) take 3 s, steps 6-25 (measured) 0.5 s: 25 s spent at step 25, 35 s left = 70 steps.
+    # Steps 1-5 (ignored) take 3 s, steps 6-25 (measured) 0.5 s. Step 1 is start-up, outside the budget: 22 s spent
+    # at step 25, 38 s left = 76 steps.
     assert budget.estimate["fixed_at_step"] == 25
     assert budget.estimate["seconds_per_step"] == pytest.approx(0.5)
-    assert budget.total_steps == schedule.total_steps == last == 95
-    assert budget.spent_seconds == pytest.approx(60.0)
+    assert budget.total_steps == schedule.total_steps == last == 101
+    assert budget.spent_seconds == pytest.approx(60.0) and budget.startup_seconds == pytest.approx(3.0)
     assert budget.estimate["estimated_seconds"] == pytest.approx(60.0)
-    assert "estimated 95 steps in 60.0 s; actual 95 steps in 60.0 s (+0.0 s" in budget.report(last)
+    assert "estimated 101 steps in 60.0 s; actual 101 steps in 60.0 s (+0.0 s" in budget.report(last)
+
+
+def test_the_first_step_of_a_process_compiles_outside_the_budget():
+    """A 50 s compilation in step 1 leaves the budget's steps to the model: 60 s of 0.5 s steps after it, where
+    counting it would have left one step."""
+    compiling = FakeClock(slow=50.0, fast=0.5, slow_steps=1)
+    budget, _, _, last = run_loop(ScheduleConfig(1000, 0.1, budget_minutes=1.0), compiling)
+    assert last == budget.total_steps == 1 + 120
+    assert budget.startup_seconds == pytest.approx(50.0) and budget.spent_seconds == pytest.approx(60.0)
+    assert "start-up steps (compilation): 50.0 s" in budget.report(last)
+    assert budget.summary(last)["budget_startup_seconds"] == pytest.approx(50.0)
+
+    counted = WallClockBudget(ScheduleConfig(1000, 0.1, budget_minutes=1.0), startup_steps=0)
+    counted.start(0, 0.0)
+    now = 0.0
+    for step in range(1, 26):
+        now += 50.0 if step == 1 else 0.5
+        counted.record(step, now)
+    assert counted.total_steps == 26
 
 
 def test_schedule_completes_warm_up_and_decay_over_the_fixed_count():
     schedule = ScheduleConfig(total_steps=10_000, warmup_fraction=0.2, final_lr_fraction=0.1, budget_minutes=2.0)
     budget, used, scheduler, last = run_loop(schedule, FakeClock(slow=1.0, fast=0.25))
     total = budget.total_steps
-    assert total == last == 25 + math.floor((120 - 5 * 1.0 - 20 * 0.25) / 0.25)
+    assert total == last == 25 + math.floor((120 - 4 * 1.0 - 20 * 0.25) / 0.25)  # step 1 is start-up
     # From the step after the fix, every lr is the schedule of the fixed count (warm-up to 20% of it, then decay).
     fixed_at = budget.estimate["fixed_at_step"]
     for step in range(fixed_at, total):
@@ -84,28 +104,30 @@ def test_resume_keeps_the_recorded_count_and_does_not_measure_again():
     schedule = ScheduleConfig(total_steps=1000, warmup_fraction=0.1, budget_minutes=1.0)
     first, _, _, stopped = run_loop(schedule, FakeClock(), stop_at=40)
     saved = json.loads(json.dumps({BUDGET_KEY: first.state_dict()}))  # as a checkpoint's trainer_state.json
-    assert saved[BUDGET_KEY]["total_steps"] == 95 and stopped == 40
+    assert saved[BUDGET_KEY]["total_steps"] == 101 and stopped == 40
 
     fresh = ScheduleConfig(total_steps=1000, warmup_fraction=0.1, budget_minutes=1.0)
     slower = FakeClock(slow=3.0, fast=2.0)  # a slower machine: measuring again would give another count
     resumed, used, scheduler, last = run_loop(fresh, slower, state=saved[BUDGET_KEY], first_step=40)
-    assert fresh.total_steps == resumed.total_steps == last == 95
+    assert fresh.total_steps == resumed.total_steps == last == 101
     assert resumed.estimate == first.estimate
-    assert resumed.spent_seconds == pytest.approx(first.spent_seconds + 5 * 3.0 + 50 * 2.0)
-    assert used[40] == pytest.approx(1e-3 * lr_factor(40, ScheduleConfig(95, 0.1)))
-    assert "+" in resumed.report(last) and "actual 95 steps" in resumed.report(last)
+    # The new process's first step (41) is its start-up; steps 42-45 take 3 s, 46-101 2 s.
+    assert resumed.spent_seconds == pytest.approx(first.spent_seconds + 4 * 3.0 + 56 * 2.0)
+    assert used[40] == pytest.approx(1e-3 * lr_factor(40, ScheduleConfig(101, 0.1)))
+    assert "+" in resumed.report(last) and "actual 101 steps" in resumed.report(last)
 
 
 def test_resume_before_the_count_was_fixed_measures_again_with_the_time_spent_counted():
     schedule = ScheduleConfig(total_steps=1000, warmup_fraction=0.1, budget_minutes=1.0)
     first, _, _, _ = run_loop(schedule, FakeClock(), stop_at=10)
     state = first.state_dict()
-    assert state["total_steps"] is None and state["spent_seconds"] == pytest.approx(5 * 3.0 + 5 * 0.5)
+    assert state["total_steps"] is None and state["spent_seconds"] == pytest.approx(4 * 3.0 + 5 * 0.5)
     resumed, _, _, last = run_loop(ScheduleConfig(1000, 0.1, budget_minutes=1.0), FakeClock(), state=state,
                                    first_step=10)
-    # Measured over steps 16-35 of the new process; 17.5 s + 25 s spent by step 35: 35 + 17.5 / 0.5 steps.
+    # Measured over steps 16-35 of the new process (step 11 its start-up); 14.5 s + 22 s spent by step 35:
+    # 35 + 23.5 / 0.5 steps.
     assert resumed.estimate["fixed_at_step"] == 35
-    assert resumed.total_steps == last == 35 + 35
+    assert resumed.total_steps == last == 35 + 47
 
 
 def test_ranks_agree_on_the_slowest_rate_and_the_largest_time_spent():
@@ -116,14 +138,14 @@ def test_ranks_agree_on_the_slowest_rate_and_the_largest_time_spent():
         return [max(values[0], 1.0), max(values[1], 30.0)]
 
     budget, _, _, last = run_loop(ScheduleConfig(1000, 0.1, budget_minutes=1.0), FakeClock(), agree=agree)
-    assert seen == [[pytest.approx(0.5), pytest.approx(25.0)]]
+    assert seen == [[pytest.approx(0.5), pytest.approx(22.0)]]
     assert budget.total_steps == last == 25 + 30
 
 
 def test_a_budget_smaller_than_the_measurement_still_ends_one_step_after_it():
     budget, _, _, last = run_loop(ScheduleConfig(1000, 0.1, budget_minutes=0.1), FakeClock())
     assert budget.total_steps == last == 26
-    assert "actual 26 steps in 25.5 s (+19.5 s" in budget.report(last)  # over budget, and by how much
+    assert "actual 26 steps in 22.5 s (+16.5 s" in budget.report(last)  # over budget, and by how much
     assert budget.spent_seconds > budget.budget_seconds
 
 
