@@ -100,9 +100,9 @@ def test_shipped_study_configs_expand(monkeypatch):
     monkeypatch.setattr(spec, "check_runs", lambda study: None)
     tiny = load_study(REPO / "configs" / "study" / "tiny.json")
     assert len([r for r in tiny.runs() if r.variant.role == "ablation"]) == len(SWITCHES)
-    for name in ("base_h200.json", "bert_baseline_sweep.json"):
+    for name in ("base_h200.json", "recipe_sweep.json"):
         study = load_study(REPO / "configs" / "study" / name)
         for run in study.runs():
             study.run_config(run)  # every run's config is valid
-    sweep = load_study(REPO / "configs" / "study" / "bert_baseline_sweep.json")
+    sweep = load_study(REPO / "configs" / "study" / "recipe_sweep.json")
     assert len(sweep.budgets_minutes) == 1 and sweep.downstream is None
