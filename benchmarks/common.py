@@ -12,7 +12,8 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
@@ -105,3 +106,20 @@ def environment_line() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return (f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | GPU {gpu} | torch "
             f"{torch.__version__} | triton {triton.__version__} | CUDA {torch.version.cuda}")
+
+
+def source_commit() -> Optional[str]:
+    """The checkout's commit (short hash, "-dirty" when tracked files differ from it), None outside a git checkout:
+    results pooled over runs must come from one tree."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+

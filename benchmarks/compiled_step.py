@@ -57,7 +57,7 @@ from typing import Callable, Optional
 
 import torch
 
-from benchmarks.common import DISTRIBUTIONS, make_mlm_batches, padding_fraction
+from benchmarks.common import DISTRIBUTIONS, make_mlm_batches, padding_fraction, source_commit
 from benchmarks.common import time_steps as common_time_steps
 from benchmarks.device_timeline import device_timeline, load_trace
 from benchmarks.throughput import BATCH, SIZES, hf_model, megabert_model
@@ -544,7 +544,7 @@ def environment(bench: Bench) -> dict:
     import triton
 
     return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "device": device_name(bench),
-            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "host": platform.node(), "commit": source_commit(), "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "matmul_tflops": bench.peak_tflops,
             "padding": {d: padding_fraction(make_mlm_batches(d, 8, 8, 2048, "cpu")) for d in DISTRIBUTIONS}}
 

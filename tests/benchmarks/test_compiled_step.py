@@ -26,6 +26,7 @@ def test_compiled_step_smoke(tmp_path, capsys):
     assert all(r["real_tokens_per_s"] > 0 and r["step_ms"] > 0 and 0 < r["mfu"] for r in report["rows"])
     assert set(report["ratios_vs_hf_compile"].values()) == {None}  # no hf-compile row to compare with
     assert report["skipped"] == [] and report["complete"]  # every row asked for ran, within the budget
+    assert report["environment"]["commit"] and report["environment"]["host"]  # what benchmarks.pool_runs checks
 
 
 def _kernel(name, ts, dur):
