@@ -122,4 +122,3 @@ def source_commit() -> Optional[str]:
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("-dirty" if dirty else "")
-
