@@ -545,7 +545,8 @@ def environment(bench: Bench) -> dict:
 
     return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "device": device_name(bench),
             "host": platform.node(), "commit": source_commit(), "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda, "python": platform.python_version(), "matmul_tflops": bench.peak_tflops,
+            "triton": triton.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "matmul_tflops": bench.peak_tflops,
             "padding": {d: padding_fraction(make_mlm_batches(d, 8, 8, 2048, "cpu")) for d in DISTRIBUTIONS}}
 
 
