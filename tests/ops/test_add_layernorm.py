@@ -40,8 +40,9 @@ def check_matches_reference(shapes: list[list[int]]) -> None:
 
 
 def assert_independent_masks(keep: torch.Tensor, p: float) -> None:
-    """The kernel draws four elements' decisions per random draw, one in each quarter of a row: the quarters, and
-    neighbouring rows, must still agree only as often as independent masks do (p^2 + (1-p)^2), not always."""
+    """A kernel may draw several elements' decisions per random draw (the compiled graph's forward draws one in each
+    quarter of a row): the quarters, and neighbouring rows, must still agree only as often as independent masks do
+    (p^2 + (1-p)^2), not always."""
     independent = p * p + (1 - p) * (1 - p)
     quarter = keep.shape[1] // 4
     pieces = [keep[:, k * quarter:(k + 1) * quarter] for k in range(4)]
@@ -75,8 +76,9 @@ def check_dropout(shape: list[int], p: float, device: str = "cpu") -> None:
 
 def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
     """Inside torch.compile: by default the reference formula is traced (Inductor fuses it); when
-    MEGABERT_COMPILE_TRITON_OPS names add_layernorm the kernel is one custom-op node whose dropout seed is drawn on the device, the
-    mask it used (read off dx) explains y and the gradients, and it differs from call to call."""
+    MEGABERT_COMPILE_TRITON_OPS names add_layernorm the mask-storing forward is one custom-op node whose dropout
+    seed is drawn on the device and whose backward is traced: the mask it used (read off dx) explains y and the
+    gradients, its draws are independent, and it differs from call to call."""
     import os
 
     from megabert.ops import add_layernorm as op
@@ -103,11 +105,14 @@ def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
         assert rel_error(y, ref[0]) < 1e-5 and rel_error(dres, ref[2]) < 1e-5
         assert rel_error(dw, ref[3]) < 1e-5 and rel_error(db, ref[4]) < 1e-5
         assert rel_error(dx, ref[1] * keep / (1 - p)) < 1e-5
-        assert not torch.equal(compiled(x, res, w, b, 1e-12), y)  # a fresh mask per call
+        if p > 0:
+            assert_independent_masks(keep.reshape(-1, shape[-1]), p)
+            assert not torch.equal(compiled(x, res, w, b, 1e-12), y)  # a fresh mask per call
 
 
-def test_interpreted_compiled_op_is_the_reference_or_the_kernel_with_a_device_seed():
-    run_interpreted(__name__, "check_compiled_kernel_choice", shape=[33, 100], p=0.25)
+@pytest.mark.parametrize("p", [0.25, 0.0])
+def test_interpreted_compiled_op_is_the_reference_or_the_kernel_with_a_device_seed(p):
+    run_interpreted(__name__, "check_compiled_kernel_choice", shape=[33, 100], p=p)
 
 
 def test_interpreted_fused_dropout_is_consistent_between_forward_and_backward():
