@@ -13,6 +13,7 @@ i.e. this is MosaicBERT's low-precision LayerNorm, with fp32 accumulation inside
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -112,77 +113,6 @@ if triton is not None:
         tl.store(DB_PARTIAL + pid * n_cols + cols, db, mask=ok)
 
 
-
-    # The compiled graph's forward (MEGABERT_COMPILE_TRITON_OPS names add_layernorm): a row of H columns as four
-    # segments of Q = ceil(H / 4) columns, so one Philox call (four 32-bit outputs) draws the dropout decisions of
-    # four elements, one per segment: element (row, k * Q + j) keeps when output k of Philox(seed, row * Q + j)
-    # says so. One call per element made the kernel above compute-bound at ~3.5x its memory time. It stores the
-    # mask it drew (one byte per element, as Inductor's dropout does), and the backward is a PyTorch formula over
-    # that mask, which Inductor fuses with the gradient work around it.
-
-    @triton.jit
-    def _segment_scales(counter, seed, p, HAS_DROPOUT: tl.constexpr):
-        """keep / (1 - p) of the four segments' elements at Philox counter `counter` ([ROWS, BLOCK], int32; it
-        wraps past 2^31, so masks repeat there, still valid); `seed` is a one-element device tensor."""
-        if HAS_DROPOUT:
-            r0, r1, r2, r3 = tl.randint4x(tl.load(seed), counter)
-            scale = 1.0 / (1.0 - p)
-            return (tl.where(tl.uint_to_uniform_float(r0) >= p, scale, 0.0),
-                    tl.where(tl.uint_to_uniform_float(r1) >= p, scale, 0.0),
-                    tl.where(tl.uint_to_uniform_float(r2) >= p, scale, 0.0),
-                    tl.where(tl.uint_to_uniform_float(r3) >= p, scale, 0.0))
-        else:
-            return 1.0, 1.0, 1.0, 1.0
-
-    @triton.jit
-    def _segment(rows, row_ok, cols, k, seg_cols, n_cols):
-        """Offsets [ROWS, BLOCK] of segment k's elements and which of them exist."""
-        col = k * seg_cols + cols
-        return rows * n_cols + col, row_ok & (cols < seg_cols) & (col < n_cols)
-
-    @triton.jit
-    def _segment_sum(X, R, offs, ok, drop):
-        return (tl.load(X + offs, mask=ok, other=0.0).to(tl.float32) * drop
-                + tl.load(R + offs, mask=ok, other=0.0).to(tl.float32))
-
-    @triton.jit
-    def _segment_store(Y, KEEP, W, B, offs, ok, k, seg_cols, cols, centered, rstd, drop, HAS_DROPOUT: tl.constexpr):
-        if HAS_DROPOUT:
-            tl.store(KEEP + offs, (drop != 0.0).to(tl.uint8), mask=ok)
-        col_ok = cols < seg_cols
-        w = tl.load(W + k * seg_cols + cols, mask=col_ok, other=0.0).to(tl.float32)
-        b = tl.load(B + k * seg_cols + cols, mask=col_ok, other=0.0).to(tl.float32)
-        tl.store(Y + offs, (centered * rstd * w + b).to(Y.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def _add_layernorm_keep_fwd_kernel(X, R, W, B, Y, KEEP, MEAN, RSTD, n_rows, n_cols, seg_cols, eps, seed, p,
-                                       HAS_DROPOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
-        cols = tl.arange(0, BLOCK)[None, :]  # [1, BLOCK], within a segment
-        row_ok = rows < n_rows
-        d0, d1, d2, d3 = _segment_scales((rows * seg_cols + cols).to(tl.int32), seed, p, HAS_DROPOUT)
-        o0, k0 = _segment(rows, row_ok, cols, 0, seg_cols, n_cols)
-        o1, k1 = _segment(rows, row_ok, cols, 1, seg_cols, n_cols)
-        o2, k2 = _segment(rows, row_ok, cols, 2, seg_cols, n_cols)
-        o3, k3 = _segment(rows, row_ok, cols, 3, seg_cols, n_cols)
-        s0 = _segment_sum(X, R, o0, k0, d0)
-        s1 = _segment_sum(X, R, o1, k1, d1)
-        s2 = _segment_sum(X, R, o2, k2, d2)
-        s3 = _segment_sum(X, R, o3, k3, d3)
-        mean = (tl.sum(s0, 1) + tl.sum(s1, 1) + tl.sum(s2, 1) + tl.sum(s3, 1)) / n_cols  # [ROWS]
-        c0 = tl.where(k0, s0 - mean[:, None], 0.0)
-        c1 = tl.where(k1, s1 - mean[:, None], 0.0)
-        c2 = tl.where(k2, s2 - mean[:, None], 0.0)
-        c3 = tl.where(k3, s3 - mean[:, None], 0.0)
-        var = (tl.sum(c0 * c0, 1) + tl.sum(c1 * c1, 1) + tl.sum(c2 * c2, 1) + tl.sum(c3 * c3, 1)) / n_cols
-        rstd = (1.0 / tl.sqrt(var + eps))[:, None]  # [ROWS, 1]
-        _segment_store(Y, KEEP, W, B, o0, k0, 0, seg_cols, cols, c0, rstd, d0, HAS_DROPOUT)
-        _segment_store(Y, KEEP, W, B, o1, k1, 1, seg_cols, cols, c1, rstd, d1, HAS_DROPOUT)
-        _segment_store(Y, KEEP, W, B, o2, k2, 2, seg_cols, cols, c2, rstd, d2, HAS_DROPOUT)
-        _segment_store(Y, KEEP, W, B, o3, k3, 3, seg_cols, cols, c3, rstd, d3, HAS_DROPOUT)
-        tl.store(MEAN + rows, mean[:, None], mask=row_ok)
-        tl.store(RSTD + rows, rstd, mask=row_ok)
-
 # ---------------------------------------------------------------------------------------------------------------
 # Host launchers
 # ---------------------------------------------------------------------------------------------------------------
@@ -240,33 +170,6 @@ def add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, we
     return dx.view(x.shape), dres.view(x.shape), dw, db
 
 
-KEEP_FWD_ROWS, KEEP_FWD_WARPS = 4, 4
-"""Rows per tile and warps per program of the mask-storing forward: the fastest of a sweep on an H100 at 29,800 x 768
-and x 1024."""
-
-
-def add_ln_fwd_keep(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                    dropout_p: float, seed: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y (x's dtype and shape), the keep mask (uint8, x's shape; empty without dropout), per-row mean and 1/std
-    (fp32). `seed`: a one-element int64 tensor on x's device."""
-    n_cols = x.shape[-1]
-    x2, r2 = x.reshape(-1, n_cols).contiguous(), residual.reshape(-1, n_cols).contiguous()
-    n_rows = x2.shape[0]
-    y = torch.empty_like(x2)
-    keep = torch.empty_like(x2, dtype=torch.uint8) if dropout_p > 0.0 else x2.new_empty(0, dtype=torch.uint8)
-    mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    rstd = torch.empty_like(mean)
-    if n_rows:
-        seg_cols = triton.cdiv(n_cols, 4)
-        block = triton.next_power_of_2(seg_cols)
-        rows = max(1, min(KEEP_FWD_ROWS, 4096 // (4 * block)))  # a tile of at most 4096 elements (registers)
-        _add_layernorm_keep_fwd_kernel[(triton.cdiv(n_rows, rows),)](
-            x2, r2, weight, bias, y, keep, mean, rstd, n_rows, n_cols, seg_cols, eps, seed, dropout_p,
-            HAS_DROPOUT=dropout_p > 0.0, ROWS=rows, BLOCK=block, num_warps=KEEP_FWD_WARPS)
-    return y.view(x.shape), keep.view(x.shape) if dropout_p > 0.0 else keep, mean, rstd
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count_of(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -279,9 +182,8 @@ def _sm_count(device: torch.device) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Autograd: autograd.Function in eager mode (cheapest dispatch); under torch.compile, when
-# MEGABERT_COMPILE_TRITON_OPS names add_layernorm, the mask-storing forward as a custom op (its dropout seed a device
-# tensor) whose backward is traced from PyTorch ops.
+# Autograd: autograd.Function in eager mode (cheapest dispatch); custom ops (one opaque node each) under
+# torch.compile when MEGABERT_COMPILE_TRITON_OPS names add_layernorm, their dropout seed a device tensor.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -302,44 +204,45 @@ class AddLayerNormFunction(torch.autograd.Function):
 
 @torch.library.custom_op("megabert::add_layernorm_fwd", mutates_args=())
 def _add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                dropout_p: float, seed: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y, the keep mask (uint8; empty without dropout), per-row mean and 1/std."""
-    return add_ln_fwd_keep(x, residual, weight, bias, eps, dropout_p, seed)
+                dropout_p: float, seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return add_ln_fwd(x, residual, weight, bias, eps, dropout_p, seed if seed is not None else 0)
 
 
 @_add_ln_fwd.register_fake
 def _(x, residual, weight, bias, eps, dropout_p, seed):
     rows = x.numel() // x.shape[-1]
-    keep = torch.empty_like(x, dtype=torch.uint8) if dropout_p > 0.0 else x.new_empty(0, dtype=torch.uint8)
-    return (torch.empty_like(x), keep, x.new_empty(rows, dtype=torch.float32),
-            x.new_empty(rows, dtype=torch.float32))
+    return torch.empty_like(x), x.new_empty(rows, dtype=torch.float32), x.new_empty(rows, dtype=torch.float32)
+
+
+@torch.library.custom_op("megabert::add_layernorm_bwd", mutates_args=())
+def _add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float, seed: Optional[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dresidual, dx (an empty tensor without dropout, where dx is dresidual), dweight, dbias."""
+    dx, dres, dw, db = add_ln_bwd(grad_y, x, residual, weight, mean, rstd, dropout_p,
+                                  seed if seed is not None else 0)
+    dx = dx if dropout_p > 0.0 else x.new_empty(0)  # custom ops may not return one tensor twice
+    return dres, dx, dw.clone(), db.clone()  # nor views of one buffer
+
+
+@_add_ln_bwd.register_fake
+def _(grad_y, x, residual, weight, mean, rstd, dropout_p, seed):
+    dx = torch.empty_like(x) if dropout_p > 0.0 else x.new_empty(0)
+    return torch.empty_like(x), dx, torch.empty_like(weight), torch.empty_like(weight)
 
 
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, eps, dropout_p, seed = inputs
-    _, keep, mean, rstd = output
-    ctx.save_for_backward(x, residual, weight, keep, mean, rstd)
-    ctx.dropout_p, ctx.bias_dtype = dropout_p, bias.dtype
-    ctx.mark_non_differentiable(keep, mean, rstd)
+    _, mean, rstd = output
+    ctx.save_for_backward(x, residual, weight, mean, rstd, seed)
+    ctx.dropout_p = dropout_p
+    ctx.mark_non_differentiable(mean, rstd)
 
 
-def _backward(ctx, grad_y, grad_keep, grad_mean, grad_rstd):
-    """LayerNorm's backward through the stored mask, in PyTorch ops: AOTAutograd traces it into the backward graph,
-    where Inductor fuses it with the gradient work around it (one kernel, as for its own dropout + LayerNorm)."""
-    x, residual, weight, keep, mean, rstd = ctx.saved_tensors
-    n_cols = x.shape[-1]
-    scale = keep.reshape(-1, n_cols).float() / (1.0 - ctx.dropout_p) if ctx.dropout_p > 0.0 else None
-    s = x.reshape(-1, n_cols).float()  # [rows, H]
-    s = (s * scale if scale is not None else s) + residual.reshape(-1, n_cols).float()
-    xhat = (s - mean[:, None]) * rstd[:, None]
-    dy = grad_y.reshape(-1, n_cols).float()
-    wdy = dy * weight.float()
-    ds = rstd[:, None] * (wdy - wdy.mean(-1, keepdim=True) - xhat * (wdy * xhat).mean(-1, keepdim=True))
-    dres = ds.to(x.dtype).view(x.shape)
-    dx = (ds * scale).to(x.dtype).view(x.shape) if scale is not None else dres
-    dw, db = (dy * xhat).sum(0).to(weight.dtype), dy.sum(0).to(ctx.bias_dtype)
-    return dx, dres, dw, db, None, None, None
+def _backward(ctx, grad_y, grad_mean, grad_rstd):
+    x, residual, weight, mean, rstd, seed = ctx.saved_tensors
+    dres, dx, dw, db = _add_ln_bwd(grad_y, x, residual, weight, mean, rstd, ctx.dropout_p, seed)
+    return (dx if ctx.dropout_p > 0.0 else dres), dres, dw, db, None, None, None
 
 
 _add_ln_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -376,8 +279,8 @@ def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
         if dropout_p > 0.0:
             x = F.dropout(x, dropout_p, training=True)
         return add_layernorm_reference(x, residual, weight, bias, eps)
-    if torch.compiler.is_compiling():  # the forward one opaque node, its backward traced (above)
-        seed = torch.randint(0, 2 ** 31 - 1, (1,), device=x.device)
+    if torch.compiler.is_compiling():  # one opaque node in the graph
+        seed = torch.randint(0, 2 ** 31 - 1, (1,), device=x.device) if dropout_p > 0.0 else None
         return _add_ln_fwd(x, residual, weight, bias, eps, dropout_p, seed)[0]
     seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item()) if dropout_p > 0.0 else 0  # CPU generator: no sync
     return AddLayerNormFunction.apply(x, residual, weight, bias, eps, dropout_p, seed)
