@@ -24,7 +24,7 @@ fi
 echo "== 3/5 pretrain configs/tiny.json (log: $RUN/metrics.jsonl, TensorBoard: $RUN/tensorboard)"
 rm -rf "$RUN"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
-python3 pretrain_bert.py --config configs/tiny.json --output_dir "$RUN" --checkpoint.dir "$RUN/checkpoints" \
+python3 pretrain_bert.py --config configs/tiny.json --output_dir "$RUN" \
   --checkpoint.resume none "$@"
 
 echo "== 4/5 results"

@@ -244,8 +244,9 @@ class ParallelConfig:
 class CheckpointConfig:
     """When and where checkpoints are written, and what a run resumes from."""
 
-    dir: str = "checkpoints"
-    """Directory holding step_<N>/ checkpoints and the 'latest' pointer."""
+    dir: Optional[str] = None
+    """Directory holding step_<N>/ checkpoints and the 'latest' pointer. Unset: <output_dir>/checkpoints, so that
+    --output_dir starts a run of its own instead of resuming (resume 'auto') the checkpoints of another."""
     save_interval: int = 1000
     """Save every this many steps (and always at the end); 0 saves only at the end."""
     keep_last: int = 3
@@ -324,6 +325,10 @@ class TrainConfig:
     defined by this config and cannot be set here."""
 
     def validate(self) -> None:
+        """Checks every section and the fields across them. It also settles the one default that depends on another
+        field: checkpoint.dir, when unset, becomes <output_dir>/checkpoints."""
+        if self.checkpoint.dir is None:
+            self.checkpoint.dir = str(Path(self.output_dir) / "checkpoints")
         for section in SECTIONS:
             getattr(self, section).validate()
         _check(self.global_batch_size > 0, "global_batch_size must be > 0")

@@ -111,3 +111,16 @@ def test_describe_fields_reports_defaults():
     rows = {name: default for name, default, _ in describe_fields()}
     assert json.loads(rows["model.vocab_size"]) == 30528
     assert json.loads(rows["optim.betas"]) == [0.9, 0.98]
+
+
+def test_checkpoints_live_under_the_output_dir_unless_placed_elsewhere(tmp_path):
+    """--output_dir gives a run its own checkpoints: with checkpoint.resume 'auto' it must not resume the ones of
+    the run the config names."""
+    base = REPO_ROOT / "configs" / "base.json"
+    assert load_config(base).checkpoint.dir == "runs/base/checkpoints"
+    moved = load_config(base, ["--output_dir", str(tmp_path / "exp2")])
+    assert moved.checkpoint.dir == str(tmp_path / "exp2" / "checkpoints")
+    placed = load_config(base, ["--output_dir", str(tmp_path / "exp3"), "--checkpoint.dir", str(tmp_path / "ckpt")])
+    assert placed.checkpoint.dir == str(tmp_path / "ckpt")
+    save_config(moved, tmp_path / "resolved.json")  # what a checkpoint records: the directory it was written to
+    assert json.loads((tmp_path / "resolved.json").read_text())["checkpoint"]["dir"] == moved.checkpoint.dir
