@@ -88,7 +88,7 @@ def test_a_full_disk_during_a_save_stops_the_run_at_once_naming_the_cause(tmp_pa
 def test_the_compiled_model_trains_through_the_engine_like_the_eager_one(tmp_path):
     """parallel.compile: the forward and loss as one graph inside DeepSpeed's engine (its hooks stay outside the
     graph, so nothing recompiles per micro-step); on a CPU the graph is traced without code generation, so the
-    losses equal eager ones exactly."""
+    losses equal eager ones exactly, also across a SIGTERM and a resume."""
     runs = {}
     for compiled in (False, True):
         cfg = tiny_config(tmp_path / f"compiled_{compiled}")
@@ -99,3 +99,16 @@ def test_the_compiled_model_trains_through_the_engine_like_the_eager_one(tmp_pat
         assert "Recompiling" not in proc.stderr
         runs[compiled] = losses(tmp_path / f"compiled_{compiled}")
     assert runs[True] == runs[False] and sorted(runs[True]) == list(range(1, 7))
+
+    # Stopped by SIGTERM and resumed, the compiled run (traced again in the new process) goes on exactly.
+    cfg = tiny_config(tmp_path / "compiled_resumed")
+    cfg["parallel"]["compile"] = True
+    cfg["schedule"]["total_steps"] = 6
+    proc = run_trainer(cfg, tmp_path, env={"MEGABERT_TEST_SIGTERM_AT_STEP": "2"})
+    assert proc.returncode == 0 and summaries(proc)[-1]["stopped_by_signal"] is True, explain(proc)
+    proc = run_trainer(cfg, tmp_path)
+    assert proc.returncode == 0 and "resumed from" in proc.stderr, explain(proc)
+    resumed = losses(tmp_path / "compiled_resumed")
+    assert sorted(resumed) == list(range(1, 7))
+    for step, values in resumed.items():
+        assert values == [runs[False][step][0]] * len(values), f"step {step}: {values} != {runs[False][step]}"
