@@ -220,9 +220,10 @@ class ParallelConfig:
     """Compile the model's forward and loss as one torch.compile graph (megabert.model.compile; Inductor on a GPU,
     a trace without code generation on a CPU; 20-70 s at the start). null (the default) compiles on a GPU with
     tensor_parallel_size 1 and ZeRO 0-2, where it was measured faster (docs/BENCHMARKS.md: the trainer 9% faster
-    on an H100 at base, 128 tokens), and runs eagerly elsewhere (CPU, tensor parallelism, ZeRO-3: not measured
-    compiled); the log says which and why. true compiles wherever, false never; MEGABERT_COMPILE=0 in the
-    environment also keeps the model eager (debugging)."""
+    on an H100 at base, 128 tokens), and runs eagerly elsewhere (CPU; tensor parallelism, which compiles correctly
+    but has not been timed compiled; ZeRO-3, which cannot compile); the log says which and why. true compiles
+    wherever it can (not with ZeRO-3), false never; MEGABERT_COMPILE=0 in the environment also keeps the model
+    eager (debugging)."""
     flat_gradients: bool = True
     """ZeRO 1/2: gradients accumulate in one flat buffer per parameter group and the step runs on the flat
     partition, instead of DeepSpeed's per-parameter hooks, bucket copies and synchronising checks
@@ -235,6 +236,10 @@ class ParallelConfig:
         _check_choice("parallel.precision", self.precision, ("bf16", "fp16", "fp32"))
         _check_choice("parallel.backend", self.backend, ("auto", "nccl", "gloo"))
         _check_choice("parallel.device", self.device, ("auto", "cuda", "cpu"))
+        _check(not (self.compile is True and self.zero_stage == 3),
+               "parallel.compile true cannot be combined with ZeRO-3: DeepSpeed gathers ZeRO-3's parameters in "
+               "hooks that torch.compile cannot trace into one graph; leave parallel.compile null (eager under "
+               "ZeRO-3) or use zero_stage 1 or 2")
         _check(not (self.zero_stage == 3 and self.tensor_parallel_size > 1),
                "parallel.zero_stage 3 cannot be combined with tensor_parallel_size > 1; "
                "use zero_stage 1 or 2 with tensor parallelism")

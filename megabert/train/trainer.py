@@ -88,9 +88,10 @@ def compile_wanted(parallel: ParallelConfig, device: torch.device) -> tuple[bool
     if device.type != "cuda":
         return False, f"parallel.compile null compiles on a GPU only (device {device.type})"
     if parallel.tensor_parallel_size > 1:
-        return False, "parallel.compile null keeps tensor-parallel models eager (compiling them is not measured)"
+        return False, ("parallel.compile null keeps tensor-parallel models eager (compiled, they train alike but "
+                       "have not been timed; true compiles them)")
     if parallel.zero_stage == 3:
-        return False, "parallel.compile null keeps ZeRO-3 eager (its parameter gathering is not measured compiled)"
+        return False, "parallel.compile null keeps ZeRO-3 eager (its parameter gathering cannot be compiled)"
     return True, "parallel.compile null compiles on a GPU (ZeRO 0-2, no tensor parallelism)"
 
 

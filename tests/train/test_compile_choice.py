@@ -28,7 +28,8 @@ def test_null_keeps_the_model_eager_elsewhere_and_says_why(setting, device, reas
 
 @pytest.mark.parametrize("device", [CPU, CUDA])
 def test_true_and_false_are_obeyed_on_every_device(device):
-    assert compile_wanted(ParallelConfig(compile=True, zero_stage=3), device) == (True, "parallel.compile is true")
+    forced = ParallelConfig(compile=True, tensor_parallel_size=2)
+    assert compile_wanted(forced, device) == (True, "parallel.compile is true")
     assert compile_wanted(ParallelConfig(compile=False), device) == (False, "parallel.compile is false")
 
 
