@@ -108,8 +108,8 @@ if triton is not None:
         tl.store(LSE + head * stride_lh + first + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
     @triton.jit
-    def _bwd_dkdv(Q, K, V, DELTA, DO, LSE, DK, DV, first, seqlen, head, start_n, slope, qk_scale, sm_scale,
-                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    def _bwd_dkdv(Q, K, V, O, DO, LSE, DK, DV, first, seqlen, head, start_n, slope, qk_scale, sm_scale,
+                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                   stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
                   HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """Key block start_n: dV = P^T dO and dK = scale * dS^T Q, accumulated over all query blocks."""
@@ -124,15 +124,16 @@ if triton is not None:
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         q_ptrs = Q + first * stride_qt + head * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :]
+        o_ptrs = O + first * stride_ot + head * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
         do_ptrs = DO + first * stride_dot + head * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :]
         lse_ptrs = LSE + head * stride_lh + first + offs_m
-        delta_ptrs = DELTA + head * stride_lh + first + offs_m
         for start_m in range(0, seqlen, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < seqlen
             q = tl.load(q_ptrs + start_m * stride_qt, mask=row_ok[:, None], other=0.0)
             do = tl.load(do_ptrs + start_m * stride_dot, mask=row_ok[:, None], other=0.0)
-            delta = tl.load(delta_ptrs + start_m, mask=row_ok, other=0.0)
+            o = tl.load(o_ptrs + start_m * stride_ot, mask=row_ok[:, None], other=0.0)
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # rowsum(dO * O), recomputed per block
             lse = tl.load(lse_ptrs + start_m, mask=row_ok, other=0.0)
             s = _scores(q, k, slope, rows, offs_n, seqlen, qk_scale, HAS_ALIBI)  # [BLOCK_M, BLOCK_N]
             p = tl.where(row_ok[:, None], tl.exp2(s - lse[:, None]), 0.0)
@@ -147,8 +148,8 @@ if triton is not None:
                  dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
     @triton.jit
-    def _bwd_dq(Q, K, V, DELTA, DO, LSE, DQ, first, seqlen, head, start_m, slope, qk_scale, sm_scale,
-                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    def _bwd_dq(Q, K, V, O, DO, LSE, DQ, first, seqlen, head, start_m, slope, qk_scale, sm_scale,
+                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lh,
                 HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """Query block start_m: dQ = scale * dS K, accumulated over all key blocks."""
@@ -160,7 +161,9 @@ if triton is not None:
                     mask=row_ok[:, None], other=0.0)
         do = tl.load(DO + (first + offs_m)[:, None] * stride_dot + head * stride_doh + offs_d[None, :],
                      mask=row_ok[:, None], other=0.0)
-        delta = tl.load(DELTA + head * stride_lh + first + offs_m, mask=row_ok, other=0.0)
+        o = tl.load(O + (first + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         lse = tl.load(LSE + head * stride_lh + first + offs_m, mask=row_ok, other=0.0)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         k_ptrs = K + first * stride_kt + head * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :]
@@ -180,28 +183,14 @@ if triton is not None:
                  dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
     @triton.jit
-    def _flash_attn_delta_kernel(O, DO, DELTA, total, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
-                                 HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-        """delta[head, t] = rowsum(dO * O) over head_dim, once per token: the dK/dV loop would otherwise load O
-        and recompute it for every key block."""
-        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        head = tl.program_id(1)
-        offs_d = tl.arange(0, HEAD_DIM)
-        ok = rows < total
-        o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :], mask=ok[:, None], other=0.0)
-        do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=ok[:, None],
-                     other=0.0)
-        tl.store(DELTA + head * stride_lh + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=ok)
-
-    @triton.jit
-    def _flash_attn_bwd_kernel(Q, K, V, DELTA, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
-                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    def _flash_attn_bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
+                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                     stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
                     stride_lh, max_seqlen, seq_bucket,
                     HAS_ALIBI: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
-        """The backward after its preprocess (delta = rowsum(dO * O), _flash_attn_delta_kernel). Grid axis 0 = key
-        blocks (dK, dV programs) then query blocks (dQ programs)."""
+        """One launch for the whole backward. Grid axis 0 = key blocks (dK, dV programs) then query blocks
+        (dQ programs); each computes delta = rowsum(dO * O) itself, so there is no preprocess launch."""
         pid = tl.program_id(0)
         seq = tl.program_id(1)
         head = tl.program_id(2)
@@ -213,15 +202,15 @@ if triton is not None:
         key_blocks = tl.cdiv(max_seqlen, BLOCK_N)
         if pid < key_blocks:
             if pid * BLOCK_N < seqlen:
-                _bwd_dkdv(Q, K, V, DELTA, DO, LSE, DK, DV, first, seqlen, head, pid, slope, qk_scale, sm_scale,
-                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                _bwd_dkdv(Q, K, V, O, DO, LSE, DK, DV, first, seqlen, head, pid, slope, qk_scale, sm_scale,
+                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                           stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
                           HAS_ALIBI, HEAD_DIM, BLOCK_M, BLOCK_N)
         else:
             start_m = pid - key_blocks
             if start_m * BLOCK_M < seqlen:
-                _bwd_dq(Q, K, V, DELTA, DO, LSE, DQ, first, seqlen, head, start_m, slope, qk_scale, sm_scale,
-                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                _bwd_dq(Q, K, V, O, DO, LSE, DQ, first, seqlen, head, start_m, slope, qk_scale, sm_scale,
+                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                         stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lh,
                         HAS_ALIBI, HEAD_DIM, BLOCK_M, BLOCK_N)
 
@@ -243,8 +232,6 @@ if triton is not None:
 # ---------------------------------------------------------------------------------------------------------------
 
 _INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
-DELTA_BLOCK = 64
-"""Tokens per program of the delta preprocess."""
 
 # (kernel, head_dim) -> launch config (BLOCK_M, BLOCK_N, num_warps, num_stages). The forward's entries for
 # head_dim 64 are what the autotuner picked on an H200 for c4-128 and c4-512 batches (docs/BENCHMARKS.md).
@@ -336,8 +323,7 @@ def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: tor
 def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
               lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, alibi_slopes: Optional[torch.Tensor],
               softmax_scale: float) -> torch.Tensor:
-    """Returns dqkv [T, 3, heads, head_dim] in q's dtype (dq, dk, dv = dqkv.unbind(1)). Two launches: delta, then
-    dK/dV and dQ.
+    """Returns dqkv [T, 3, heads, head_dim] in q's dtype (dq, dk, dv = dqkv.unbind(1)). One kernel launch.
 
     One buffer, so a caller whose q, k, v are the slices of one packed projection gets its gradient without the
     copy that autograd's unbind/stack would make."""
@@ -352,14 +338,9 @@ def flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         return grads.zero_().to(dtype)
     has_alibi = alibi_slopes is not None
     slopes = alibi_slopes if has_alibi else lse
-    delta = torch.empty_like(lse)  # [heads, T] fp32, lse's layout
-    block = DELTA_BLOCK if not triton_interpreting() else 16
-    _flash_attn_delta_kernel[(triton.cdiv(total, block), heads)](
-        out, grad_out, delta, total, out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1),
-        lse.stride(0), HEAD_DIM=head_dim, BLOCK=block)
-    args = (q, k, v, delta, grad_out, lse, dq, dk, dv, cu_seqlens, slopes, softmax_scale * LOG2E, softmax_scale,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), dk.stride(0),
+    args = (q, k, v, out, grad_out, lse, dq, dk, dv, cu_seqlens, slopes, softmax_scale * LOG2E, softmax_scale,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+            out.stride(1), grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), dk.stride(0),
             dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), max_seqlen, _seq_bucket(max_seqlen))
     _launch("bwd", _flash_attn_bwd_kernel, _bwd_tuned, head_dim,
             lambda m: triton.cdiv(max_seqlen, m["BLOCK_N"]) + triton.cdiv(max_seqlen, m["BLOCK_M"]), batch, heads,
