@@ -314,13 +314,12 @@ def run_system(bench: Bench, size: str, system: str, dists: list[str], budget: B
             step = hf_step(bench, model, host)
         else:
             if system.startswith("megabert-compiled"):
-                key = system
-                if key not in shared:
+                if system not in shared:
                     torch.manual_seed(0)
                     model, cfg = megabert_model(size, bench.dims(size))
-                    shared[key] = (compile_model(model.to(bench.device).train(), backend=bench.compile_backend),
-                                   cfg)
-                model, cfg = shared[key]
+                    shared[system] = (compile_model(model.to(bench.device).train(), backend=bench.compile_backend),
+                                      cfg)
+                model, cfg = shared[system]
             else:
                 torch.manual_seed(0)
                 model, cfg = megabert_model(size, bench.dims(size))

@@ -39,7 +39,8 @@ def bench(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def fwd_bwd_ms(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor], grad: torch.Tensor) -> tuple[float, float]:
+def fwd_bwd_ms(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor],
+               grad: torch.Tensor) -> tuple[float, float]:
     """Median ms of the forward alone and of the backward alone (the forward's graph kept for each backward). One
     untimed forward and backward first: a compiled peer compiles there, outside do_bench's estimate of a call."""
     torch.autograd.grad(forward(), inputs, grad)

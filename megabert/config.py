@@ -219,7 +219,7 @@ class ParallelConfig:
     compile: Optional[bool] = None
     """Compile the model's forward and loss as one torch.compile graph (megabert.model.compile; Inductor on a GPU,
     a trace without code generation on a CPU; 20-70 s at the start). null (the default) compiles on a GPU with
-    tensor_parallel_size 1 and ZeRO 0-2, where it was measured faster (docs/BENCHMARKS.md: the trainer 9% faster
+    tensor_parallel_size 1 and ZeRO 0-2, where it was measured faster (docs/BENCHMARKS.md: the trainer 5% faster
     on an H100 at base, 128 tokens), and runs eagerly elsewhere (CPU; tensor parallelism, which compiles correctly
     but has not been timed compiled; ZeRO-3, which cannot compile); the log says which and why. true compiles
     wherever it can (not with ZeRO-3), false never; MEGABERT_COMPILE=0 in the environment also keeps the model

@@ -40,16 +40,17 @@ def check_matches_reference(shapes: list[list[int]]) -> None:
 
 
 def assert_independent_masks(keep: torch.Tensor, p: float) -> None:
-    """A kernel may draw several elements' decisions per random draw (the compiled graph's forward draws one in each
-    quarter of a row): the quarters, and neighbouring rows, must still agree only as often as independent masks do
-    (p^2 + (1-p)^2), not always."""
+    """Dropout decisions are independent: the quarters of a row, and neighbouring rows, agree only as often as
+    independent masks do (p^2 + (1-p)^2). A kernel that shared one random draw among several elements (four per
+    Philox call, say) would make them agree always."""
     independent = p * p + (1 - p) * (1 - p)
     quarter = keep.shape[1] // 4
     pieces = [keep[:, k * quarter:(k + 1) * quarter] for k in range(4)]
     pairs = [(pieces[a], pieces[b]) for a in range(4) for b in range(a + 1, 4)] + [(keep[:-1], keep[1:])]
     for a, b in pairs:
         agreement = (a == b).float().mean().item()
-        assert agreement < independent + 0.15, f"masks agree on {agreement:.2f} of elements (independent: {independent:.2f})"
+        assert agreement < independent + 0.15, \
+            f"masks agree on {agreement:.2f} of elements (independent: {independent:.2f})"
 
 
 def check_dropout(shape: list[int], p: float, device: str = "cpu") -> None:
@@ -76,9 +77,9 @@ def check_dropout(shape: list[int], p: float, device: str = "cpu") -> None:
 
 def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
     """Inside torch.compile: by default the reference formula is traced (Inductor fuses it); when
-    MEGABERT_COMPILE_TRITON_OPS names add_layernorm the mask-storing forward is one custom-op node whose dropout
-    seed is drawn on the device and whose backward is traced: the mask it used (read off dx) explains y and the
-    gradients, its draws are independent, and it differs from call to call."""
+    MEGABERT_COMPILE_TRITON_OPS names add_layernorm the kernel is one custom-op node whose dropout seed is drawn on
+    the device: the mask it used (read off dx) explains y and the gradients, its draws are independent, and it
+    differs from call to call."""
     import os
 
     from megabert.ops import add_layernorm as op

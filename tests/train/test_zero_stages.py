@@ -35,4 +35,3 @@ def test_zero_1_2_3_on_two_processes_match_one_process_and_loss_falls(tmp_path, 
         for step in range(2, STEPS + 1):
             assert curve[step] == pytest.approx(reference[step], rel=2e-3), f"ZeRO-{stage} step {step}"
         assert curve[STEPS] < curve[1] - 0.3, f"ZeRO-{stage} loss did not fall: {curve}"
-
