@@ -26,10 +26,8 @@ Systems timed (--systems), each on both distributions for --models base large:
   megabert-eager-fused-head  eager, the fused MLM loss (mlm_output="loss")
   megabert-compiled          megabert.model.compile.compile_model (one dynamic-shape graph, forward + loss, the
                              backward through AOTAutograd), fused MLM loss
-  megabert-compiled-<ops>     (optional) compiled with another choice of fused elementwise kernels inside the
-                             graph (MEGABERT_COMPILE_TRITON_OPS, megabert.ops): "inductor-ops" Inductor's code
-                             from the reference formulas for both, "triton-ops" megabert's Triton GeGLU and
-                             add+LayerNorm, "triton-geglu" the Triton GeGLU only
+  megabert-compiled-inductor-ops (optional) compiled with MEGABERT_COMPILE_TRITON_OPS=0: Inductor's code from the
+                             GeGLU's reference formula instead of megabert's Triton kernel inside the graph
   hf-eager                   (optional) Hugging Face, SDPA, eager
 Per row: median step time (CUDA events) after warm-up, real tokens/s, MFU (megabert.utils.flops, matmul peak
 measured at the start), peak memory, the ratio to hf-compile, setup seconds (model build + compile + warm-up),
@@ -69,8 +67,7 @@ from megabert.ops.linear_cross_entropy import linear_cross_entropy, linear_cross
 from megabert.utils.flops import measure_matmul_tflops, training_step_flops
 
 DEFAULT_SYSTEMS = ["megabert-eager", "megabert-eager-fused-head", "megabert-compiled", "hf-compile"]
-COMPILED_VARIANTS = {"megabert-compiled-inductor-ops": "0", "megabert-compiled-triton-ops": "1",
-                     "megabert-compiled-triton-geglu": "geglu"}
+COMPILED_VARIANTS = {"megabert-compiled-inductor-ops": "0"}
 """Optional compiled systems: MEGABERT_COMPILE_TRITON_OPS while each is traced."""
 OPTIONAL_SYSTEMS = [*COMPILED_VARIANTS, "hf-eager"]
 TINY_SIZES = {"base": dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, vocab_size=1536),

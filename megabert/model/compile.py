@@ -14,9 +14,9 @@ What makes it one graph (fullgraph=True, so any break is an error, not a slow pa
     the CPU (megabert.model.inputs.prepare_inputs / pack_inputs): the forward has no nonzero, no .item(), nothing
     that waits for the device or branches on its data;
   * the Triton attention is a custom op with a fake implementation and its own backward (one node); the fused
-    MLM loss is another, and so is the Triton GeGLU (Inductor's code for its backward is 3x slower); dropout + add
-    + LayerNorm traces its reference formula so Inductor fuses it with what surrounds it
-    (MEGABERT_COMPILE_TRITON_OPS chooses per op: megabert.ops.compile_triton_ops);
+    MLM loss is another, and so is the Triton GeGLU (Inductor's code for its backward is 3x slower;
+    MEGABERT_COMPILE_TRITON_OPS=0 traces its reference instead); dropout + add + LayerNorm traces its reference
+    formula so Inductor fuses it with what surrounds it;
   * the shapes are dynamic: one compilation serves every token count T, masked count M, max_seqlen and batch
     shape -- nothing recompiles per batch.
 Dropout inside the graph draws its random numbers on the device (Inductor's Philox seeds), so every step gets fresh

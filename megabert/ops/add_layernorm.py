@@ -13,12 +13,11 @@ i.e. this is MosaicBERT's low-precision LayerNorm, with fp32 accumulation inside
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from megabert.ops import elementwise_kernel_wanted, fused_ops_enabled, triton_interpreting
+from megabert.ops import fused_ops_enabled, triton_interpreting
 
 try:
     import triton
@@ -45,27 +44,23 @@ def add_layernorm_reference(x: torch.Tensor, residual: torch.Tensor, weight: tor
 if triton is not None:
 
     @triton.jit
-    def _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT: tl.constexpr, SEED_IS_PTR: tl.constexpr):
+    def _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT: tl.constexpr):
         """Per-element factor keep / (1 - p) from a counter-based RNG (Philox) keyed on (seed, element index):
-        the backward regenerates the same mask instead of storing it. The seed is a number, or (SEED_IS_PTR) a
-        one-element device tensor: drawn on the device, it changes at every replay of a captured CUDA graph."""
+        the backward regenerates the same mask instead of storing it."""
         if HAS_DROPOUT:
             offsets = (row * n_cols + cols).to(tl.int32)  # wraps past 2^31 elements: masks repeat, still valid
-            if SEED_IS_PTR:
-                keep = tl.rand(tl.load(seed), offsets) >= p
-            else:
-                keep = tl.rand(seed, offsets) >= p
+            keep = tl.rand(seed, offsets) >= p
             return tl.where(keep, 1.0 / (1.0 - p), 0.0)
         else:
             return 1.0
 
     @triton.jit
     def _add_layernorm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, n_cols, eps, seed, p, HAS_DROPOUT: tl.constexpr,
-                                  SEED_IS_PTR: tl.constexpr, BLOCK: tl.constexpr):
+                                  BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         ok = cols < n_cols
-        drop = _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT, SEED_IS_PTR)
+        drop = _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT)
         s = (tl.load(X + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32) * drop
              + tl.load(R + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32))
         mean = tl.sum(s, 0) / n_cols
@@ -79,8 +74,7 @@ if triton is not None:
 
     @triton.jit
     def _add_layernorm_bwd_kernel(X, R, W, DY, DX, DR, MEAN, RSTD, DW_PARTIAL, DB_PARTIAL, n_rows, n_cols,
-                                  rows_per_program, seed, p, HAS_DROPOUT: tl.constexpr, SEED_IS_PTR: tl.constexpr,
-                                  BLOCK: tl.constexpr):
+                                  rows_per_program, seed, p, HAS_DROPOUT: tl.constexpr, BLOCK: tl.constexpr):
         """ds = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)) is d(residual); d(x) = ds * dropout factor
         (written only with dropout: without it, d(x) is d(residual)); dw, db summed per program into partials."""
         pid = tl.program_id(0)
@@ -93,7 +87,7 @@ if triton is not None:
         for i in range(0, rows_per_program):
             row = (first + i).to(tl.int64)
             if row < n_rows:
-                drop = _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT, SEED_IS_PTR)
+                drop = _dropout_scale(row, cols, n_cols, seed, p, HAS_DROPOUT)
                 s = (tl.load(X + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32) * drop
                      + tl.load(R + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32))
                 dy = tl.load(DY + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
@@ -127,10 +121,10 @@ def _warps(block: int) -> int:
 
 
 def add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               eps: float, dropout_p: float = 0.0, seed: int | torch.Tensor = 0
+               eps: float, dropout_p: float = 0.0, seed: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y (x's dtype, x's shape), per-row mean and 1/std (fp32). dropout_p > 0 drops x (not residual); `seed` is a
-    number or a one-element int64 tensor on x's device."""
+    """y (x's dtype, x's shape), per-row mean and 1/std (fp32). dropout_p > 0 drops x (not residual), with the
+    mask drawn from `seed`."""
     n_cols = x.shape[-1]
     x2, r2 = x.reshape(-1, n_cols).contiguous(), residual.reshape(-1, n_cols).contiguous()
     n_rows = x2.shape[0]
@@ -140,13 +134,12 @@ def add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bi
     if n_rows:
         block = _block(n_cols)
         _add_layernorm_fwd_kernel[(n_rows,)](x2, r2, weight, bias, y, mean, rstd, n_cols, eps, seed, dropout_p,
-                                             HAS_DROPOUT=dropout_p > 0.0, SEED_IS_PTR=isinstance(seed, torch.Tensor),
-                                             BLOCK=block, num_warps=_warps(block))
+                                             HAS_DROPOUT=dropout_p > 0.0, BLOCK=block, num_warps=_warps(block))
     return y.view(x.shape), mean, rstd
 
 
 def add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-               mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float = 0.0, seed: int | torch.Tensor = 0
+               mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float = 0.0, seed: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dx, dresidual, dweight, dbias. Without dropout dx and dresidual are the same tensor."""
     n_cols = x.shape[-1]
@@ -162,8 +155,7 @@ def add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, we
         block = _block(n_cols)
         _add_layernorm_bwd_kernel[(programs,)](x2, r2, weight, dy, dx, dres, mean, rstd, partials[0], partials[1],
                                                n_rows, n_cols, rows_per_program, seed, dropout_p,
-                                               HAS_DROPOUT=dropout_p > 0.0, SEED_IS_PTR=isinstance(seed, torch.Tensor),
-                                               BLOCK=block, num_warps=_warps(block))
+                                               HAS_DROPOUT=dropout_p > 0.0, BLOCK=block, num_warps=_warps(block))
     else:
         partials.zero_()
     dw, db = partials.sum(1).to(weight.dtype).unbind(0)
@@ -182,8 +174,9 @@ def _sm_count(device: torch.device) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Autograd: autograd.Function in eager mode (cheapest dispatch); custom ops (one opaque node each) under
-# torch.compile when MEGABERT_COMPILE_TRITON_OPS names add_layernorm, their dropout seed a device tensor.
+# Autograd: an autograd.Function in eager mode. Inside torch.compile the reference formula is traced instead:
+# Inductor fuses it with the bias add and gradient sums around it, and as an opaque op the kernel was no faster in
+# the compiled step (docs/BENCHMARKS.md).
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -202,52 +195,6 @@ class AddLayerNormFunction(torch.autograd.Function):
         return dx, dres, dw, db, None, None, None
 
 
-@torch.library.custom_op("megabert::add_layernorm_fwd", mutates_args=())
-def _add_ln_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                dropout_p: float, seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return add_ln_fwd(x, residual, weight, bias, eps, dropout_p, seed if seed is not None else 0)
-
-
-@_add_ln_fwd.register_fake
-def _(x, residual, weight, bias, eps, dropout_p, seed):
-    rows = x.numel() // x.shape[-1]
-    return torch.empty_like(x), x.new_empty(rows, dtype=torch.float32), x.new_empty(rows, dtype=torch.float32)
-
-
-@torch.library.custom_op("megabert::add_layernorm_bwd", mutates_args=())
-def _add_ln_bwd(grad_y: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                mean: torch.Tensor, rstd: torch.Tensor, dropout_p: float, seed: Optional[torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dresidual, dx (an empty tensor without dropout, where dx is dresidual), dweight, dbias."""
-    dx, dres, dw, db = add_ln_bwd(grad_y, x, residual, weight, mean, rstd, dropout_p,
-                                  seed if seed is not None else 0)
-    dx = dx if dropout_p > 0.0 else x.new_empty(0)  # custom ops may not return one tensor twice
-    return dres, dx, dw.clone(), db.clone()  # nor views of one buffer
-
-
-@_add_ln_bwd.register_fake
-def _(grad_y, x, residual, weight, mean, rstd, dropout_p, seed):
-    dx = torch.empty_like(x) if dropout_p > 0.0 else x.new_empty(0)
-    return torch.empty_like(x), dx, torch.empty_like(weight), torch.empty_like(weight)
-
-
-def _setup_context(ctx, inputs, output):
-    x, residual, weight, bias, eps, dropout_p, seed = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(x, residual, weight, mean, rstd, seed)
-    ctx.dropout_p = dropout_p
-    ctx.mark_non_differentiable(mean, rstd)
-
-
-def _backward(ctx, grad_y, grad_mean, grad_rstd):
-    x, residual, weight, mean, rstd, seed = ctx.saved_tensors
-    dres, dx, dw, db = _add_ln_bwd(grad_y, x, residual, weight, mean, rstd, ctx.dropout_p, seed)
-    return (dx if ctx.dropout_p > 0.0 else dres), dres, dw, db, None, None, None
-
-
-_add_ln_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Functional API
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,20 +202,18 @@ _add_ln_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def is_available(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernels run: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests), H <= 16384;
-    inside torch.compile only when MEGABERT_COMPILE_TRITON_OPS names add_layernorm (else Inductor fuses the
-    reference formula)."""
+    never inside torch.compile (Inductor fuses the reference formula)."""
     return (fused_ops_enabled() and triton is not None and tensor.shape[-1] <= 16384
-            and (tensor.is_cuda or triton_interpreting()) and elementwise_kernel_wanted("add_layernorm"))
+            and (tensor.is_cuda or triton_interpreting()) and not torch.compiler.is_compiling())
 
 
 def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                   eps: float, dropout_p: float = 0.0) -> torch.Tensor:
     """LayerNorm(dropout(x) + residual) in x's dtype (fp32 statistics); fused on CUDA, eager elsewhere.
 
-    dropout_p > 0 (training) drops elements of x with a mask drawn in the kernel. In eager mode its seed comes from
-    torch's CPU generator (no device work), so torch.manual_seed makes it reproducible; the mask differs from
-    F.dropout's for that seed. Inside torch.compile the seed is drawn on the device, so a graph replays with a
-    fresh mask each time and nothing waits for the host.
+    dropout_p > 0 (training) drops elements of x with a mask drawn in the kernel, its seed from torch's CPU
+    generator (no device work), so torch.manual_seed makes it reproducible; the mask differs from F.dropout's for
+    that seed. Inside torch.compile this is F.dropout + the reference, which Inductor compiles.
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
@@ -279,8 +224,5 @@ def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
         if dropout_p > 0.0:
             x = F.dropout(x, dropout_p, training=True)
         return add_layernorm_reference(x, residual, weight, bias, eps)
-    if torch.compiler.is_compiling():  # one opaque node in the graph
-        seed = torch.randint(0, 2 ** 31 - 1, (1,), device=x.device) if dropout_p > 0.0 else None
-        return _add_ln_fwd(x, residual, weight, bias, eps, dropout_p, seed)[0]
     seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item()) if dropout_p > 0.0 else 0  # CPU generator: no sync
     return AddLayerNormFunction.apply(x, residual, weight, bias, eps, dropout_p, seed)

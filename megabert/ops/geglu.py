@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from megabert.ops import elementwise_kernel_wanted, fused_ops_enabled, triton_interpreting
+from megabert.ops import compiled_geglu_kernel, fused_ops_enabled, triton_interpreting
 
 try:
     import triton
@@ -107,7 +107,7 @@ def geglu_bwd(gate_value: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Autograd: autograd.Function in eager mode (cheapest dispatch); custom ops (one opaque node each) under
-# torch.compile, unless MEGABERT_COMPILE_TRITON_OPS leaves geglu out (megabert.ops.compile_triton_ops).
+# torch.compile, unless MEGABERT_COMPILE_TRITON_OPS=0 (megabert.ops.compiled_geglu_kernel).
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -162,9 +162,9 @@ _geglu_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def is_available(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernel runs: CUDA tensors (CPU too under TRITON_INTERPRET=1, for tests); inside
-    torch.compile unless MEGABERT_COMPILE_TRITON_OPS leaves geglu out (then Inductor compiles the reference)."""
+    torch.compile unless MEGABERT_COMPILE_TRITON_OPS=0 (then Inductor compiles the reference)."""
     return (fused_ops_enabled() and triton is not None and (tensor.is_cuda or triton_interpreting())
-            and elementwise_kernel_wanted("geglu"))
+            and (not torch.compiler.is_compiling() or compiled_geglu_kernel()))
 
 
 def geglu(gate_value: torch.Tensor) -> torch.Tensor:

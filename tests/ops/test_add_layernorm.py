@@ -76,10 +76,9 @@ def check_dropout(shape: list[int], p: float, device: str = "cpu") -> None:
 
 
 def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
-    """Inside torch.compile: by default the reference formula is traced (Inductor fuses it); when
-    MEGABERT_COMPILE_TRITON_OPS names add_layernorm the kernel is one custom-op node whose dropout seed is drawn on
-    the device: the mask it used (read off dx) explains y and the gradients, its draws are independent, and it
-    differs from call to call."""
+    """Inside torch.compile the reference formula is traced whatever MEGABERT_COMPILE_TRITON_OPS says (Inductor
+    fuses it; the kernel never runs there): the mask it used (read off dx) explains y and the gradients, its draws
+    are independent, and it differs from call to call."""
     import os
 
     from megabert.ops import add_layernorm as op
@@ -91,14 +90,14 @@ def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
         graphs.append(str(gm.graph))
         return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
 
-    for flag, kernel in ((None, False), ("0", False), ("1", True), ("geglu", False), ("add_layernorm", True)):
+    for flag in (None, "0", "1"):
         os.environ.pop("MEGABERT_COMPILE_TRITON_OPS", None)
         if flag is not None:
             os.environ["MEGABERT_COMPILE_TRITON_OPS"] = flag
         torch._dynamo.reset()
         compiled = torch.compile(lambda *a: op.add_layernorm(*a, dropout_p=p), backend=backend, fullgraph=True)
         y, dx, dres, dw, db = _fwd_bwd(compiled, x, res, w, b, grad)
-        assert ("add_layernorm_fwd" in graphs[-1]) == kernel, (flag, graphs[-1])
+        assert "layer_norm" in graphs[-1] and ("dropout" in graphs[-1]) == (p > 0), (flag, graphs[-1])
         keep = dx != 0
         assert abs(keep.float().mean().item() - (1 - p)) < 0.05, keep.float().mean()
         dropped = (x * keep / (1 - p)).detach().requires_grad_()
@@ -112,7 +111,7 @@ def check_compiled_kernel_choice(shape: list[int], p: float) -> None:
 
 
 @pytest.mark.parametrize("p", [0.25, 0.0])
-def test_interpreted_compiled_op_is_the_reference_or_the_kernel_with_a_device_seed(p):
+def test_interpreted_compiled_op_traces_the_reference_with_fresh_independent_masks(p):
     run_interpreted(__name__, "check_compiled_kernel_choice", shape=[33, 100], p=p)
 
 
