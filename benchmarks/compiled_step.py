@@ -540,7 +540,7 @@ def environment(bench: Bench) -> dict:
     import triton
 
     return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "device": device_name(bench),
-            "host": platform.node(), "commit": source_commit(), "torch": torch.__version__,
+            "host": platform.node(), "gpu_uuid": gpu_uuid(bench), "commit": source_commit(), "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "matmul_tflops": bench.peak_tflops,
             "padding": {d: padding_fraction(make_mlm_batches(d, 8, 8, 2048, "cpu")) for d in DISTRIBUTIONS}}
@@ -548,6 +548,12 @@ def environment(bench: Bench) -> dict:
 
 def device_name(bench: Bench) -> str:
     return torch.cuda.get_device_name(bench.device) if bench.cuda else "cpu"
+
+
+def gpu_uuid(bench: Bench) -> Optional[str]:
+    """The GPU's UUID: which machine a run used, where host names repeat (containers and VMs often share one)."""
+    uuid = getattr(torch.cuda.get_device_properties(bench.device), "uuid", None) if bench.cuda else None
+    return str(uuid) if uuid is not None else None
 
 
 @dataclasses.dataclass

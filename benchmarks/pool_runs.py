@@ -6,7 +6,9 @@ Each input is one `python -m benchmarks.compiled_step --json-out` file, each fro
 dist, system): the median real tokens/s, MFU and step time over the runs, and the median of each run's own ratio
 against hf-compile (a ratio is taken inside one process, never across runs), with its range and the number of runs.
 Runs of different commits, GPU models or torch versions measure different things: they are refused, naming the
-difference. Two runs from one host are refused too (not a fresh machine each), unless --same-host-ok.
+difference. Two runs from one machine are refused too (not a fresh machine each), unless --same-host-ok. A machine
+is known by its GPU's UUID (host names repeat: lent machines and containers often share one), by its host name in
+runs that did not record the UUID.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def load_run(path: str | Path) -> dict:
 
 
 def check_poolable(runs: list[dict], same_host_ok: bool = False) -> None:
-    """Raises PoolError when the runs differ in what they measure, or repeat a host."""
+    """Raises PoolError when the runs differ in what they measure, or repeat a machine."""
     if len(runs) < 2:
         raise PoolError(f"{len(runs)} run(s): a median over runs needs at least 2 (the protocol asks for 3)")
     for key in MUST_AGREE:
@@ -44,11 +46,19 @@ def check_poolable(runs: list[dict], same_host_ok: bool = False) -> None:
             raise PoolError(f"the runs differ in {key} ({detail}); pool runs of one tree on one kind of GPU")
     if None in {run["environment"].get("commit") for run in runs}:
         raise PoolError("a run has no commit recorded (run benchmarks.compiled_step from a git checkout)")
-    hosts = [run["environment"].get("host") for run in runs]
-    repeated = {h for h in hosts if h is not None and hosts.count(h) > 1}
+    machines = [machine(run) for run in runs]
+    repeated = {m for m in machines if m is not None and machines.count(m) > 1}
     if repeated and not same_host_ok:
-        raise PoolError(f"host(s) {', '.join(sorted(repeated))} ran more than one of these runs: the protocol "
+        raise PoolError(f"{', '.join(sorted(repeated))} ran more than one of these runs: the protocol "
                         f"asks for a fresh machine per run (--same-host-ok to pool them anyway)")
+
+
+def machine(run: dict) -> Optional[str]:
+    """Which machine ran `run`: its GPU's UUID, else (older runs) its host name, else None (unknown)."""
+    env = run["environment"]
+    if env.get("gpu_uuid"):
+        return f"GPU {env['gpu_uuid']}"
+    return f"host {env['host']}" if env.get("host") else None
 
 
 def pool(runs: list[dict]) -> list[dict]:
@@ -91,7 +101,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="benchmarks.compiled_step --json-out files, one per machine")
     parser.add_argument("--markdown", default=None, help="also write the table here")
-    parser.add_argument("--same-host-ok", action="store_true", help="pool runs that share a host")
+    parser.add_argument("--same-host-ok", action="store_true", help="pool runs that share a machine")
     args = parser.parse_args(argv)
     runs = [load_run(path) for path in args.runs]
     try:

@@ -47,11 +47,21 @@ def test_runs_that_measure_different_things_are_refused_naming_the_difference(fi
 
 def test_one_host_twice_is_not_a_fresh_machine_unless_allowed():
     runs = [_run("a", 500_000, 500_000), _run("a", 540_000, 450_000)]
-    with pytest.raises(PoolError, match="fresh machine"):
+    with pytest.raises(PoolError, match="host a ran more than one.*fresh machine"):
         check_poolable(runs)
     check_poolable(runs, same_host_ok=True)
     with pytest.raises(PoolError, match="at least 2"):
         check_poolable(runs[:1])
+
+
+def test_machines_are_told_apart_by_their_gpu_where_host_names_repeat():
+    # Lent machines all answer to the host name "vm": their GPUs tell them apart, and one GPU twice is refused.
+    runs = [_run("vm", 500_000, 500_000), _run("vm", 540_000, 450_000)]
+    runs[0]["environment"]["gpu_uuid"], runs[1]["environment"]["gpu_uuid"] = "GPU-1111", "GPU-2222"
+    check_poolable(runs)
+    runs[1]["environment"]["gpu_uuid"] = "GPU-1111"
+    with pytest.raises(PoolError, match="GPU GPU-1111 ran more than one"):
+        check_poolable(runs)
 
 
 def test_the_command_reads_json_files_and_writes_the_table(tmp_path, capsys):
