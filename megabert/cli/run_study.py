@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start only runs that end within this many minutes, and stop cleanly when they are up "
                         "(an allocation's time limit; rerun to continue)")
     p.add_argument("--run-overhead-minutes", type=float, default=2.0,
-                   help="time a run needs besides its budget: start-up, evaluation, fine-tuning (default 2)")
+                   help="time a run needs besides its budget (start-up, compilation, evaluation, fine-tuning) "
+                        "until a run of this study has measured it; then the largest measured (default 2)")
     return p.parse_args(argv)
 
 

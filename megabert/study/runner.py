@@ -37,14 +37,16 @@ PRETRAIN = ["-m", "pretrain_bert"]  # pretrain_bert.py, installed or run from th
 RUN_GLUE = ["-m", "megabert.cli.run_glue"]  # tools/run_glue.py
 EVAL_SET = "eval_set.npz"
 MODEL_REMOVED = "model_removed.json"  # the stamp of a run's model deleted after its results were recorded
+RUN_TIMING = "timing.json"  # a run's wall clock, all stages, when it trained in one go: its overhead beyond the budget
 
 
 class StudyRunner:
-    """Runs a study's queue. With `deadline` (a time.monotonic() value) it starts a run only if its budget plus
-    `overhead_minutes` (start-up, evaluation, fine-tuning) ends before it -- or, for a run longer than the whole
+    """Runs a study's queue. With `deadline` (a time.monotonic() value) it starts a run only if its budget plus its
+    overhead (start-up, compilation, evaluation, fine-tuning) ends before it -- or, for a run longer than the whole
     sitting, if at least half the sitting is left -- and at the deadline stops what is running the way a signal
     does (pretraining saves a checkpoint): an allocation's time limit ends the sitting cleanly, and the next sitting
-    continues, an interrupted run from its checkpoint."""
+    continues, an interrupted run from its checkpoint. The overhead is the largest this study has measured (each
+    run trained in one go records its own, in this sitting or an earlier one), `overhead_minutes` until then."""
 
     def __init__(self, study: Study, slots: Sequence[Slot], processes: Optional[Processes] = None,
                  deadline: Optional[float] = None, overhead_minutes: float = 2.0):
@@ -92,7 +94,7 @@ class StudyRunner:
         the overhead), or it is longer than the whole sitting and half of the sitting is still left."""
         if self.deadline is None:
             return True
-        minutes = self.overhead_minutes + (run.budget_minutes if pretrain_result(run) is None else 0.0)
+        minutes = self.run_overhead_minutes() + (run.budget_minutes if pretrain_result(run) is None else 0.0)
         left = self.deadline - time.monotonic()
         if 60.0 * minutes <= left or (60.0 * minutes > self.sitting_seconds and left >= self.sitting_seconds / 2):
             return True
@@ -100,6 +102,12 @@ class StudyRunner:
             self.postponed.add(run.id)
             log.info("%s: not started, %.1f min would end after the time limit", run.id, minutes)
         return False
+
+    def run_overhead_minutes(self) -> float:
+        """The most time a run of this study has needed besides its budget (its RUN_TIMING), else the default."""
+        measured = [t["overhead_minutes"] for r in self.study.runs()
+                    if (t := read_json(r.directory / RUN_TIMING)) is not None and "overhead_minutes" in t]
+        return max(measured) if measured else self.overhead_minutes
 
     def _time_is_up(self) -> None:
         log.warning("time limit reached: stopping (running pretraining saves a checkpoint; rerun to continue)")
@@ -123,6 +131,7 @@ class StudyRunner:
         (run.directory / "commands.sh").write_text(
             "#!/usr/bin/env bash\n# the stages of this run, as the study runner ran them (from the study's cwd)\n"
             + "".join(f"{shlex.join(c)}\n" for c in commands.values()))
+        began, trains_in_one_go = time.monotonic(), pretrain_result(run) is None and not has_checkpoint(run)
         if pretrain_result(run) is None:
             log.info("%s: pretraining on %s", run.id, slot.name)
             self.processes.run(commands["pretrain"], run.directory / "logs" / "pretrain.log", slot)
@@ -134,6 +143,11 @@ class StudyRunner:
             log.info("%s: fine-tuning %s on %s", run.id, self.study.downstream.name, slot.name)
             self.processes.run(commands["downstream"], run.directory / "logs" / "downstream.log", slot)
             (run.directory / "downstream.json").write_text(json.dumps({"model_file": model_stamp(run)}) + "\n")
+        if trains_in_one_go:  # every stage from scratch in this call: its time beyond the budget is the overhead
+            seconds = time.monotonic() - began
+            (run.directory / RUN_TIMING).write_text(json.dumps(
+                {"seconds": round(seconds, 1), "budget_minutes": run.budget_minutes,
+                 "overhead_minutes": round(max(0.0, seconds / 60.0 - run.budget_minutes), 2)}) + "\n")
         if not self.study.keep_models:
             remove_model(run)
         log.info("%s: done", run.id)
@@ -209,6 +223,12 @@ def model_stamp(run: Run) -> Optional[dict]:
         return removed.get("model_file") if isinstance(removed, dict) else None
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def has_checkpoint(run: Run) -> bool:
+    """Whether an earlier, interrupted pretraining of `run` left a checkpoint to resume from."""
+    directory = run.directory / "checkpoints"
+    return directory.is_dir() and any(directory.iterdir())
 
 
 def remove_model(run: Run) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from megabert.study.evaluation import load_eval_set, masked_positions_digest
+from megabert.study.runner import RUN_TIMING
 from tests.study.test_spec import BERT
 from tests.tasks.tiny_model import load_tool
 
@@ -73,6 +74,9 @@ def test_tiny_study_end_to_end(tmp_path, sample_corpus):
         for name in ("pretrain.json", "evaluation.json", "downstream/results.json", "commands.sh",
                      "model/model.safetensors"):
             assert (run_dir / name).is_file(), (run_id, name)
+        timing = json.loads((run_dir / RUN_TIMING).read_text())  # trained in one go: its overhead is measured
+        assert timing["seconds"] > 60 * 0.03 and timing["budget_minutes"] == 0.03
+        assert timing["overhead_minutes"] == pytest.approx(timing["seconds"] / 60 - 0.03, abs=0.01)
     bert = json.loads((out / "runs" / "bert" / "0.03min" / "config.json").read_text())
     assert bert["model"]["position_embedding"] == "learned" and bert["data"]["mask_prob"] == 0.15
     assert bert["schedule"]["budget_minutes"] == 0.03
@@ -152,6 +156,7 @@ def test_a_finished_run_whose_model_was_deleted_stays_finished_and_a_stale_one_s
     assert not (run.directory / "model").exists() and not (run.directory / "checkpoints").exists()
     assert json.loads((run.directory / MODEL_REMOVED).read_text()) == {"model_file": stamp}
     assert model_stamp(run) == stamp and runner.is_done(run)
+    assert not (run.directory / RUN_TIMING).exists()  # nothing trained in this call: no overhead measured
 
     runner.eval_meta = {"masked_positions_sha256": "another evaluation set"}
     assert not runner.is_done(run)
@@ -167,3 +172,28 @@ def test_keep_models_must_be_a_boolean(tmp_path, sample_corpus):
 
     with pytest.raises(StudyError, match="keep_models must be true or false"):
         load_study(write_study(tmp_path, sample_corpus, keep_models="no"))
+
+
+def test_a_time_limit_counts_the_largest_overhead_the_study_has_measured(tmp_path, sample_corpus):
+    """Until a run has measured it, a run needs --run-overhead-minutes besides its budget; then the largest overhead
+    a run of this study measured (timing.json, kept between sittings), so a sitting packs the runs that fit."""
+    import time
+
+    from megabert.study.queue import Processes
+    from megabert.study.runner import StudyRunner, has_checkpoint
+    from megabert.study.spec import load_study
+    from tests.study.test_spec import write_study
+
+    study = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1]))
+    runner = StudyRunner(study, [], Processes(1), deadline=time.monotonic() + 150.0, overhead_minutes=2.0)
+    runner.sitting_seconds = 600.0  # a 10-minute sitting with 2.5 minutes left
+    first, second = study.runs()
+    assert runner.run_overhead_minutes() == 2.0 and not runner.fits(first)  # 1 + 2 minutes: too long
+    for run, overhead in ((first, 0.2), (second, 0.4)):
+        run.directory.mkdir(parents=True)
+        (run.directory / RUN_TIMING).write_text(json.dumps({"seconds": 60 * (1 + overhead), "budget_minutes": 1,
+                                                            "overhead_minutes": overhead}))
+    assert runner.run_overhead_minutes() == 0.4 and runner.fits(first)  # 1.4 minutes fit in 2.5
+    assert not has_checkpoint(first)
+    (first.directory / "checkpoints" / "step_0000010").mkdir(parents=True)
+    assert has_checkpoint(first)  # resumed, it would not measure its whole overhead
