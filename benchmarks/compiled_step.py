@@ -540,9 +540,9 @@ def environment(bench: Bench) -> dict:
     import triton
 
     return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "device": device_name(bench),
-            "host": platform.node(), "gpu_uuid": gpu_uuid(bench), "commit": source_commit(), "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "matmul_tflops": bench.peak_tflops,
+            "host": platform.node(), "gpu_uuid": gpu_uuid(bench), "commit": source_commit(),
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "matmul_tflops": bench.peak_tflops,
             "padding": {d: padding_fraction(make_mlm_batches(d, 8, 8, 2048, "cpu")) for d in DISTRIBUTIONS}}
 
 

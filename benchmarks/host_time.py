@@ -108,8 +108,8 @@ def measure(bench: Bench, system: str, dist: str, repeats: int, top: int) -> dic
 
 def line(r: dict) -> str:
     return (f"{r['system']} {r['dist']}: host ms, synced: " + ", ".join(f"{p} {r[p]:.2f}" for p in PHASES)
-            + f" = {r['host']:.1f} | wall of that step {r['wall']:.1f} | back to back {r['back_to_back_ms']:.1f} ms/step"
-            f" (host queued {r['queue_ms']:.1f}) | setup {r['setup_s']:.0f} s")
+            + f" = {r['host']:.1f} | wall of that step {r['wall']:.1f} | back to back "
+            f"{r['back_to_back_ms']:.1f} ms/step (host queued {r['queue_ms']:.1f}) | setup {r['setup_s']:.0f} s")
 
 
 def main(argv: Optional[list[str]] = None) -> list[dict]:
