@@ -12,7 +12,8 @@ alibi_slopes: fp32 [heads] or None; adds -slope_h * |i - j| to the scores of hea
 
 Backends, fastest first (`auto` picks the first that runs on the tensors' device and dtype):
   flash_attn  the flash-attn package's varlen kernel with alibi_slopes (optional dependency, CUDA)
-  triton      megabert's own Triton FlashAttention with ALiBi computed in the kernel (CUDA)
+  triton      megabert's own Triton FlashAttention with ALiBi computed in the kernel (CUDA, compute capability
+              8.0 or newer: Ampere, Hopper and later)
   sdpa        PyTorch scaled_dot_product_attention on a padded copy with an additive ALiBi + padding bias
   eager       the fp32 reference: softmax(q k^T * scale + bias) v, one sequence at a time
 
@@ -155,7 +156,8 @@ def resolve_backend(requested: str, example: torch.Tensor) -> str:
         if not backend_available(requested, example):
             raise RuntimeError(
                 f"attention backend {requested!r} cannot run on {example.device.type} / {example.dtype} "
-                f"(is its package installed?); use model.attention_backend 'auto' or 'sdpa'")
+                f"(is its package installed? does the GPU meet its needs, listed in megabert/ops/attention.py?); "
+                f"use model.attention_backend 'auto' or 'sdpa'")
         chosen = requested
     else:
         raise ValueError(f"unknown attention backend {requested!r}; choose from auto, {', '.join(AUTO_ORDER)}")

@@ -25,6 +25,7 @@ not exact, and use small fixed blocks.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Optional
@@ -487,10 +488,28 @@ _flash_packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_s
 # ---------------------------------------------------------------------------------------------------------------
 
 
+MIN_CAPABILITY = (8, 0)
+"""Triton's supported NVIDIA GPUs: on older ones (V100, T4) it runs tl.dot on FMA units instead of tensor cores,
+slower than SDPA's kernels there, so 'auto' picks SDPA on them."""
+
+
+def runs_fast_on(capability: tuple[int, int]) -> bool:
+    """Whether a GPU of this compute capability runs the kernels' matmuls on tensor cores."""
+    return tuple(capability) >= MIN_CAPABILITY
+
+
+@functools.lru_cache(maxsize=None)
+def _device_runs_fast(device_index: int) -> bool:
+    return runs_fast_on(torch.cuda.get_device_capability(device_index))
+
+
 def is_available(tensor: torch.Tensor) -> bool:
-    """True for CUDA fp16/bf16 tensors whose last dim is a supported head_dim, with Triton importable."""
+    """True for CUDA fp16/bf16 tensors whose last dim is a supported head_dim, on a GPU of compute capability 8.0 or
+    newer, with Triton importable."""
     return (triton is not None and tensor.is_cuda and tensor.dtype in (torch.float16, torch.bfloat16)
-            and tensor.shape[-1] in SUPPORTED_HEAD_DIMS)
+            and tensor.shape[-1] in SUPPORTED_HEAD_DIMS
+            and _device_runs_fast(tensor.device.index if tensor.device.index is not None
+                                  else torch.cuda.current_device()))
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

@@ -152,6 +152,29 @@ def test_auto_backend_on_cpu_is_sdpa():
     assert resolve_backend("auto", torch.zeros(2, 2, 64)) == "sdpa"
 
 
+@pytest.mark.parametrize("capability, fused", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_auto_backend_takes_the_triton_kernel_only_on_gpus_with_tensor_core_dots(monkeypatch, capability, fused):
+    # Triton runs tl.dot on FMA units below compute capability 8.0 (V100, T4): SDPA is faster there. A stand-in
+    # for a CUDA bf16 tensor, the device's capability patched: no GPU needed.
+    from types import SimpleNamespace
+
+    from megabert.ops import flash_attention_triton as fa
+
+    if fa.triton is None:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    fa._device_runs_fast.cache_clear()
+    example = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(5, 4, 64), device=torch.device("cuda", 0))
+    try:
+        assert fa.is_available(example) is fused
+        assert fa.runs_fast_on(capability) is fused
+        if not fused:
+            with pytest.raises(RuntimeError, match="does the GPU meet its needs"):
+                resolve_backend("triton", example)
+    finally:
+        fa._device_runs_fast.cache_clear()
+
+
 def test_flash_attn_backend_is_unavailable_without_the_package_or_gpu():
     from megabert.ops import flash_attn_backend
 
