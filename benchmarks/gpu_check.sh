@@ -3,9 +3,13 @@
 # against Hugging Face + torch.compile), the trainer and its DeepSpeed engine step against the plain step, and the
 # tensor-parallel code path's overhead at TP = 1.
 #
-#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention fused compiled base profile ablation large
-#                                           trainer checkpoint tp
-#                                      (default: all but compiled, trainer, checkpoint and tp)
+#   benchmarks/gpu_check.sh [SECTION ...]   sections: tests attention fused compiled pooled host base profile
+#                                           ablation large trainer checkpoint tp
+#                                      (default: all but compiled, pooled, host, trainer, checkpoint and tp)
+#
+# `pooled` is one fresh machine's run for the floors' medians: the compiled step against HF + torch.compile, base
+# and large, to $OUT/compiled_pooled.json; run it with `trainer` on each of three fresh machines, then pool the
+# files with `python -m benchmarks.pool_runs` and the trainer's with `python -m benchmarks.trainer_ratio`.
 #
 # The trainer and checkpoint sections need DeepSpeed: with wheels in .whl/ (../shared/gpu/fetch_wheels.sh makes them) they are
 # installed into /tmp/site first. The trainer section times the plain step (megabert + fused AdamW, no engine)
@@ -54,6 +58,10 @@ for section in "${SECTIONS[@]}"; do
     base) run bench_throughput_base 230 python3 -m benchmarks.throughput --models base \
             --dists c4-128 c4-512 --systems $BASE_SYSTEMS --warmup 3 --steps 15 ;;
     compiled) run compiled_step 480 python3 -m benchmarks.compiled_step --json-out "$OUT/compiled_step.json" ;;
+    pooled) run compiled_pooled 480 python3 -m benchmarks.compiled_step --models base large --no-checks \
+              --systems megabert-compiled hf-compile --budget-s 460 --json-out "$OUT/compiled_pooled.json" ;;
+    host) run host_time 200 python3 -m benchmarks.host_time --systems megabert-compiled hf-compile \
+            --dists c4-128 c4-512 ;;
     profile) run bench_profile 40 python3 -m benchmarks.step_profile --model base --dists c4-128 ;;
     ablation) run bench_ablation 120 python3 -m benchmarks.throughput --models base --systems \
                 --ablation --ablation-dists $ABLATION_DISTS --warmup 2 --steps 10 ;;
@@ -74,7 +82,8 @@ for section in "${SECTIONS[@]}"; do
       run bench_checkpoint 220 python3 -m benchmarks.checkpoint --config configs/base.json \
         --global_batch_size "${TRAINER_GLOBAL_BATCH:-1024}" --rounds "${CHECKPOINT_ROUNDS:-3}" ;;
     tp) run bench_tp_overhead 90 python3 -m benchmarks.tp_overhead --json-out "$OUT/tp_overhead.json" ;;
-    *) echo "unknown section $section (tests attention fused compiled base profile ablation large trainer checkpoint tp)"
+    *) echo "unknown section $section (tests attention fused compiled pooled host base profile ablation large trainer" \
+            "checkpoint tp)"
        exit 2 ;;
   esac
 done
