@@ -25,7 +25,6 @@ not exact, and use small fixed blocks.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Optional
@@ -498,18 +497,19 @@ def runs_fast_on(capability: tuple[int, int]) -> bool:
     return tuple(capability) >= MIN_CAPABILITY
 
 
-@functools.lru_cache(maxsize=None)
-def _device_runs_fast(device_index: int) -> bool:
-    return runs_fast_on(torch.cuda.get_device_capability(device_index))
-
-
 def is_available(tensor: torch.Tensor) -> bool:
     """True for CUDA fp16/bf16 tensors whose last dim is a supported head_dim, on a GPU of compute capability 8.0 or
     newer, with Triton importable."""
     return (triton is not None and tensor.is_cuda and tensor.dtype in (torch.float16, torch.bfloat16)
             and tensor.shape[-1] in SUPPORTED_HEAD_DIMS
-            and _device_runs_fast(tensor.device.index if tensor.device.index is not None
-                                  else torch.cuda.current_device()))
+            and runs_fast_on(device_capability(tensor.device.index if tensor.device.index is not None
+                                               else torch.cuda.current_device())))
+
+
+@torch.compiler.assume_constant_result  # a constant inside a torch.compile trace, evaluated once when tracing
+def device_capability(device_index: int) -> tuple[int, int]:
+    """(major, minor) compute capability of CUDA device `device_index`."""
+    return tuple(torch.cuda.get_device_capability(device_index))
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

@@ -162,17 +162,24 @@ def test_auto_backend_takes_the_triton_kernel_only_on_gpus_with_tensor_core_dots
 
     if fa.triton is None:
         pytest.skip("triton is not installed")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
-    fa._device_runs_fast.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     example = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(5, 4, 64), device=torch.device("cuda", 0))
+    assert fa.is_available(example) is fused
+    assert fa.runs_fast_on(capability) is fused
+    if not fused:
+        with pytest.raises(RuntimeError, match="does the GPU meet its needs"):
+            resolve_backend("triton", example)
+
+    # The model resolves its backend inside torch.compile's trace (fullgraph): the capability is a constant there.
+    def choose(x):
+        return x * 2 if fa.runs_fast_on(fa.device_capability(0)) else x + 1
+
+    torch._dynamo.reset()  # a fresh trace: the capability is read when tracing
     try:
-        assert fa.is_available(example) is fused
-        assert fa.runs_fast_on(capability) is fused
-        if not fused:
-            with pytest.raises(RuntimeError, match="does the GPU meet its needs"):
-                resolve_backend("triton", example)
+        compiled = torch.compile(choose, fullgraph=True, backend="eager")
+        assert compiled(torch.zeros(2)).tolist() == ([0.0, 0.0] if fused else [1.0, 1.0])
     finally:
-        fa._device_runs_fast.cache_clear()
+        torch._dynamo.reset()
 
 
 def test_flash_attn_backend_is_unavailable_without_the_package_or_gpu():
