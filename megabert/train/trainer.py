@@ -357,7 +357,9 @@ class Trainer:
             from megabert.checkpoint.export import export_checkpoint
 
             out = export_checkpoint(self.cfg.checkpoint.dir, Path(self.cfg.output_dir) / "model")
-            log.info("exported the final model to %s", out)
+            log.info("exported the final model to %s (megabert's format: fine-tune it with tools/run_glue.py --model "
+                     "%s; for transformers / sentence-transformers: python tools/convert_checkpoint.py to-hf %s "
+                     "<dir> [--sentence-transformers])", out, out, out)
         barrier()
 
 
