@@ -239,11 +239,14 @@ def run(args: argparse.Namespace) -> dict:
         else:
             results = ((path, line_no, encoder.encode(lines)) for path, line_no, lines in jobs)
         reported = 0
+        first_skip = None  # where and why, for the error when nothing at all was usable
         for path, first_line, result in results:
-            if result.first_error and args.on_error == "fail":
+            if result.first_error:
                 offset, reason, detail = result.first_error
                 where = f"{path}:{first_line + offset}" if offset >= 0 else f"{path} (lines from {first_line})"
-                raise InputError(f"{where}: {reason}: {detail} (use --on-error skip to count and continue)")
+                if args.on_error == "fail":
+                    raise InputError(f"{where}: {reason}: {detail} (use --on-error skip to count and continue)")
+                first_skip = first_skip or f"{where}: {reason}: {detail}"
             for w, toks, lens, per_doc in zip(writers, result.tokens, result.sequence_lengths,
                                               result.sequences_per_doc):
                 w.add_documents(toks, lens, per_doc)
@@ -267,7 +270,8 @@ def run(args: argparse.Namespace) -> dict:
             if args.on_error == "fail":
                 raise InputError(f"{path_t}: truncated_gzip: the gzip stream ends or breaks after line {line_t - 1}")
         if documents == 0:
-            raise InputError(f"no usable documents in {len(files)} input file(s); skipped: {dict(skipped) or 'none'}")
+            raise InputError(f"no usable documents in {len(files)} input file(s); skipped: {dict(skipped) or 'none'}"
+                             + (f"; the first: {first_skip}" if first_skip else ""))
         for w in writers:
             w.finalize()
     finally:

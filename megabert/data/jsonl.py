@@ -55,6 +55,9 @@ class OversizeLine(bytes):
         return OversizeLine, (self.nbytes, self.limit)
 
 
+_NOT_JSON_LINES = " (the input must be JSON lines, one object per line: a JSON array is not read)"
+
+
 def parse_record(raw: bytes, keys: list[str], max_document_chars: int = MAX_DOCUMENT_CHARS) -> \
         tuple[Optional[str], str, list[str]]:
     """(skip reason or None, detail, the text of each key) of one JSON line; reason "blank" for an empty line
@@ -71,9 +74,10 @@ def parse_record(raw: bytes, keys: list[str], max_document_chars: int = MAX_DOCU
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
-        return "malformed_json", str(err), []
+        return "malformed_json", str(err) + _NOT_JSON_LINES * line.lstrip().startswith("["), []
     if not isinstance(obj, dict):
-        return "malformed_json", f"a JSON {type(obj).__name__}, not an object", []
+        hint = _NOT_JSON_LINES if isinstance(obj, list) else ""
+        return "malformed_json", f"a JSON {type(obj).__name__}, not an object{hint}", []
     fields = []
     for key in keys:
         value = obj.get(key)

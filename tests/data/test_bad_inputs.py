@@ -237,7 +237,11 @@ TABLE = [
         error=r"in\.json:2: oversize_document: key 'text' holds 3,000 characters, over the cap of 2,000"),
     # preprocessing: errors that stop the run
     Bad("no usable document", "preprocess_run", _lines_only("{", "[]"),
-        error=r"no usable documents in 1 input file\(s\); skipped: \{'malformed_json': 2\}", raises=InputError),
+        error=r"no usable documents in 1 input file\(s\); skipped: \{'malformed_json': 2\}; the first: \S*x\.json:1: "
+              r"malformed_json: ", raises=InputError),
+    Bad("a JSON array instead of JSON lines", "preprocess_run", _lines_only('[{"text": "a b"},', '{"text": "c d"}]'),
+        error=r"the first: \S*x\.json:1: malformed_json: .*the input must be JSON lines, one object per line: a JSON "
+              r"array is not read", raises=InputError),
     Bad("input matches no file", "preprocess_run", lambda t: {"input": t / "in" / "*.json.gz"},
         error="matches no file", raises=InputError),
     Bad("tokenizer without its vocab file", "preprocess_run", _lines_only(GOOD, vocab=lambda t: None),
