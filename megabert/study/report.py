@@ -9,6 +9,7 @@ loss, validation accuracy and downstream score (points) that turning the switch 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Optional, Sequence
 
@@ -78,6 +79,35 @@ def _change(reference: Optional[dict], row: dict, key: str, relative: bool = Fal
     return scale * (row[key] - reference[key])
 
 
+def recipe_choices(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """The sweep's decision, per model: among a study's runs at its smallest budget (ablation runs left out),
+    grouped by architecture (the resolved config's model section, so BERT at 15% and at 30% masking is one model),
+    the run with the lowest validation loss that left the unigram plateau. Only models with two or more such runs
+    (a sweep) get a choice; it is provisional while any of them is still to run."""
+    smallest = min(study.budgets_minutes, default=None)
+    runs = {r.id: r for r in study.runs()}
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["role"] != "ablation" and row["budget_minutes"] == smallest:
+            model = study.run_config(runs[row["run"]]).model
+            groups.setdefault(json.dumps(dataclasses.asdict(model), sort_keys=True, default=str), []).append(row)
+    choices = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        learned = [r for r in members if r["eval_loss"] is not None and r.get("on_unigram_plateau") is False]
+        best = min(learned, key=lambda r: r["eval_loss"], default=None)
+        names = [r["variant"].split() for r in members]
+        common = [w for i, w in enumerate(names[0]) if all(len(n) > i and n[i] == w for n in names)]
+        choices.append({"model": " ".join(common) or members[0]["variant"], "budget_minutes": smallest,
+                        "runs": [r["run"] for r in members],
+                        "finished": sum(r["eval_loss"] is not None for r in members),
+                        "left_plateau": len(learned), "chosen": best["run"] if best else None,
+                        "eval_loss": best["eval_loss"] if best else None,
+                        "overrides": runs[best["run"]].variant.overrides if best else None})
+    return choices
+
+
 def pareto_panels(rows: Sequence[dict]) -> list[Panel]:
     """Validation loss and (when any run has one) downstream score against wall clock, one curve per variant
     (the ablation's single points left to the ablation table)."""
@@ -109,7 +139,8 @@ def collect(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = 
             "evaluation": {k: eval_meta.get(k) for k in ("samples", "masked_tokens", "masked_positions_sha256",
                                                         "unigram", "settings")},
             "downstream": study.downstream.name if study.downstream else None,
-            "runs": rows, "ablation": ablation_rows(study, rows), "pareto_frontier": fronts}
+            "runs": rows, "ablation": ablation_rows(study, rows), "recipe_choices": recipe_choices(study, rows),
+            "pareto_frontier": fronts}
 
 
 def write_report(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -179,6 +210,19 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{_fmt(a['eval_loss_change'], '.4f', True)} | "
                          f"{_fmt(a['eval_accuracy_change_pts'], '.2f', True)} | "
                          f"{_fmt(a['downstream_change_pts'], '.2f', True)} |")
+    if results.get("recipe_choices"):
+        lines += ["", "## Recipe choice", "",
+                  "Per model, at the smallest budget: the lowest validation loss among the runs that left the unigram "
+                  "plateau. Copy the chosen run's overrides into the study that compares the models.", "",
+                  "| model | budget | runs finished | left the plateau | chosen | val loss | overrides |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in results["recipe_choices"]:
+            chosen = c["chosen"] or ("none: every finished run is on the plateau" if c["finished"] else "pending")
+            if c["chosen"] and c["finished"] < len(c["runs"]):
+                chosen += " (provisional: runs still to finish)"
+            overrides = f"`{json.dumps(c['overrides'])}`" if c["overrides"] else "-"
+            lines.append(f"| {c['model']} | {budget_label(c['budget_minutes'])} | {c['finished']} of {len(c['runs'])} "
+                         f"| {c['left_plateau']} | {chosen} | {_fmt(c['eval_loss'])} | {overrides} |")
     if results["pareto_frontier"]:
         lines += ["", "## Pareto frontier", ""]
         for key, runs in results["pareto_frontier"].items():

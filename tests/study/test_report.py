@@ -7,7 +7,7 @@ import pytest
 
 from megabert.study.report import write_report
 from megabert.study.spec import SWITCHES, load_study
-from tests.study.test_spec import write_study
+from tests.study.test_spec import BERT, write_study
 from tests.tools.test_plot_pareto import _png_size
 
 EVAL_META = {"samples": 64, "masked_tokens": 900, "masked_positions_sha256": "ab" * 32,
@@ -99,3 +99,37 @@ def test_plot_pareto_redraws_a_study_from_its_results(study, tmp_path, capsys):
     assert _png_size(out)[1] > 600
     assert "bert/5min" in capsys.readouterr().out
     assert plot.main(["study", str(tmp_path / "none.json"), "--output", str(out)]) == 2
+
+
+def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_smallest_budget(tmp_path, sample_corpus):
+    # MosaicBERT at three lrs, BERT over two lrs at 15% and one at 30% masking (one model, two recipes of masking)
+    sweeps = [{"name": "MosaicBERT", "role": "variant", "grid": {"optim.lr": [1e-4, 2e-4]}},
+              {"name": "BERT", "role": "baseline", "overrides": BERT, "grid": {"optim.lr": [1e-4, 2e-4]}},
+              {"name": "BERT 30%", "role": "baseline", "overrides": {**BERT, "data.mask_prob": 0.3},
+               "grid": {"optim.lr": [1e-4]}}]
+    study = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[3], sweeps=sweeps,
+                                   variants=[{"name": "MosaicBERT", "role": "mosaicbert"}]))
+    by_id = {r.id: r for r in study.runs()}
+    assert set(by_id) == {"mosaicbert/3min", "mosaicbert-lr=0.0001/3min", "mosaicbert-lr=0.0002/3min",
+                          "bert-lr=0.0001/3min", "bert-lr=0.0002/3min", "bert-30-lr=0.0001/3min"}
+    fake_run(by_id["mosaicbert/3min"], 1000.0, 180.0, 6.9, 0.05)  # on the plateau (unigram 7.0): never chosen
+    fake_run(by_id["mosaicbert-lr=0.0001/3min"], 1000.0, 180.0, 3.7, 0.41)
+    fake_run(by_id["mosaicbert-lr=0.0002/3min"], 1000.0, 180.0, 3.9, 0.39)
+    fake_run(by_id["bert-lr=0.0001/3min"], 800.0, 180.0, 6.95, 0.05)
+    fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 5.5, 0.2)  # bert-lr=0.0002 still to run
+    results = write_report(study, EVAL_META)
+
+    choices = {c["model"]: c for c in results["recipe_choices"]}
+    assert set(choices) == {"MosaicBERT", "BERT"}
+    assert choices["MosaicBERT"]["chosen"] == "mosaicbert-lr=0.0001/3min"
+    assert choices["MosaicBERT"]["overrides"] == {"optim.lr": 1e-4} and choices["MosaicBERT"]["left_plateau"] == 2
+    bert = choices["BERT"]
+    assert bert["chosen"] == "bert-30-lr=0.0001/3min" and bert["finished"] == 2 and len(bert["runs"]) == 3
+    assert bert["overrides"]["data.mask_prob"] == 0.3 and bert["overrides"]["optim.lr"] == 1e-4
+    text = (study.output_dir / "results.md").read_text()
+    assert "## Recipe choice" in text
+    assert "| BERT | 3min | 2 of 3 | 1 | bert-30-lr=0.0001/3min (provisional: runs still to finish) | 5.5000 |" in text
+
+    fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 6.99, 0.05)  # now every finished BERT run is stuck
+    assert {c["model"]: c["chosen"] for c in write_report(study, EVAL_META)["recipe_choices"]}["BERT"] is None
+    assert "none: every finished run is on the plateau" in (study.output_dir / "results.md").read_text()
