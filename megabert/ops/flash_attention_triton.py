@@ -488,13 +488,16 @@ _flash_packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_s
 
 
 MIN_CAPABILITY = (8, 0)
-"""Triton's supported NVIDIA GPUs: on older ones (V100, T4) it runs tl.dot on FMA units instead of tensor cores,
-slower than SDPA's kernels there, so 'auto' picks SDPA on them."""
+"""Triton's supported NVIDIA GPUs. On older ones (V100, T4) it runs tl.dot on FMA units instead of tensor cores, and
+the kernel has not been tested there, so 'auto' takes SDPA, which PyTorch builds for them."""
 
 
 def runs_fast_on(capability: tuple[int, int]) -> bool:
     """Whether a GPU of this compute capability runs the kernels' matmuls on tensor cores."""
     return tuple(capability) >= MIN_CAPABILITY
+
+
+_capabilities: dict[int, tuple[int, int]] = {}
 
 
 def is_available(tensor: torch.Tensor) -> bool:
@@ -508,8 +511,11 @@ def is_available(tensor: torch.Tensor) -> bool:
 
 @torch.compiler.assume_constant_result  # a constant inside a torch.compile trace, evaluated once when tracing
 def device_capability(device_index: int) -> tuple[int, int]:
-    """(major, minor) compute capability of CUDA device `device_index`."""
-    return tuple(torch.cuda.get_device_capability(device_index))
+    """(major, minor) compute capability of CUDA device `device_index`, asked once per device (eager attention
+    resolves its backend at every call)."""
+    if device_index not in _capabilities:
+        _capabilities[device_index] = tuple(torch.cuda.get_device_capability(device_index))
+    return _capabilities[device_index]
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

@@ -154,7 +154,7 @@ def test_auto_backend_on_cpu_is_sdpa():
 
 @pytest.mark.parametrize("capability, fused", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
 def test_auto_backend_takes_the_triton_kernel_only_on_gpus_with_tensor_core_dots(monkeypatch, capability, fused):
-    # Triton runs tl.dot on FMA units below compute capability 8.0 (V100, T4): SDPA is faster there. A stand-in
+    # Triton runs tl.dot on FMA units below compute capability 8.0 (V100, T4): SDPA is taken there. A stand-in
     # for a CUDA bf16 tensor, the device's capability patched: no GPU needed.
     from types import SimpleNamespace
 
@@ -163,6 +163,7 @@ def test_auto_backend_takes_the_triton_kernel_only_on_gpus_with_tensor_core_dots
     if fa.triton is None:
         pytest.skip("triton is not installed")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(fa, "_capabilities", {})  # asked once per device: a fresh cache for the patched device
     example = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(5, 4, 64), device=torch.device("cuda", 0))
     assert fa.is_available(example) is fused
     assert fa.runs_fast_on(capability) is fused
