@@ -104,8 +104,36 @@ def recipe_choices(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
                         "finished": sum(r["eval_loss"] is not None for r in members),
                         "left_plateau": len(learned), "chosen": best["run"] if best else None,
                         "eval_loss": best["eval_loss"] if best else None,
-                        "overrides": runs[best["run"]].variant.overrides if best else None})
+                        "overrides": runs[best["run"]].variant.overrides if best else None,
+                        "at_edge": _at_edge(study, [runs[r["run"]] for r in members], runs[best["run"]])
+                        if best else []})
     return choices
+
+
+def _at_edge(study: Study, members: Sequence[Run], chosen: Run) -> list[dict[str, Any]]:
+    """The swept numeric settings (any key a member overrides) whose chosen value is the smallest or the largest
+    that the model's runs try: the best recipe may then lie beyond the sweep's range, which should grow that way
+    before the choice is trusted. Values are the resolved configs', so a run that keeps the base config's value
+    counts with it."""
+    keys = sorted({k for run in members for k in run.variant.overrides})
+    configs = {run.id: study.run_config(run) for run in members}
+    edges = []
+    for key in keys:
+        values = {run.id: _setting(configs[run.id], key) for run in members}
+        numbers = [v for v in values.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        value = values[chosen.id]
+        if len(set(numbers)) < 2 or value not in numbers:
+            continue
+        if value in (min(numbers), max(numbers)):
+            edges.append({"setting": key, "value": value, "side": "smallest" if value == min(numbers) else "largest"})
+    return edges
+
+
+def _setting(config: Any, dotted: str) -> Any:
+    """A resolved config's value for a dotted override key ('optim.lr'); None where the key names no field."""
+    for part in dotted.split("."):
+        config = getattr(config, part, None)
+    return config
 
 
 def pareto_panels(rows: Sequence[dict]) -> list[Panel]:
@@ -213,16 +241,20 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("recipe_choices"):
         lines += ["", "## Recipe choice", "",
                   "Per model, at the smallest budget: the lowest validation loss among the runs that left the unigram "
-                  "plateau. Copy the chosen run's overrides into the study that compares the models.", "",
-                  "| model | budget | runs finished | left the plateau | chosen | val loss | overrides |",
-                  "|---|---|---|---|---|---|---|"]
+                  "plateau. Copy the chosen run's overrides into the study that compares the models. A chosen value "
+                  "at the edge of the values tried (the smallest or the largest) says the best recipe may lie beyond "
+                  "the sweep: extend it that way before trusting the choice.", "",
+                  "| model | budget | runs finished | left the plateau | chosen | val loss | at the sweep's edge | "
+                  "overrides |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in results["recipe_choices"]:
             chosen = c["chosen"] or ("none: every finished run is on the plateau" if c["finished"] else "pending")
             if c["chosen"] and c["finished"] < len(c["runs"]):
                 chosen += " (provisional: runs still to finish)"
             overrides = f"`{json.dumps(c['overrides'])}`" if c["overrides"] else "-"
+            edges = ", ".join(f"{e['setting']} {e['value']:g} ({e['side']} tried)" for e in c.get("at_edge", []))
             lines.append(f"| {c['model']} | {budget_label(c['budget_minutes'])} | {c['finished']} of {len(c['runs'])} "
-                         f"| {c['left_plateau']} | {chosen} | {_fmt(c['eval_loss'])} | {overrides} |")
+                         f"| {c['left_plateau']} | {chosen} | {_fmt(c['eval_loss'])} | {edges or '-'} | {overrides} |")
     if results["pareto_frontier"]:
         lines += ["", "## Pareto frontier", ""]
         for key, runs in results["pareto_frontier"].items():

@@ -130,6 +130,16 @@ def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_small
     assert "## Recipe choice" in text
     assert "| BERT | 3min | 2 of 3 | 1 | bert-30-lr=0.0001/3min (provisional: runs still to finish) | 5.5000 |" in text
 
+    # lr 1e-4 is the smallest MosaicBERT tries (the base config's 2e-3 counts); 30% the largest masking BERT tries
+    assert choices["MosaicBERT"]["at_edge"] == [{"setting": "optim.lr", "value": 1e-4, "side": "smallest"}]
+    assert bert["at_edge"] == [{"setting": "data.mask_prob", "value": 0.3, "side": "largest"},
+                               {"setting": "optim.lr", "value": 1e-4, "side": "smallest"}]
+    assert "| optim.lr 0.0001 (smallest tried) |" in text
+
+    fake_run(by_id["mosaicbert-lr=0.0002/3min"], 1000.0, 180.0, 3.6, 0.42)  # inside the range (1e-4 .. 2e-3)
+    choices = {c["model"]: c for c in write_report(study, EVAL_META)["recipe_choices"]}
+    assert choices["MosaicBERT"]["chosen"] == "mosaicbert-lr=0.0002/3min" and choices["MosaicBERT"]["at_edge"] == []
+
     fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 6.99, 0.05)  # now every finished BERT run is stuck
     assert {c["model"]: c["chosen"] for c in write_report(study, EVAL_META)["recipe_choices"]}["BERT"] is None
     assert "none: every finished run is on the plateau" in (study.output_dir / "results.md").read_text()
