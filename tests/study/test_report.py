@@ -101,8 +101,9 @@ def test_plot_pareto_redraws_a_study_from_its_results(study, tmp_path, capsys):
     assert plot.main(["study", str(tmp_path / "none.json"), "--output", str(out)]) == 2
 
 
-def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_smallest_budget(tmp_path, sample_corpus):
-    # MosaicBERT at three lrs, BERT over two lrs at 15% and one at 30% masking (one model, two recipes of masking)
+def _recipe_sweep(tmp_path, sample_corpus):
+    """MosaicBERT at three lrs (the base config's 2e-3, 1e-4, 2e-4), BERT over two lrs at 15% and one at 30% masking
+    (one model, two recipes of masking); five runs finished, bert-lr=0.0002 still to run."""
     sweeps = [{"name": "MosaicBERT", "role": "variant", "grid": {"optim.lr": [1e-4, 2e-4]}},
               {"name": "BERT", "role": "baseline", "overrides": BERT, "grid": {"optim.lr": [1e-4, 2e-4]}},
               {"name": "BERT 30%", "role": "baseline", "overrides": {**BERT, "data.mask_prob": 0.3},
@@ -116,7 +117,12 @@ def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_small
     fake_run(by_id["mosaicbert-lr=0.0001/3min"], 1000.0, 180.0, 3.7, 0.41)
     fake_run(by_id["mosaicbert-lr=0.0002/3min"], 1000.0, 180.0, 3.9, 0.39)
     fake_run(by_id["bert-lr=0.0001/3min"], 800.0, 180.0, 6.95, 0.05)
-    fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 5.5, 0.2)  # bert-lr=0.0002 still to run
+    fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 5.5, 0.2)
+    return study, by_id
+
+
+def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_smallest_budget(tmp_path, sample_corpus):
+    study, by_id = _recipe_sweep(tmp_path, sample_corpus)
     results = write_report(study, EVAL_META)
 
     choices = {c["model"]: c for c in results["recipe_choices"]}
@@ -130,16 +136,21 @@ def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_small
     assert "## Recipe choice" in text
     assert "| BERT | 3min | 2 of 3 | 1 | bert-30-lr=0.0001/3min (provisional: runs still to finish) | 5.5000 |" in text
 
+    fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 6.99, 0.05)  # now every finished BERT run is stuck
+    assert {c["model"]: c["chosen"] for c in write_report(study, EVAL_META)["recipe_choices"]}["BERT"] is None
+    assert "none: every finished run is on the plateau" in (study.output_dir / "results.md").read_text()
+
+
+def test_recipe_choice_names_the_swept_settings_whose_chosen_value_is_the_smallest_or_largest_tried(
+        tmp_path, sample_corpus):
+    study, by_id = _recipe_sweep(tmp_path, sample_corpus)
+    choices = {c["model"]: c for c in write_report(study, EVAL_META)["recipe_choices"]}
     # lr 1e-4 is the smallest MosaicBERT tries (the base config's 2e-3 counts); 30% the largest masking BERT tries
     assert choices["MosaicBERT"]["at_edge"] == [{"setting": "optim.lr", "value": 1e-4, "side": "smallest"}]
-    assert bert["at_edge"] == [{"setting": "data.mask_prob", "value": 0.3, "side": "largest"},
-                               {"setting": "optim.lr", "value": 1e-4, "side": "smallest"}]
-    assert "| optim.lr 0.0001 (smallest tried) |" in text
+    assert choices["BERT"]["at_edge"] == [{"setting": "data.mask_prob", "value": 0.3, "side": "largest"},
+                                          {"setting": "optim.lr", "value": 1e-4, "side": "smallest"}]
+    assert "| optim.lr 0.0001 (smallest tried) |" in (study.output_dir / "results.md").read_text()
 
     fake_run(by_id["mosaicbert-lr=0.0002/3min"], 1000.0, 180.0, 3.6, 0.42)  # inside the range (1e-4 .. 2e-3)
     choices = {c["model"]: c for c in write_report(study, EVAL_META)["recipe_choices"]}
     assert choices["MosaicBERT"]["chosen"] == "mosaicbert-lr=0.0002/3min" and choices["MosaicBERT"]["at_edge"] == []
-
-    fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 6.99, 0.05)  # now every finished BERT run is stuck
-    assert {c["model"]: c["chosen"] for c in write_report(study, EVAL_META)["recipe_choices"]}["BERT"] is None
-    assert "none: every finished run is on the plateau" in (study.output_dir / "results.md").read_text()
