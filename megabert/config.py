@@ -466,6 +466,13 @@ def apply_overrides(cfg: Any, overrides: list[str] | list[tuple[str, str]]) -> A
     return cfg
 
 
+def field_value(cfg: Any, dotted: str) -> Any:
+    """The value of a dotted field ('optim.lr'), as overrides name it; None where no such field exists."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part, None)
+    return cfg
+
+
 def describe_fields(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted name, default, docstring) for every field, for --help."""
     docs = _attribute_docstrings(cls)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 from typing import Any, Optional, Sequence
 
+from megabert.config import field_value
 from megabert.study.evaluation import PLATEAU_FRACTION
 from megabert.study.plots import Panel, Point, pareto_front, plot_pareto_panels, plot_throughput
 from megabert.study.runner import read_json
@@ -86,11 +87,12 @@ def recipe_choices(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
     (a sweep) get a choice; it is provisional while any of them is still to run."""
     smallest = min(study.budgets_minutes, default=None)
     runs = {r.id: r for r in study.runs()}
+    configs = {row["run"]: study.run_config(runs[row["run"]]) for row in rows
+               if row["role"] != "ablation" and row["budget_minutes"] == smallest}
     groups: dict[str, list[dict]] = {}
-    for row in rows:
-        if row["role"] != "ablation" and row["budget_minutes"] == smallest:
-            model = study.run_config(runs[row["run"]]).model
-            groups.setdefault(json.dumps(dataclasses.asdict(model), sort_keys=True, default=str), []).append(row)
+    for row in (r for r in rows if r["run"] in configs):
+        model = configs[row["run"]].model
+        groups.setdefault(json.dumps(dataclasses.asdict(model), sort_keys=True, default=str), []).append(row)
     choices = []
     for members in groups.values():
         if len(members) < 2:
@@ -105,21 +107,19 @@ def recipe_choices(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
                         "left_plateau": len(learned), "chosen": best["run"] if best else None,
                         "eval_loss": best["eval_loss"] if best else None,
                         "overrides": runs[best["run"]].variant.overrides if best else None,
-                        "at_edge": _at_edge(study, [runs[r["run"]] for r in members], runs[best["run"]])
+                        "at_edge": _at_edge([runs[r["run"]] for r in members], runs[best["run"]], configs)
                         if best else []})
     return choices
 
 
-def _at_edge(study: Study, members: Sequence[Run], chosen: Run) -> list[dict[str, Any]]:
+def _at_edge(members: Sequence[Run], chosen: Run, configs: dict[str, Any]) -> list[dict[str, Any]]:
     """The swept numeric settings (any key a member overrides) whose chosen value is the smallest or the largest
     that the model's runs try: the best recipe may then lie beyond the sweep's range, which should grow that way
-    before the choice is trusted. Values are the resolved configs', so a run that keeps the base config's value
-    counts with it."""
-    keys = sorted({k for run in members for k in run.variant.overrides})
-    configs = {run.id: study.run_config(run) for run in members}
+    before the choice is trusted. Values are the resolved configs' (`configs`, by run id), so a run that keeps the
+    base config's value counts with it."""
     edges = []
-    for key in keys:
-        values = {run.id: _setting(configs[run.id], key) for run in members}
+    for key in sorted({k for run in members for k in run.variant.overrides}):
+        values = {run.id: field_value(configs[run.id], key) for run in members}
         numbers = [v for v in values.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         value = values[chosen.id]
         if len(set(numbers)) < 2 or value not in numbers:
@@ -127,13 +127,6 @@ def _at_edge(study: Study, members: Sequence[Run], chosen: Run) -> list[dict[str
         if value in (min(numbers), max(numbers)):
             edges.append({"setting": key, "value": value, "side": "smallest" if value == min(numbers) else "largest"})
     return edges
-
-
-def _setting(config: Any, dotted: str) -> Any:
-    """A resolved config's value for a dotted override key ('optim.lr'); None where the key names no field."""
-    for part in dotted.split("."):
-        config = getattr(config, part, None)
-    return config
 
 
 def pareto_panels(rows: Sequence[dict]) -> list[Panel]:

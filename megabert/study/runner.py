@@ -131,8 +131,9 @@ class StudyRunner:
         (run.directory / "commands.sh").write_text(
             "#!/usr/bin/env bash\n# the stages of this run, as the study runner ran them (from the study's cwd)\n"
             + "".join(f"{shlex.join(c)}\n" for c in commands.values()))
-        began, trains_in_one_go = time.monotonic(), pretrain_result(run) is None and not has_checkpoint(run)
-        if pretrain_result(run) is None:
+        needs_pretraining = pretrain_result(run) is None
+        began, trains_in_one_go = time.monotonic(), needs_pretraining and not has_checkpoint(run)
+        if needs_pretraining:
             log.info("%s: pretraining on %s", run.id, slot.name)
             self.processes.run(commands["pretrain"], run.directory / "logs" / "pretrain.log", slot)
             self._record_pretrain(run)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from megabert.config import ConfigError, TrainConfig, load_config, read_json_file
+from megabert.config import ConfigError, TrainConfig, field_value, load_config, read_json_file
 from megabert.train.preflight import data_prefixes
 
 ROLES = ("mosaicbert", "baseline", "variant")
@@ -297,12 +297,11 @@ def _ablation(data: Any, study: Study, where: str) -> tuple[float, list[Variant]
     variants = list(study.variants)
     for name in names:
         switch = SWITCH_BY_NAME[name]
-        section, key = switch.key.split(".")
-        if getattr(getattr(reference_cfg, section), key) != switch.on:
+        value = field_value(reference_cfg, switch.key)
+        if value != switch.on:
             raise StudyError(f"{where}: switch {name} turns {switch.key} from {switch.on!r} to {switch.off!r}, but "
-                             f"the MosaicBERT variant {reference.name!r} has {switch.key} = "
-                             f"{getattr(getattr(reference_cfg, section), key)!r}; set it to {switch.on!r} or drop "
-                             f"the switch")
+                             f"the MosaicBERT variant {reference.name!r} has {switch.key} = {value!r}; set it to "
+                             f"{switch.on!r} or drop the switch")
         variants.append(Variant(f"{reference.name} no {name}", "ablation",
                                 {**reference.overrides, switch.key: switch.off}, switch=name))
     return budget, variants
