@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -220,10 +222,12 @@ def _start_preprocess(tmp_path, vocab_file, sample_texts):
     copies = max(2, (6 << 20) // len(line))
     src.write_bytes(line * copies)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Ctrl-C as in a terminal: a test run started in the background inherits SIGINT ignored, and so would the child
+    preexec = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
     proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(src),
                              "--output-prefix", str(tmp_path / "o"), *WP, "--vocab-file", vocab_file, "--workers",
                              "2", "--chunk-lines", str(copies * 200 // 2), "--no-progress"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=preexec)
     assert _wait_until(lambda: len(_children(proc.pid)) == 2, 30), "the workers did not start"
     workers = _children(proc.pid)
     busy = 30 * os.sysconf("SC_CLK_TCK") // 100  # 0.3 s of CPU each: past start-up, inside their chunk
@@ -233,7 +237,6 @@ def _start_preprocess(tmp_path, vocab_file, sample_texts):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 def test_workers_die_with_a_preprocess_killed_by_sigkill(tmp_path, vocab_file, sample_texts):
-    import signal
 
     proc, workers = _start_preprocess(tmp_path, vocab_file, sample_texts)
     try:
@@ -250,7 +253,6 @@ def test_workers_die_with_a_preprocess_killed_by_sigkill(tmp_path, vocab_file, s
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_a_preprocess_with_its_workers_and_leaves_nothing(tmp_path, vocab_file, sample_texts,
                                                                              name):
-    import signal
 
     sig = getattr(signal, name)
     proc, workers = _start_preprocess(tmp_path, vocab_file, sample_texts)
@@ -269,7 +271,6 @@ def test_a_stop_signal_ends_a_preprocess_with_its_workers_and_leaves_nothing(tmp
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 @pytest.mark.parametrize("use_prctl", [True, False], ids=["parent-death signal", "polling fallback"])
 def test_a_bound_worker_dies_within_a_second_of_its_parent(use_prctl):
-    import signal
     import subprocess
     import sys
     import textwrap
