@@ -34,7 +34,8 @@ def run_row(study: Study, run: Run, eval_meta: dict, failures: dict[str, str]) -
            "estimated_s": pretrain.get("budget_estimated_seconds"),
            "tokens_per_s": pretrain.get("loop_tokens_per_s", pretrain.get("run_tokens_per_s")),
            "eval_loss": evaluation.get("loss"), "eval_accuracy": evaluation.get("accuracy"),
-           "masked_positions_sha256": evaluation.get("masked_positions_sha256"), "downstream_score": None}
+           "masked_positions_sha256": evaluation.get("masked_positions_sha256"), "downstream_score": None,
+           "hardware": pretrain.get("hardware")}
     if study.downstream:
         results = read_json(run.directory / "downstream" / "results.json") or {}
         task = results.get("tasks", {}).get(study.downstream.name)
@@ -146,6 +147,16 @@ def pareto_panels(rows: Sequence[dict]) -> list[Panel]:
     return [p for p in panels if p.series]
 
 
+def hardware_groups(rows: Sequence[dict]) -> dict[str, list[str]]:
+    """{hardware: [run ids]} over the runs that recorded what they trained on, largest group first. More than one
+    group means the budgets did not buy the same compute for every run: the wall-clock comparison is unfair."""
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("hardware"):
+            groups.setdefault(row["hardware"], []).append(row["run"])
+    return dict(sorted(groups.items(), key=lambda item: -len(item[1])))
+
+
 def collect(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """results.json's content, from the files of the study's runs."""
     failures = failures or {}
@@ -160,7 +171,7 @@ def collect(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = 
             "evaluation": {k: eval_meta.get(k) for k in ("samples", "masked_tokens", "masked_positions_sha256",
                                                         "unigram", "settings")},
             "downstream": study.downstream.name if study.downstream else None,
-            "runs": rows, "ablation": ablation_rows(study, rows), "recipe_choices": recipe_choices(study, rows),
+            "hardware": hardware_groups(rows), "runs": rows, "ablation": ablation_rows(study, rows), "recipe_choices": recipe_choices(study, rows),
             "pareto_frontier": fronts}
 
 
@@ -198,6 +209,21 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:+.1f}%"
 
 
+def _hardware_lines(groups: dict[str, list[str]], rows: Sequence[dict]) -> list[str]:
+    """What the runs trained on; a warning when it was not the same for all of them."""
+    if not groups:
+        return []
+    unrecorded = sum(1 for r in rows if r["status"] == "done" and not r.get("hardware"))
+    rest = f"; {unrecorded} finished run(s) recorded none" if unrecorded else ""
+    if len(groups) == 1:
+        (name, runs), = groups.items()
+        return [f"Hardware: {name}, for all {len(runs)} run(s) that recorded theirs{rest}.", ""]
+    parts = "; ".join(f"{name}: {', '.join(runs)}" for name, runs in groups.items())
+    return [f"**The runs trained on different hardware**, so a budget bought them different amounts of compute and "
+            f"their wall-clock comparison is not fair: {parts}{rest}. Rerun the minority on the majority's hardware "
+            f"(delete their run directories, then run the study again there).", ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     ev = results["evaluation"]
     unigram = ev.get("unigram") or {}
@@ -209,8 +235,9 @@ def markdown(results: dict[str, Any]) -> str:
               f"`{(ev['masked_positions_sha256'] or '')[:12]}`). Unigram reference (training-split token "
               f"frequencies, no context): loss {_fmt(unigram.get('loss'))}, accuracy "
               f"{_fmt(100 * unigram['accuracy'] if 'accuracy' in unigram else None, '.1f')}%; a run whose loss is "
-              f"above {PLATEAU_FRACTION:g} x that is marked *plateau*.", "",
-              "## Runs", "",
+              f"above {PLATEAU_FRACTION:g} x that is marked *plateau*.", ""]
+    lines += _hardware_lines(results.get("hardware") or {}, results["runs"])
+    lines += ["## Runs", "",
               "| variant | budget | steps | epochs | wall clock (s) | real tokens/s | val loss | val acc (%) | "
               f"{results['downstream'] or 'downstream'} | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:

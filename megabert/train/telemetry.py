@@ -140,6 +140,13 @@ class ProgressBar:
         self._redirect.close()
 
 
+def hardware(device: torch.device, world_size: int) -> str:
+    """What a run trained on, e.g. "8 x NVIDIA H100 80GB HBM3" or "1 x cpu": its wall-clock figures (a budget's
+    steps, tokens/s) compare only with runs on the same."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return f"{world_size} x {name}"
+
+
 def hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -43,7 +43,7 @@ from megabert.train.garbage import GarbageCollection
 from megabert.train.preflight import preflight, tensor_parallel_api
 from megabert.train.prefetch import Prefetcher
 from megabert.train.step import NonFiniteSteps, StepOutput, TrainStep
-from megabert.train.telemetry import Telemetry
+from megabert.train.telemetry import Telemetry, hardware
 from megabert.utils.distributed import barrier, discover_env, init_distributed
 from megabert.utils.logging import get_logger, setup_logging
 from megabert.utils.rng import seed_everything
@@ -326,7 +326,7 @@ class Trainer:
             if self.is_main:
                 log.info("%s", self.budget.report(self.state.step))
         summary.update(self._evaluate() if self.cfg.logging.eval_interval else {})
-        summary.update(step=self.state.step, stopped_by_signal=False)
+        summary.update(step=self.state.step, stopped_by_signal=False, hardware=hardware(self.device, self.world_size))
         train_samples = getattr(self.data, "num_train_samples", 0)
         if train_samples:  # how often the run saw its training split (a small corpus is seen many times)
             summary["epochs"] = self.state.consumed_samples / train_samples

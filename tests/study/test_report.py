@@ -15,12 +15,14 @@ EVAL_META = {"samples": 64, "masked_tokens": 900, "masked_positions_sha256": "ab
              "settings": {"mask_prob": 0.15}}
 
 
-def fake_run(run, tokens_per_s: float, wall_s: float, loss: float, accuracy: float, score=None) -> None:
+def fake_run(run, tokens_per_s: float, wall_s: float, loss: float, accuracy: float, score=None,
+             hardware=None) -> None:
     """What the stages leave in a run's directory."""
     run.directory.mkdir(parents=True, exist_ok=True)
     (run.directory / "pretrain.json").write_text(json.dumps(
         {"step": 100, "epochs": wall_s / 100, "budget_spent_seconds": wall_s, "budget_estimated_seconds": wall_s - 1,
-         "loop_tokens_per_s": tokens_per_s, "stopped_by_signal": False}))
+         "loop_tokens_per_s": tokens_per_s, "stopped_by_signal": False,
+         **({"hardware": hardware} if hardware else {})}))
     (run.directory / "evaluation.json").write_text(json.dumps(
         {"loss": loss, "accuracy": accuracy, "masked_positions_sha256": EVAL_META["masked_positions_sha256"]}))
     if score is not None:
@@ -77,6 +79,25 @@ def test_report_has_every_run_one_ablation_row_per_switch_and_the_frontier(study
     assert "| geglu | GELU MLP | 900 | -10.0% | +0.1000 | -1.00 | -1.00 |" in text
     assert "| mask_30 | 15% masking | - | - | - | - | - |" in text
     assert "![pareto.png](pareto.png)" in text
+
+
+def test_runs_on_different_hardware_are_named_with_a_warning_and_one_kind_gets_one_line(study):
+    by_id = {r.id: r for r in study.runs()}
+    h100, h200 = "1 x NVIDIA H100 80GB HBM3", "1 x NVIDIA H200"
+    fake_run(by_id["mosaicbert/5min"], 1000.0, 300.0, 3.5, 0.40, 70.0, hardware=h100)
+    fake_run(by_id["bert/5min"], 800.0, 300.0, 4.9, 0.20, 50.0, hardware=h100)
+    fake_run(by_id["mosaicbert/10min"], 1000.0, 600.0, 3.0, 0.45, 75.0)  # finished before runs recorded theirs
+    results = write_report(study, EVAL_META)
+    assert results["hardware"] == {h100: ["mosaicbert/5min", "bert/5min"]}
+    assert "Hardware: 1 x NVIDIA H100 80GB HBM3, for all 2 run(s) that recorded theirs; 1 finished run(s) recorded " \
+           "none." in (study.output_dir / "results.md").read_text()
+
+    fake_run(by_id["bert/10min"], 1100.0, 600.0, 4.0, 0.30, 65.0, hardware=h200)
+    results = write_report(study, EVAL_META)
+    assert results["hardware"] == {h100: ["mosaicbert/5min", "bert/5min"], h200: ["bert/10min"]}  # largest first
+    text = (study.output_dir / "results.md").read_text()
+    assert "**The runs trained on different hardware**" in text
+    assert f"{h100}: mosaicbert/5min, bert/5min; {h200}: bert/10min; 1 finished run(s) recorded none." in text
 
 
 def test_report_of_a_study_with_nothing_finished_yet(study):

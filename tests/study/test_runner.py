@@ -82,6 +82,8 @@ def test_tiny_study_end_to_end(tmp_path, sample_corpus):
     assert bert["schedule"]["budget_minutes"] == 0.03
     assert [a["switch"] for a in results["ablation"]] == ["sparse_mlm_head"]
     assert results["ablation"][0]["throughput_change_pct"] is not None
+    assert results["hardware"] == {"1 x cpu": list(runs)}  # each run's trainer recorded what it trained on
+    assert "Hardware: 1 x cpu, for all 3 run(s) that recorded theirs." in (out / "results.md").read_text()
     started = {run_id: commands_run(out / "runs" / run_id) for run_id in runs}
     assert set(started.values()) == {3}  # pretrain, evaluate, downstream
 
