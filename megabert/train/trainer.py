@@ -27,7 +27,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
@@ -71,6 +71,7 @@ class TrainState:
     consumed_samples: int = 0
     elapsed_seconds: float = 0.0
     skipped_steps: int = 0
+    hardware: list = field(default_factory=list)  # what it trained on ("1 x cpu"), once per change across resumes
 
 
 def default_data_builder(cfg: TrainConfig, dp_rank: int, dp_size: int, train_samples: int):
@@ -164,11 +165,13 @@ class Trainer:
         if resume is not None:
             saved = self.checkpoints.load(self.engine, resume)
             self.state = TrainState(saved["step"], saved["consumed_samples"], saved.get("elapsed_seconds", 0.0),
-                                    saved.get("skipped_steps", 0))
+                                    saved.get("skipped_steps", 0), saved.get("hardware", []))
             log.info("resumed from %s at step %d (%d samples consumed)", resume, self.state.step,
                      self.state.consumed_samples)
         elif cfg.checkpoint.init_from:
             self._init_weights_from(cfg.checkpoint.init_from)
+        if self.state.hardware[-1:] != [hardware(self.device, self.world_size)]:  # a start, or a resume elsewhere
+            self.state.hardware.append(hardware(self.device, self.world_size))
         # A count recorded in the checkpoint is kept (and set as schedule.total_steps here), else measured.
         self.budget = budget_for_run(cfg.schedule, saved.get(BUDGET_KEY), agree=max_over_ranks(self.device))
         if self.budget is not None and self.budget.budget_changed() and self.is_main:
@@ -326,7 +329,7 @@ class Trainer:
             if self.is_main:
                 log.info("%s", self.budget.report(self.state.step))
         summary.update(self._evaluate() if self.cfg.logging.eval_interval else {})
-        summary.update(step=self.state.step, stopped_by_signal=False, hardware=hardware(self.device, self.world_size))
+        summary.update(step=self.state.step, stopped_by_signal=False, hardware=" then ".join(self.state.hardware))
         train_samples = getattr(self.data, "num_train_samples", 0)
         if train_samples:  # how often the run saw its training split (a small corpus is seen many times)
             summary["epochs"] = self.state.consumed_samples / train_samples

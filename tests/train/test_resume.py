@@ -112,3 +112,21 @@ def test_the_compiled_model_trains_through_the_engine_like_the_eager_one(tmp_pat
     assert sorted(resumed) == list(range(1, 7))
     for step, values in resumed.items():
         assert values == [runs[False][step][0]] * len(values), f"step {step}: {values} != {runs[False][step]}"
+
+
+def test_a_run_resumed_on_other_hardware_names_both_in_its_final_summary(tmp_path):
+    """The final summary's hardware is what every part of the run trained on: a study's wall-clock comparison reads
+    it, and a checkpoint carried from a GPU node to another kind of machine must not pass for one kind."""
+    cfg = tiny_config(tmp_path / "run")
+    for stop_at in (3, 7):  # started, then resumed on the same kind of machine: named once
+        proc = run_trainer(cfg, tmp_path, env={"MEGABERT_TEST_SIGTERM_AT_STEP": str(stop_at)})
+        assert proc.returncode == 0 and summaries(proc)[-1]["stopped_by_signal"] is True, explain(proc)
+        state_file = latest_checkpoint(tmp_path / "run" / "ckpt") / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        assert state["hardware"] == ["1 x cpu"], state
+    state["hardware"] = ["1 x NVIDIA H100 80GB HBM3"]  # as if the first part had run on a GPU node
+    state_file.write_text(json.dumps(state))
+
+    proc = run_trainer(cfg, tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert summaries(proc)[-1]["hardware"] == "1 x NVIDIA H100 80GB HBM3 then 1 x cpu"
