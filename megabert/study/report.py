@@ -171,7 +171,8 @@ def collect(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = 
             "evaluation": {k: eval_meta.get(k) for k in ("samples", "masked_tokens", "masked_positions_sha256",
                                                         "unigram", "settings")},
             "downstream": study.downstream.name if study.downstream else None,
-            "hardware": hardware_groups(rows), "runs": rows, "ablation": ablation_rows(study, rows), "recipe_choices": recipe_choices(study, rows),
+            "hardware": hardware_groups(rows), "runs": rows, "ablation": ablation_rows(study, rows),
+            "recipe_choices": recipe_choices(study, rows),
             "pareto_frontier": fronts}
 
 

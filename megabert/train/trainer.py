@@ -71,7 +71,7 @@ class TrainState:
     consumed_samples: int = 0
     elapsed_seconds: float = 0.0
     skipped_steps: int = 0
-    hardware: list = field(default_factory=list)  # what it trained on ("1 x cpu"), once per change across resumes
+    hardware: list[str] = field(default_factory=list)  # what it trained on ("1 x cpu"), once per change across resumes
 
 
 def default_data_builder(cfg: TrainConfig, dp_rank: int, dp_size: int, train_samples: int):
@@ -170,8 +170,9 @@ class Trainer:
                      self.state.consumed_samples)
         elif cfg.checkpoint.init_from:
             self._init_weights_from(cfg.checkpoint.init_from)
-        if self.state.hardware[-1:] != [hardware(self.device, self.world_size)]:  # a start, or a resume elsewhere
-            self.state.hardware.append(hardware(self.device, self.world_size))
+        here = hardware(self.device, self.world_size)
+        if self.state.hardware[-1:] != [here]:  # a fresh start, or a resume on other hardware
+            self.state.hardware.append(here)
         # A count recorded in the checkpoint is kept (and set as schedule.total_steps here), else measured.
         self.budget = budget_for_run(cfg.schedule, saved.get(BUDGET_KEY), agree=max_over_ranks(self.device))
         if self.budget is not None and self.budget.budget_changed() and self.is_main:

@@ -237,7 +237,6 @@ def _start_preprocess(tmp_path, vocab_file, sample_texts):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 def test_workers_die_with_a_preprocess_killed_by_sigkill(tmp_path, vocab_file, sample_texts):
-
     proc, workers = _start_preprocess(tmp_path, vocab_file, sample_texts)
     try:
         proc.kill()
@@ -253,7 +252,6 @@ def test_workers_die_with_a_preprocess_killed_by_sigkill(tmp_path, vocab_file, s
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_a_preprocess_with_its_workers_and_leaves_nothing(tmp_path, vocab_file, sample_texts,
                                                                              name):
-
     sig = getattr(signal, name)
     proc, workers = _start_preprocess(tmp_path, vocab_file, sample_texts)
     try:
