@@ -10,6 +10,11 @@ Each run is three stages, each a subprocess on the worker's GPU, each skipped wh
                 from the exported model (downstream/results.json), when the study names a downstream task.
 The commands are written to the run's commands.sh, so any stage can be rerun by hand.
 
+A run that started is held to the settings it started with: its config.json (the trainer's resolved config) must
+match what the study file resolves to now, where it lives aside. A study file edited after its runs began (another
+lr, say) would otherwise report the old runs under the new settings; the runner refuses, names the runs and the
+settings that changed, and leaves their directories for the user to move or delete.
+
 With the study's keep_models false, a finished run's exported model and checkpoints are deleted and the stamp its
 results were made with is kept (model_removed.json): the run stays finished, and a study directory small enough to
 copy carries the finished runs to another machine or a later sitting, where the same command goes on with the rest.
@@ -27,9 +32,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from megabert.config import to_dict
 from megabert.study.evaluation import build_eval_set
 from megabert.study.queue import Claims, Processes, Slot, StageError, Stopped, run_queue
-from megabert.study.spec import Run, Study, override_args
+from megabert.study.spec import Run, Study, StudyError, override_args
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,8 @@ RUN_GLUE = ["-m", "megabert.cli.run_glue"]  # tools/run_glue.py
 EVAL_SET = "eval_set.npz"
 MODEL_REMOVED = "model_removed.json"  # the stamp of a run's model deleted after its results were recorded
 RUN_TIMING = "timing.json"  # a run's wall clock, all stages, when it trained in one go: its overhead beyond the budget
+RUN_CONFIG = "config.json"  # the resolved config the trainer wrote when the run started
+LOCATION_KEYS = ("output_dir", "checkpoint.dir")  # where a run lives, not what it trains: a study may move
 
 
 class StudyRunner:
@@ -61,7 +69,16 @@ class StudyRunner:
 
     # ------------------------------------------------------------------------------------------------ study
     def prepare(self) -> dict:
-        """The study's directory, its plan and its evaluation set (built on the first call, checked after)."""
+        """The study's directory, its plan and its evaluation set (built on the first call, checked after), once
+        every run that started is known to have started with the settings the study file asks for now."""
+        changed = {run.id: diff for run in self.study.runs() if (diff := changed_settings(self.study, run))}
+        if changed:
+            lines = [f"  {run_id} ({self.study.output_dir / 'runs' / run_id}): " + "; ".join(
+                f"{key} {old!r} -> {new!r}" for key, (old, new) in diff.items()) for run_id, diff in changed.items()]
+            raise StudyError(f"{self.study.source}: {len(changed)} run(s) started with other settings than the study "
+                             f"file asks for now (recorded -> now):\n" + "\n".join(lines) + "\nTheir results would "
+                             f"be reported under the new settings. Move or delete those run directories to train "
+                             f"them again, or restore the study file.")
         self.study.output_dir.mkdir(parents=True, exist_ok=True)
         plan = [{"run": r.id, "variant": r.variant.name, "role": r.variant.role, "switch": r.variant.switch,
                  "budget_minutes": r.budget_minutes, "directory": str(r.directory),
@@ -224,6 +241,29 @@ def model_stamp(run: Run) -> Optional[dict]:
         return removed.get("model_file") if isinstance(removed, dict) else None
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def changed_settings(study: Study, run: Run) -> dict[str, tuple[Any, Any]]:
+    """{setting: (recorded, planned)} for every setting (dotted, as overrides name them) whose value in the config
+    the run started with differs from the study's resolved config for it; {} for a run that has not started (or
+    started before runs recorded their config). LOCATION_KEYS do not count."""
+    recorded = read_json(run.directory / RUN_CONFIG)
+    if not isinstance(recorded, dict):
+        return {}
+    old, new = _flatten(recorded), _flatten(json.loads(json.dumps(to_dict(study.run_config(run)))))
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if key not in LOCATION_KEYS and old.get(key) != new.get(key)}
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 1e-4}} -> {'optim.lr': 1e-4}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def has_checkpoint(run: Run) -> bool:

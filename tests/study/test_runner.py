@@ -199,3 +199,35 @@ def test_a_time_limit_counts_the_largest_overhead_the_study_has_measured(tmp_pat
     assert not has_checkpoint(first)
     (first.directory / "checkpoints" / "step_0000010").mkdir(parents=True)
     assert has_checkpoint(first)  # resumed, it would not measure its whole overhead
+
+
+def test_a_run_started_with_other_settings_is_refused_by_name_and_a_moved_study_is_not(tmp_path, sample_corpus):
+    """A study file edited after its runs began (another lr) must not report the old runs under the new settings:
+    the runner names each such run and setting and touches nothing; where a run lives does not count."""
+    import pytest
+
+    from megabert.config import to_dict
+    from megabert.study.queue import Processes
+    from megabert.study.runner import StudyRunner, changed_settings
+    from megabert.study.spec import StudyError, load_study
+    from tests.study.test_spec import write_study
+
+    study = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1]))
+    mosaic, bert = study.runs()
+    for run in (mosaic, bert):  # both started, as the trainer records it
+        run.directory.mkdir(parents=True)
+        (run.directory / "config.json").write_text(json.dumps(to_dict(study.run_config(run))))
+    assert changed_settings(study, mosaic) == {} and changed_settings(study, bert) == {}
+
+    edited = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1], variants=[
+        {"name": "MosaicBERT", "role": "mosaicbert", "overrides": {"optim.lr": 1e-5}},
+        {"name": "BERT", "role": "baseline", "overrides": BERT}]))
+    assert changed_settings(edited, edited.runs()[0]) == {"optim.lr": (study.run_config(mosaic).optim.lr, 1e-5)}
+    with pytest.raises(StudyError, match=r"1 run\(s\) started with other settings.*\n  mosaicbert/1min .*optim.lr"):
+        StudyRunner(edited, [], Processes(1)).prepare()
+    assert (mosaic.directory / "config.json").is_file() and not (edited.output_dir / "plan.json").exists()
+
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "out").rename(moved)
+    relocated = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1], output_dir=str(moved)))
+    assert [changed_settings(relocated, run) for run in relocated.runs()] == [{}, {}]
