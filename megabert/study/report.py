@@ -19,6 +19,7 @@ from megabert.study.plots import Panel, Point, pareto_front, plot_pareto_panels,
 from megabert.study.runner import read_json
 from megabert.study.spec import SWITCH_BY_NAME, Run, Study, budget_label
 
+LR_KEY = "optim.lr"  # the setting whose next step up decides a recipe's margin from a collapse
 PARETO_PNG = "pareto.png"
 ABLATION_PNG = "ablation.png"
 
@@ -84,8 +85,11 @@ def _change(reference: Optional[dict], row: dict, key: str, relative: bool = Fal
 def recipe_choices(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
     """The sweep's decision, per model: among a study's runs at its smallest budget (ablation runs left out),
     grouped by architecture (the resolved config's model section, so BERT at 15% and at 30% masking is one model),
-    the run with the lowest validation loss that left the unigram plateau. Only models with two or more such runs
-    (a sweep) get a choice; it is provisional while any of them is still to run."""
+    the run with the lowest validation loss that left the unigram plateau and keeps a step's margin from a collapse:
+    a run whose next larger lr (every other swept setting the same) sat on the plateau is left out, because at one
+    step below such a cliff a rerun of the very same recipe can collapse too (docs/STUDY.md has the repeats). Only
+    when every run that learned is so left out is the best of them chosen, flagged `margin` false. Only models with
+    two or more runs (a sweep) get a choice; it is provisional while any of them is still to run."""
     smallest = min(study.budgets_minutes, default=None)
     runs = {r.id: r for r in study.runs()}
     configs = {row["run"]: study.run_config(runs[row["run"]]) for row in rows
@@ -99,18 +103,38 @@ def recipe_choices(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
         if len(members) < 2:
             continue
         learned = [r for r in members if r["eval_loss"] is not None and r.get("on_unigram_plateau") is False]
-        best = min(learned, key=lambda r: r["eval_loss"], default=None)
+        collapsed_above = {r["run"]: _collapsed_above(r, members, configs, runs) for r in learned}
+        with_margin = [r for r in learned if collapsed_above[r["run"]] is None]
+        best = min(with_margin or learned, key=lambda r: r["eval_loss"], default=None)
         names = [r["variant"].split() for r in members]
         common = [w for i, w in enumerate(names[0]) if all(len(n) > i and n[i] == w for n in names)]
         choices.append({"model": " ".join(common) or members[0]["variant"], "budget_minutes": smallest,
                         "runs": [r["run"] for r in members],
                         "finished": sum(r["eval_loss"] is not None for r in members),
                         "left_plateau": len(learned), "chosen": best["run"] if best else None,
+                        "below_collapse": {run: above for run, above in collapsed_above.items() if above},
+                        "margin": bool(with_margin) if best else None,
                         "eval_loss": best["eval_loss"] if best else None,
                         "overrides": runs[best["run"]].variant.overrides if best else None,
                         "at_edge": _at_edge([runs[r["run"]] for r in members], runs[best["run"]], configs)
                         if best else []})
     return choices
+
+
+def _collapsed_above(row: dict, members: Sequence[dict], configs: dict[str, Any],
+                     runs: dict[str, Run]) -> Optional[str]:
+    """The run one lr step above `row`'s -- the smallest larger lr among the model's runs whose other swept settings
+    (any key a member overrides) resolve to `row`'s -- when it finished on the unigram plateau; else None."""
+    keys = sorted({k for r in members for k in runs[r["run"]].variant.overrides} - {LR_KEY})
+
+    def recipe(run_id: str) -> list:
+        return [field_value(configs[run_id], k) for k in keys]
+
+    lr = field_value(configs[row["run"]], LR_KEY)
+    above = [r for r in members if recipe(r["run"]) == recipe(row["run"])
+             and field_value(configs[r["run"]], LR_KEY) > lr]
+    step_up = min(above, key=lambda r: field_value(configs[r["run"]], LR_KEY), default=None)
+    return step_up["run"] if step_up is not None and step_up.get("on_unigram_plateau") is True else None
 
 
 def _at_edge(members: Sequence[Run], chosen: Run, configs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -262,20 +286,25 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("recipe_choices"):
         lines += ["", "## Recipe choice", "",
                   "Per model, at the smallest budget: the lowest validation loss among the runs that left the unigram "
-                  "plateau. Copy the chosen run's overrides into the study that compares the models. A chosen value "
-                  "at the edge of the values tried (the smallest or the largest) says the best recipe may lie beyond "
-                  "the sweep: extend it that way before trusting the choice.", "",
-                  "| model | budget | runs finished | left the plateau | chosen | val loss | at the sweep's edge | "
-                  "overrides |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "plateau, leaving out a run whose next larger lr sat on the plateau (one step below a collapse, a "
+                  "rerun of the same recipe can collapse too). Copy the chosen run's overrides into the study that "
+                  "compares the models. A chosen value at the edge of the values tried (the smallest or the largest) "
+                  "says the best recipe may lie beyond the sweep: extend it that way before trusting the choice.", "",
+                  "| model | budget | runs finished | left the plateau | left out: next lr collapsed | chosen | "
+                  "val loss | at the sweep's edge | overrides |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for c in results["recipe_choices"]:
             chosen = c["chosen"] or ("none: every finished run is on the plateau" if c["finished"] else "pending")
             if c["chosen"] and c["finished"] < len(c["runs"]):
                 chosen += " (provisional: runs still to finish)"
+            if c["chosen"] and not c["margin"]:
+                chosen += " (no margin: every run that learned is one lr step below a collapse; add a smaller lr)"
+            left_out = ", ".join(c["below_collapse"]) or "-"
             overrides = f"`{json.dumps(c['overrides'])}`" if c["overrides"] else "-"
             edges = ", ".join(f"{e['setting']} {e['value']:g} ({e['side']} tried)" for e in c.get("at_edge", []))
             lines.append(f"| {c['model']} | {budget_label(c['budget_minutes'])} | {c['finished']} of {len(c['runs'])} "
-                         f"| {c['left_plateau']} | {chosen} | {_fmt(c['eval_loss'])} | {edges or '-'} | {overrides} |")
+                         f"| {c['left_plateau']} | {left_out} | {chosen} | {_fmt(c['eval_loss'])} | {edges or '-'} "
+                         f"| {overrides} |")
     if results["pareto_frontier"]:
         lines += ["", "## Pareto frontier", ""]
         for key, runs in results["pareto_frontier"].items():

@@ -155,7 +155,7 @@ def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_small
     assert bert["overrides"]["data.mask_prob"] == 0.3 and bert["overrides"]["optim.lr"] == 1e-4
     text = (study.output_dir / "results.md").read_text()
     assert "## Recipe choice" in text
-    assert "| BERT | 3min | 2 of 3 | 1 | bert-30-lr=0.0001/3min (provisional: runs still to finish) | 5.5000 |" in text
+    assert "| BERT | 3min | 2 of 3 | 1 | - | bert-30-lr=0.0001/3min (provisional: runs still to finish) | 5.5000 |" in text
 
     fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 6.99, 0.05)  # now every finished BERT run is stuck
     assert {c["model"]: c["chosen"] for c in write_report(study, EVAL_META)["recipe_choices"]}["BERT"] is None
@@ -172,6 +172,37 @@ def test_recipe_choice_names_the_swept_settings_whose_chosen_value_is_the_smalle
                                           {"setting": "optim.lr", "value": 1e-4, "side": "smallest"}]
     assert "| optim.lr 0.0001 (smallest tried) |" in (study.output_dir / "results.md").read_text()
 
+    fake_run(by_id["mosaicbert/3min"], 1000.0, 180.0, 4.5, 0.3)  # the base config's 2e-3 learns too: no collapse
     fake_run(by_id["mosaicbert-lr=0.0002/3min"], 1000.0, 180.0, 3.6, 0.42)  # inside the range (1e-4 .. 2e-3)
     choices = {c["model"]: c for c in write_report(study, EVAL_META)["recipe_choices"]}
     assert choices["MosaicBERT"]["chosen"] == "mosaicbert-lr=0.0002/3min" and choices["MosaicBERT"]["at_edge"] == []
+
+
+def test_recipe_choice_keeps_a_step_from_a_collapse_the_best_run_below_a_collapsed_lr_is_left_out(
+        tmp_path, sample_corpus):
+    """At one lr step below a run that collapsed onto the unigram plateau, a rerun of the same recipe can collapse
+    too: such a run is passed over for the best run whose next larger lr (other settings the same) learned."""
+    study, by_id = _recipe_sweep(tmp_path, sample_corpus)
+    fake_run(by_id["mosaicbert-lr=0.0002/3min"], 1000.0, 180.0, 3.5, 0.43)  # the best, but 2e-3 above it collapsed
+    choices = {c["model"]: c for c in write_report(study, EVAL_META)["recipe_choices"]}
+    mosaic = choices["MosaicBERT"]
+    assert mosaic["chosen"] == "mosaicbert-lr=0.0001/3min" and mosaic["margin"] is True
+    assert mosaic["below_collapse"] == {"mosaicbert-lr=0.0002/3min": "mosaicbert/3min"}
+    # BERT's 1e-4 at 15% masking sat on the plateau itself; its 30%-masking recipe has no larger lr tried: kept
+    assert choices["BERT"]["chosen"] == "bert-30-lr=0.0001/3min" and choices["BERT"]["below_collapse"] == {}
+    text = (study.output_dir / "results.md").read_text()
+    assert "| MosaicBERT | 3min | 3 of 3 | 2 | mosaicbert-lr=0.0002/3min | mosaicbert-lr=0.0001/3min | 3.7000 |" in text
+
+    fake_run(by_id["bert-lr=0.0001/3min"], 800.0, 180.0, 5.2, 0.22)  # learns, best of BERT; 2e-4 above: pending
+    assert {c["model"]: c["chosen"] for c in write_report(study, EVAL_META)["recipe_choices"]}["BERT"] == \
+        "bert-lr=0.0001/3min"
+    fake_run(by_id["bert-lr=0.0002/3min"], 800.0, 180.0, 6.99, 0.05)  # ... then collapses: 1e-4 loses its margin
+    bert = {c["model"]: c for c in write_report(study, EVAL_META)["recipe_choices"]}["BERT"]
+    assert bert["chosen"] == "bert-30-lr=0.0001/3min" and bert["below_collapse"] == {
+        "bert-lr=0.0001/3min": "bert-lr=0.0002/3min"}
+
+    fake_run(by_id["mosaicbert-lr=0.0001/3min"], 1000.0, 180.0, 6.9, 0.05)  # only 2e-4 learned: no margin anywhere
+    mosaic = {c["model"]: c for c in write_report(study, EVAL_META)["recipe_choices"]}["MosaicBERT"]
+    assert mosaic["chosen"] == "mosaicbert-lr=0.0002/3min" and mosaic["margin"] is False
+    assert "(no margin: every run that learned is one lr step below a collapse" in (
+        study.output_dir / "results.md").read_text()
