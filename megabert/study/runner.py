@@ -246,13 +246,14 @@ def model_stamp(run: Run) -> Optional[dict]:
 def changed_settings(study: Study, run: Run) -> dict[str, tuple[Any, Any]]:
     """{setting: (recorded, planned)} for every setting (dotted, as overrides name them) whose value in the config
     the run started with differs from the study's resolved config for it; {} for a run that has not started (or
-    started before runs recorded their config). LOCATION_KEYS do not count."""
+    started before runs recorded their config). LOCATION_KEYS do not count, nor settings only one side has (a
+    config field added or retired by a megabert release in between)."""
     recorded = read_json(run.directory / RUN_CONFIG)
     if not isinstance(recorded, dict):
         return {}
     old, new = _flatten(recorded), _flatten(json.loads(json.dumps(to_dict(study.run_config(run)))))
-    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
-            if key not in LOCATION_KEYS and old.get(key) != new.get(key)}
+    return {key: (old[key], new[key]) for key in sorted(set(old) & set(new))
+            if key not in LOCATION_KEYS and old[key] != new[key]}
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:

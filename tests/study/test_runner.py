@@ -218,6 +218,11 @@ def test_a_run_started_with_other_settings_is_refused_by_name_and_a_moved_study_
         run.directory.mkdir(parents=True)
         (run.directory / "config.json").write_text(json.dumps(to_dict(study.run_config(run))))
     assert changed_settings(study, mosaic) == {} and changed_settings(study, bert) == {}
+    older = json.loads((bert.directory / "config.json").read_text())
+    del older["optim"]["lr"]  # a release that had no such field: nothing recorded to hold the run to
+    older["optim"]["retired_field"] = 1
+    (bert.directory / "config.json").write_text(json.dumps(older))
+    assert changed_settings(study, bert) == {}
 
     edited = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1], variants=[
         {"name": "MosaicBERT", "role": "mosaicbert", "overrides": {"optim.lr": 1e-5}},
