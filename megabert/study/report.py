@@ -249,6 +249,18 @@ def _hardware_lines(groups: dict[str, list[str]], rows: Sequence[dict]) -> list[
             f"(delete their run directories, then run the study again there).", ""]
 
 
+def _collapse_lines(results: dict[str, Any]) -> list[str]:
+    """A warning for runs that never left the unigram plateau outside a recipe sweep (where a sweep's runs may, by
+    design): such a run learned nothing, and a comparison with it says nothing about its model."""
+    swept = {run for c in results.get("recipe_choices") or [] for run in c["runs"]}
+    stuck = [r["run"] for r in results["runs"] if r.get("on_unigram_plateau") and r["run"] not in swept]
+    if not stuck:
+        return []
+    return [f"**{len(stuck)} run(s) never left the unigram plateau**: {', '.join(stuck)}. They learned nothing, so no "
+            f"comparison with them holds; their recipe has too little margin at this size (a larger warm-up or a "
+            f"smaller lr; a recipe sweep's Recipe choice keeps a step from such a collapse).", ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     ev = results["evaluation"]
     unigram = ev.get("unigram") or {}
@@ -262,6 +274,7 @@ def markdown(results: dict[str, Any]) -> str:
               f"{_fmt(100 * unigram['accuracy'] if 'accuracy' in unigram else None, '.1f')}%; a run whose loss is "
               f"above {PLATEAU_FRACTION:g} x that is marked *plateau*.", ""]
     lines += _hardware_lines(results.get("hardware") or {}, results["runs"])
+    lines += _collapse_lines(results)
     lines += ["## Runs", "",
               "| variant | budget | steps | epochs | wall clock (s) | real tokens/s | val loss | val acc (%) | "
               f"{results['downstream'] or 'downstream'} | status |", "|---|---|---|---|---|---|---|---|---|---|"]

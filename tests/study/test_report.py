@@ -76,6 +76,7 @@ def test_report_has_every_run_one_ablation_row_per_switch_and_the_frontier(study
     assert width > 1200 and height > 400  # two panels side by side
     text = (out / "results.md").read_text()
     assert "| BERT | 5min | 100 | 3.00 | 300.0 | 800 | 6.9000 | 6.00 | 50.00 | done, plateau |" in text
+    assert "**1 run(s) never left the unigram plateau**: bert/5min." in text  # a comparison run that learned nothing
     assert "| geglu | GELU MLP | 900 | -10.0% | +0.1000 | -1.00 | -1.00 |" in text
     assert "| mask_30 | 15% masking | - | - | - | - | - |" in text
     assert "![pareto.png](pareto.png)" in text
@@ -155,6 +156,7 @@ def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_small
     assert bert["overrides"]["data.mask_prob"] == 0.3 and bert["overrides"]["optim.lr"] == 1e-4
     text = (study.output_dir / "results.md").read_text()
     assert "## Recipe choice" in text
+    assert "never left the unigram plateau" not in text  # a sweep's runs may sit there: its choice passes them over
     assert "| BERT | 3min | 2 of 3 | 1 | - | bert-30-lr=0.0001/3min (provisional: runs still to finish) | 5.5000 |" in text
 
     fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 6.99, 0.05)  # now every finished BERT run is stuck
