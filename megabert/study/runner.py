@@ -22,6 +22,7 @@ copy carries the finished runs to another machine or a later sitting, where the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -160,7 +161,8 @@ class StudyRunner:
         if self.study.downstream and not self._downstream_fresh(run):
             log.info("%s: fine-tuning %s on %s", run.id, self.study.downstream.name, slot.name)
             self.processes.run(commands["downstream"], run.directory / "logs" / "downstream.log", slot)
-            (run.directory / "downstream.json").write_text(json.dumps({"model_file": model_stamp(run)}) + "\n")
+            (run.directory / "downstream.json").write_text(json.dumps(
+                {"model_file": model_stamp(run), "task": dataclasses.asdict(self.study.downstream)}) + "\n")
         if trains_in_one_go:  # every stage from scratch in this call: its time beyond the budget is the overhead
             seconds = time.monotonic() - began
             (run.directory / RUN_TIMING).write_text(json.dumps(
@@ -211,8 +213,12 @@ class StudyRunner:
                     and result.get("masked_positions_sha256") == meta.get("masked_positions_sha256"))
 
     def _downstream_fresh(self, run: Run) -> bool:
+        """downstream/results.json is of this model and of the task (files, columns, recipe) the study names now; a
+        marker from before tasks were recorded counts for its model alone."""
         marker = read_json(run.directory / "downstream.json")
+        task = dataclasses.asdict(self.study.downstream) if self.study.downstream else None
         return bool(marker and marker.get("model_file") == model_stamp(run)
+                    and marker.get("task", task) == task
                     and (run.directory / "downstream" / "results.json").is_file())
 
 

@@ -236,3 +236,45 @@ def test_a_run_started_with_other_settings_is_refused_by_name_and_a_moved_study_
     (tmp_path / "out").rename(moved)
     relocated = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1], output_dir=str(moved)))
     assert [changed_settings(relocated, run) for run in relocated.runs()] == [{}, {}]
+
+
+def test_a_downstream_result_is_held_to_the_task_it_was_made_with(tmp_path, sample_corpus):
+    """Fine-tuning results count only for the task the study names now (files, columns and recipe): another
+    --epochs makes them stale, and for a model already deleted the runner says so instead of reporting them."""
+    import dataclasses
+    import shutil
+
+    import pytest
+
+    from megabert.study.queue import Processes, Slot, StageError
+    from megabert.study.runner import MODEL_REMOVED, StudyRunner, model_stamp
+    from megabert.study.spec import load_study
+    from tests.study.test_spec import write_study
+
+    (tmp_path / "task.tsv").write_text("package\tlabel\ttext\n")
+    task = {"name": "debian_sections", "train_file": str(tmp_path / "task.tsv"), "dev_file": str(tmp_path / "task.tsv"),
+            "args": ["--epochs", "2"]}
+    study = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1], downstream=task))
+    runner = StudyRunner(study, [], Processes(1))
+    run = study.runs()[0]
+    (run.directory / "model").mkdir(parents=True)
+    (run.directory / "model" / "model.safetensors").write_bytes(b"weights")
+    (run.directory / "downstream").mkdir()
+    (run.directory / "downstream" / "results.json").write_text("{}")
+    marker = {"model_file": model_stamp(run), "task": dataclasses.asdict(study.downstream)}
+    (run.directory / "downstream.json").write_text(json.dumps(marker))
+    assert runner._downstream_fresh(run)
+
+    recipe = load_study(write_study(tmp_path, sample_corpus, budgets_minutes=[1],
+                                    downstream={**task, "args": ["--epochs", "3"]}))
+    rerun = StudyRunner(recipe, [], Processes(1))
+    assert not rerun._downstream_fresh(recipe.runs()[0])
+    (run.directory / "downstream.json").write_text(json.dumps({"model_file": model_stamp(run)}))
+    assert rerun._downstream_fresh(recipe.runs()[0])  # a marker that recorded no task: its model decides
+
+    (run.directory / "downstream.json").write_text(json.dumps(marker))
+    (run.directory / "pretrain.json").write_text(json.dumps({"step": 40}))
+    (run.directory / MODEL_REMOVED).write_text(json.dumps({"model_file": model_stamp(run)}))
+    shutil.rmtree(run.directory / "model")
+    with pytest.raises(StageError, match="model was deleted after its results were recorded"):
+        rerun.work(recipe.runs()[0], Slot("cpu0", "", "cpu"))
