@@ -162,7 +162,7 @@ class StudyRunner:
             log.info("%s: fine-tuning %s on %s", run.id, self.study.downstream.name, slot.name)
             self.processes.run(commands["downstream"], run.directory / "logs" / "downstream.log", slot)
             (run.directory / "downstream.json").write_text(json.dumps(
-                {"model_file": model_stamp(run), "task": dataclasses.asdict(self.study.downstream)}) + "\n")
+                {"model_file": model_stamp(run), "task": self._downstream_task()}) + "\n")
         if trains_in_one_go:  # every stage from scratch in this call: its time beyond the budget is the overhead
             seconds = time.monotonic() - began
             (run.directory / RUN_TIMING).write_text(json.dumps(
@@ -216,10 +216,14 @@ class StudyRunner:
         """downstream/results.json is of this model and of the task (files, columns, recipe) the study names now; a
         marker from before tasks were recorded counts for its model alone."""
         marker = read_json(run.directory / "downstream.json")
-        task = dataclasses.asdict(self.study.downstream) if self.study.downstream else None
+        task = self._downstream_task()
         return bool(marker and marker.get("model_file") == model_stamp(run)
                     and marker.get("task", task) == task
                     and (run.directory / "downstream" / "results.json").is_file())
+
+    def _downstream_task(self) -> Optional[dict]:
+        """The downstream task as its marker records it: one definition for writing and for comparing."""
+        return json.loads(json.dumps(dataclasses.asdict(self.study.downstream))) if self.study.downstream else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
