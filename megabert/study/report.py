@@ -53,7 +53,8 @@ def run_row(study: Study, run: Run, eval_meta: dict, failures: dict[str, str]) -
 
 def ablation_rows(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
     """One row per switch of the study's ablation, in the order of SWITCHES; changes are None while a run is
-    missing."""
+    missing. A run that sat on the unigram plateau keeps its changes here but is flagged: it did not learn at
+    MosaicBERT's recipe, so its quality changes say that, not what the switch buys."""
     if study.ablation_budget is None:
         return []
     at_budget = [r for r in rows if r["budget_minutes"] == study.ablation_budget]
@@ -68,6 +69,7 @@ def ablation_rows(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
         entry["eval_loss_change"] = _change(reference, row, "eval_loss")
         entry["eval_accuracy_change_pts"] = _change(reference, row, "eval_accuracy", scale=100.0)
         entry["downstream_change_pts"] = _change(reference, row, "downstream_score")
+        entry["on_unigram_plateau"] = row["on_unigram_plateau"]
         out.append(entry)
     order = list(SWITCH_BY_NAME)
     return sorted(out, key=lambda e: order.index(e["switch"]))
@@ -291,11 +293,16 @@ def markdown(results: dict[str, Any]) -> str:
                   "| switch off | instead | real tokens/s | throughput | val loss | val acc (pts) | downstream (pts) |",
                   "|---|---|---|---|---|---|---|"]
         for a in results["ablation"]:
+            quality = (["*plateau*"] * 3 if a.get("on_unigram_plateau") else
+                       [_fmt(a['eval_loss_change'], '.4f', True), _fmt(a['eval_accuracy_change_pts'], '.2f', True),
+                        _fmt(a['downstream_change_pts'], '.2f', True)])
             lines.append(f"| {a['switch']} | {a['description'].split(' instead')[0]} | "
                          f"{_fmt(a['tokens_per_s'], ',.0f')} | {_pct(a['throughput_change_pct'])} | "
-                         f"{_fmt(a['eval_loss_change'], '.4f', True)} | "
-                         f"{_fmt(a['eval_accuracy_change_pts'], '.2f', True)} | "
-                         f"{_fmt(a['downstream_change_pts'], '.2f', True)} |")
+                         f"{' | '.join(quality)} |")
+        if any(a.get("on_unigram_plateau") for a in results["ablation"]):
+            lines += ["", "*plateau*: that variant never left the unigram plateau at MosaicBERT's recipe. Its quality "
+                          "columns would measure that it did not learn at this lr, not what the switch buys in a "
+                          "model that learns; results.json keeps the raw changes."]
     if results.get("recipe_choices"):
         lines += ["", "## Recipe choice", "",
                   "Per model, at the smallest budget: the lowest validation loss among the runs that left the unigram "

@@ -79,6 +79,7 @@ def test_report_has_every_run_one_ablation_row_per_switch_and_the_frontier(study
     assert "**1 run(s) never left the unigram plateau**: bert/5min." in text  # a comparison run that learned nothing
     assert "| geglu | GELU MLP | 900 | -10.0% | +0.1000 | -1.00 | -1.00 |" in text
     assert "| mask_30 | 15% masking | - | - | - | - | - |" in text
+    assert "*plateau*: that variant" not in text  # every finished ablation run learned
     assert "![pareto.png](pareto.png)" in text
 
 
@@ -208,3 +209,18 @@ def test_recipe_choice_keeps_a_step_from_a_collapse_the_best_run_below_a_collaps
     assert mosaic["chosen"] == "mosaicbert-lr=0.0002/3min" and mosaic["margin"] is False
     assert "(no margin: every run that learned is one lr step below a collapse" in (
         study.output_dir / "results.md").read_text()
+
+
+def test_an_ablation_run_on_the_plateau_shows_no_quality_change_but_keeps_its_throughput(study):
+    by_id = {r.id: r for r in study.runs()}
+    fake_run(by_id["mosaicbert/10min"], 1000.0, 600.0, 3.0, 0.45, 75.0)
+    fake_run(by_id["mosaicbert-no-geglu/10min"], 1200.0, 600.0, 6.9, 0.05, 10.0)  # collapsed: above 0.95 x 7.0
+    fake_run(by_id["mosaicbert-no-alibi/10min"], 990.0, 600.0, 3.2, 0.43, 74.0)
+    results = write_report(study, EVAL_META)
+    ablation = {a["switch"]: a for a in results["ablation"]}
+    assert ablation["geglu"]["on_unigram_plateau"] and ablation["geglu"]["eval_loss_change"] == pytest.approx(3.9)
+    assert ablation["alibi"]["on_unigram_plateau"] is False
+    text = (study.output_dir / "results.md").read_text()
+    assert "| geglu | GELU MLP | 1,200 | +20.0% | *plateau* | *plateau* | *plateau* |" in text
+    assert "| alibi | learned position embeddings | 990 | -1.0% | +0.2000 | -2.00 | -1.00 |" in text
+    assert "*plateau*: that variant never left the unigram plateau at MosaicBERT's recipe." in text
