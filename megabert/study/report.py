@@ -75,6 +75,39 @@ def ablation_rows(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: order.index(e["switch"]))
 
 
+def head_to_head(study: Study, rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """The study's question, per budget: MosaicBERT (the 'mosaicbert' variant) against each 'baseline' variant at
+    the same budget, as differences MosaicBERT minus baseline (a negative loss change: MosaicBERT is ahead). The
+    Pareto frontier orders runs by their measured wall clock, in which runs of one budget differ by a second or
+    two; this table compares them at the budget both were given. A pair where either run sat on the unigram
+    plateau gets no winner: that run's recipe failed, so the pair says nothing about the models."""
+    reference = study.reference
+    if reference is None:
+        return []
+    by_key = {(r["variant_id"], r["budget_minutes"]): r for r in rows}
+    out = []
+    for budget in sorted(study.budgets_minutes):
+        ours = by_key.get((reference.id, budget))
+        for baseline in (v for v in study.variants if v.role == "baseline"):
+            theirs = by_key.get((baseline.id, budget))
+            if ours is None or theirs is None:
+                continue
+            entry = {"budget_minutes": budget, "mosaicbert": ours["run"], "baseline": theirs["run"],
+                     "baseline_variant": baseline.name,
+                     "eval_loss": [ours["eval_loss"], theirs["eval_loss"]],
+                     "wall_clock_s": [ours["wall_clock_s"], theirs["wall_clock_s"]],
+                     "eval_loss_change": _change(theirs, ours, "eval_loss"),
+                     "eval_accuracy_change_pts": _change(theirs, ours, "eval_accuracy", scale=100.0),
+                     "downstream_change_pts": _change(theirs, ours, "downstream_score")}
+            stuck = [r["run"] for r in (ours, theirs) if r.get("on_unigram_plateau")]
+            change = entry["eval_loss_change"]
+            entry["lower_eval_loss"] = (None if stuck or change is None else "tie" if change == 0
+                                        else reference.name if change < 0 else baseline.name)
+            entry["on_unigram_plateau"] = stuck
+            out.append(entry)
+    return out
+
+
 def _change(reference: Optional[dict], row: dict, key: str, relative: bool = False,
             scale: float = 1.0) -> Optional[float]:
     if reference is None or reference.get(key) is None or row.get(key) is None:
@@ -187,6 +220,7 @@ def collect(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = 
     """results.json's content, from the files of the study's runs."""
     failures = failures or {}
     rows = [run_row(study, run, eval_meta, failures) for run in study.runs()]
+    choices = recipe_choices(study, rows)
     fronts = {}
     for panel in pareto_panels(rows):
         key = "eval_loss" if not panel.higher_is_better else "downstream_score"
@@ -197,9 +231,9 @@ def collect(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = 
             "evaluation": {k: eval_meta.get(k) for k in ("samples", "masked_tokens", "masked_positions_sha256",
                                                         "unigram", "settings")},
             "downstream": study.downstream.name if study.downstream else None,
-            "hardware": hardware_groups(rows), "runs": rows, "ablation": ablation_rows(study, rows),
-            "recipe_choices": recipe_choices(study, rows),
-            "pareto_frontier": fronts}
+            "hardware": hardware_groups(rows), "runs": rows,
+            "head_to_head": [] if choices else head_to_head(study, rows),  # a sweep's runs are recipes, not rivals
+            "ablation": ablation_rows(study, rows), "recipe_choices": choices, "pareto_frontier": fronts}
 
 
 def write_report(study: Study, eval_meta: dict, failures: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -263,6 +297,26 @@ def _collapse_lines(results: dict[str, Any]) -> list[str]:
             f"smaller lr; a recipe sweep's Recipe choice keeps a step from such a collapse).", ""]
 
 
+def _head_to_head_lines(pairs: Sequence[dict]) -> list[str]:
+    lines = []
+    for name in dict.fromkeys(p["baseline_variant"] for p in pairs):
+        lines += ["", f"## MosaicBERT against {name} at each budget", "",
+                  f"Differences are MosaicBERT minus {name} (val loss: negative is MosaicBERT ahead; accuracy and "
+                  "downstream: positive is).", "",
+                  f"| budget | val loss, MosaicBERT / {name} | val loss change | val acc change (pts) | "
+                  f"downstream change (pts) | wall clock (s), MosaicBERT / {name} | lower val loss |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in (p for p in pairs if p["baseline_variant"] == name):
+            winner = p["lower_eval_loss"] or (f"none: {', '.join(p['on_unigram_plateau'])} on the plateau"
+                                              if p["on_unigram_plateau"] else "-")
+            lines.append(f"| {budget_label(p['budget_minutes'])} | "
+                         f"{' / '.join(_fmt(v) for v in p['eval_loss'])} | {_fmt(p['eval_loss_change'], '.4f', True)} | "
+                         f"{_fmt(p['eval_accuracy_change_pts'], '.2f', True)} | "
+                         f"{_fmt(p['downstream_change_pts'], '.2f', True)} | "
+                         f"{' / '.join(_fmt(v, '.1f') for v in p['wall_clock_s'])} | {winner} |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     ev = results["evaluation"]
     unigram = ev.get("unigram") or {}
@@ -287,6 +341,7 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{_fmt(r['wall_clock_s'], '.1f')} | {_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['eval_loss'])} | "
                      f"{_fmt(None if r['eval_accuracy'] is None else 100 * r['eval_accuracy'], '.2f')} | "
                      f"{_fmt(r['downstream_score'], '.2f')} | {note} |")
+    lines += _head_to_head_lines(results.get("head_to_head") or [])
     if results["ablation"]:
         lines += ["", f"## Ablation at {budget_label(results['ablation_budget_minutes'])}", "",
                   "Each MosaicBERT modification turned off in turn, against MosaicBERT at the same budget.", "",

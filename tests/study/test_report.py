@@ -158,6 +158,7 @@ def test_recipe_choice_per_model_is_the_lowest_loss_off_the_plateau_at_the_small
     text = (study.output_dir / "results.md").read_text()
     assert "## Recipe choice" in text
     assert "never left the unigram plateau" not in text  # a sweep's runs may sit there: its choice passes them over
+    assert results["head_to_head"] == [] and "## MosaicBERT against" not in text  # a sweep's runs are recipes
     assert "| BERT | 3min | 2 of 3 | 1 | - | bert-30-lr=0.0001/3min (provisional: runs still to finish) | 5.5000 |" in text
 
     fake_run(by_id["bert-30-lr=0.0001/3min"], 800.0, 180.0, 6.99, 0.05)  # now every finished BERT run is stuck
@@ -224,3 +225,29 @@ def test_an_ablation_run_on_the_plateau_shows_no_quality_change_but_keeps_its_th
     assert "| geglu | GELU MLP | 1,200 | +20.0% | *plateau* | *plateau* | *plateau* |" in text
     assert "| alibi | learned position embeddings | 990 | -1.0% | +0.2000 | -2.00 | -1.00 |" in text
     assert "*plateau*: that variant never left the unigram plateau at MosaicBERT's recipe." in text
+
+
+def test_head_to_head_compares_mosaicbert_with_the_baseline_at_each_budget_and_names_no_winner_off_a_plateau(study):
+    by_id = {r.id: r for r in study.runs()}
+    fake_run(by_id["mosaicbert/5min"], 1000.0, 302.0, 3.5, 0.40, 70.0)
+    fake_run(by_id["bert/5min"], 800.0, 299.0, 6.9, 0.06, 50.0)  # on the unigram plateau (0.95 x 7.0 = 6.65)
+    fake_run(by_id["mosaicbert/10min"], 1000.0, 601.0, 3.0, 0.45, 75.0)
+    fake_run(by_id["bert/10min"], 800.0, 598.0, 4.0, 0.30, 77.0)
+    pairs = {p["budget_minutes"]: p for p in write_report(study, EVAL_META)["head_to_head"]}
+    assert sorted(pairs) == [5, 10]
+    ten = pairs[10]
+    assert (ten["mosaicbert"], ten["baseline"]) == ("mosaicbert/10min", "bert/10min")
+    assert ten["eval_loss_change"] == pytest.approx(-1.0)  # MosaicBERT minus BERT: MosaicBERT ahead
+    assert ten["eval_accuracy_change_pts"] == pytest.approx(15.0)
+    assert ten["downstream_change_pts"] == pytest.approx(-2.0)  # BERT ahead downstream, kept as measured
+    assert ten["lower_eval_loss"] == "MosaicBERT" and ten["wall_clock_s"] == [601.0, 598.0]
+    assert pairs[5]["lower_eval_loss"] is None and pairs[5]["on_unigram_plateau"] == ["bert/5min"]
+    text = (study.output_dir / "results.md").read_text()
+    assert "## MosaicBERT against BERT at each budget" in text
+    assert "| 10min | 3.0000 / 4.0000 | -1.0000 | +15.00 | -2.00 | 601.0 / 598.0 | MosaicBERT |" in text
+    assert "| 5min | 3.5000 / 6.9000 | -3.4000 | +34.00 | +20.00 | 302.0 / 299.0 | none: bert/5min on the plateau |" \
+        in text
+
+    fake_run(by_id["bert/10min"], 800.0, 598.0, 2.9, 0.50, 80.0)  # the baseline ahead: it is named the winner
+    pairs = {p["budget_minutes"]: p for p in write_report(study, EVAL_META)["head_to_head"]}
+    assert pairs[10]["lower_eval_loss"] == "BERT" and pairs[10]["eval_loss_change"] == pytest.approx(0.1)
