@@ -1,4 +1,5 @@
-"""A study's results: one row per run, the ablation table, the Pareto figure; as results.json and results.md.
+"""A study's results: one row per run, MosaicBERT against each baseline at each budget, the ablation table, the
+Pareto figure; as results.json and results.md.
 
 Wall clock of a run is its training loop's, as the budget counts it (megabert/train/budget.py: from the first step
 to the last, evaluations and checkpoints between them included, start-up and export not). Throughput is the
