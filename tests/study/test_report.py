@@ -251,3 +251,16 @@ def test_head_to_head_compares_mosaicbert_with_the_baseline_at_each_budget_and_n
     fake_run(by_id["bert/10min"], 800.0, 598.0, 2.9, 0.50, 80.0)  # the baseline ahead: it is named the winner
     pairs = {p["budget_minutes"]: p for p in write_report(study, EVAL_META)["head_to_head"]}
     assert pairs[10]["lower_eval_loss"] == "BERT" and pairs[10]["eval_loss_change"] == pytest.approx(0.1)
+
+
+def test_every_ablation_row_shows_no_quality_change_when_mosaicbert_itself_sat_on_the_plateau(study):
+    by_id = {r.id: r for r in study.runs()}
+    fake_run(by_id["mosaicbert/10min"], 1000.0, 600.0, 6.9, 0.05, 10.0)  # the reference collapsed
+    fake_run(by_id["mosaicbert-no-alibi/10min"], 990.0, 600.0, 3.2, 0.43, 74.0)
+    results = write_report(study, EVAL_META)
+    alibi = next(a for a in results["ablation"] if a["switch"] == "alibi")
+    assert alibi["reference_on_unigram_plateau"] and alibi["on_unigram_plateau"] is False
+    assert alibi["eval_loss_change"] == pytest.approx(-3.7)  # kept raw in results.json
+    text = (study.output_dir / "results.md").read_text()
+    assert "| alibi | learned position embeddings | 990 | -1.0% | *plateau* | *plateau* | *plateau* |" in text
+    assert "*plateau*: MosaicBERT's own run at this budget never left the unigram plateau" in text
