@@ -45,8 +45,10 @@ RUN_GLUE = ["-m", "megabert.cli.run_glue"]  # tools/run_glue.py
 EVAL_SET = "eval_set.npz"
 MODEL_REMOVED = "model_removed.json"  # the stamp of a run's model deleted after its results were recorded
 RUN_TIMING = "timing.json"  # a run's wall clock, all stages, when it trained in one go: its overhead beyond the budget
-RUN_CONFIG = "config.json"  # the resolved config the trainer wrote when the run started
+RUN_CONFIG = "config.json"  # the resolved config the trainer wrote when the run started (or resumed)
 LOCATION_KEYS = ("output_dir", "checkpoint.dir")  # where a run lives, not what it trains: a study may move
+BUDGET_SET_KEYS = ("schedule.total_steps",)  # every study run has a budget, which fixes its step count; a resumed
+# run records the fixed count in its config.json, so a count other than the planned one is not an edit
 
 
 class StudyRunner:
@@ -257,13 +259,14 @@ def changed_settings(study: Study, run: Run) -> dict[str, tuple[Any, Any]]:
     """{setting: (recorded, planned)} for every setting (dotted, as overrides name them) whose value in the config
     the run started with differs from the study's resolved config for it; {} for a run that has not started (or
     started before runs recorded their config). LOCATION_KEYS do not count, nor settings only one side has (a
-    config field added or retired by a megabert release in between)."""
+    config field added or retired by a megabert release in between), nor the settings the run's budget sets
+    (BUDGET_SET_KEYS)."""
     recorded = read_json(run.directory / RUN_CONFIG)
     if not isinstance(recorded, dict):
         return {}
     old, new = _flatten(recorded), _flatten(json.loads(json.dumps(to_dict(study.run_config(run)))))
     return {key: (old[key], new[key]) for key in sorted(set(old) & set(new))
-            if key not in LOCATION_KEYS and old[key] != new[key]}
+            if key not in LOCATION_KEYS + BUDGET_SET_KEYS and old[key] != new[key]}
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:

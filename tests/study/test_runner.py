@@ -203,7 +203,8 @@ def test_a_time_limit_counts_the_largest_overhead_the_study_has_measured(tmp_pat
 
 def test_a_run_started_with_other_settings_is_refused_by_name_and_a_moved_study_is_not(tmp_path, sample_corpus):
     """A study file edited after its runs began (another lr) must not report the old runs under the new settings:
-    the runner names each such run and setting and touches nothing; where a run lives does not count."""
+    the runner names each such run and setting and touches nothing; where a run lives does not count, nor the step
+    count its budget fixed."""
     import pytest
 
     from megabert.config import to_dict
@@ -218,6 +219,10 @@ def test_a_run_started_with_other_settings_is_refused_by_name_and_a_moved_study_
         run.directory.mkdir(parents=True)
         (run.directory / "config.json").write_text(json.dumps(to_dict(study.run_config(run))))
     assert changed_settings(study, mosaic) == {} and changed_settings(study, bert) == {}
+    resumed = to_dict(study.run_config(mosaic))
+    resumed["schedule"]["total_steps"] = 1517  # a run resumed after its budget fixed the count records that count
+    (mosaic.directory / "config.json").write_text(json.dumps(resumed))
+    assert changed_settings(study, mosaic) == {}
     older = json.loads((bert.directory / "config.json").read_text())
     del older["optim"]["lr"]  # a release that had no such field: nothing recorded to hold the run to
     older["optim"]["retired_field"] = 1

@@ -214,5 +214,7 @@ def test_real_run_fixes_its_count_records_it_and_resumes_without_measuring_again
     assert lrs[total] == pytest.approx(0.003 * 0.02)  # decayed to the floor at the end
     final = json.loads((latest_checkpoint(tmp_path / "run" / "ckpt") / "trainer_state.json").read_text())
     assert final[BUDGET_KEY]["total_steps"] == recorded["total_steps"]
+    run_config = json.loads((tmp_path / "run" / "config.json").read_text())  # as a study's settings check reads it
+    assert run_config["schedule"]["total_steps"] == recorded["total_steps"]
     assert json.loads((tmp_path / "run" / "ckpt" / latest_checkpoint(tmp_path / "run" / "ckpt").name
                        / "config.json").read_text())["schedule"]["total_steps"] == recorded["total_steps"]
