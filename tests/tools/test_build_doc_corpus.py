@@ -115,3 +115,17 @@ def test_the_shipped_manifests_are_well_formed():
         manifest = corpus.load_manifest(path)
         names = [e["package"] for e in manifest["packages"]]
         assert len(names) == len(set(names)), path
+
+
+def test_the_study_corpus_script_uses_the_shipped_vocabulary_and_it_is_a_30528_entry_wordpiece_vocabulary():
+    from megabert.data.tokenizer import load_tokenizer
+
+    shipped = REPO_ROOT / "configs" / "corpora" / "debian_docs_vocab.txt"
+    assert "VOCAB:-configs/corpora/debian_docs_vocab.txt" in (REPO_ROOT / "examples" / "study_corpus.sh").read_text()
+    entries = shipped.read_text().splitlines()
+    assert len(entries) == 30528 and len(set(entries)) == len(entries)
+    tokenizer = load_tokenizer("BertWordPieceLowerCase", str(shipped))
+    assert tokenizer.vocab_size == 30528
+    assert [tokenizer.id_to_token(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    ids = tokenizer.encode("PostgreSQL manages the Linux kernel's documentation")
+    assert ids and 1 not in ids  # no [UNK]: the vocabulary is of this corpus's text
