@@ -8,6 +8,8 @@ WordPiece writes vocab.txt ([PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4; use --
 BertWordPieceLowerCase/BertWordPieceCase --vocab-file vocab.txt). SentencePiece writes spm.model/spm.vocab with
 the same special tokens ([PAD]=0, [UNK]=1; use --tokenizer-type SentencePieceTokenizer --tokenizer-model
 spm.model). A trainer that stops short of the requested size (small corpus) is padded with [unusedN] tokens.
+WordPiece training is not reproducible (the tokenizers library breaks ties by hash-map order): keep the
+vocabulary that made a dataset, since a second training on the same corpus gives other token ids.
 
 Bad lines are skipped and counted per reason as in preprocess_data.py (malformed JSON, missing key, empty text,
 non-UTF-8, truncated gzip, a line over --max-line-bytes or a text over --max-document-chars); an input with no
