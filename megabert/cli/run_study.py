@@ -11,18 +11,22 @@ Every (variant, budget) is a normal pretraining run with --schedule.budget_minut
 study's masked-LM set and, when the study names one, a fine-tuning of the downstream task. Rerunning the command
 skips what is finished and resumes what was interrupted; several runners (other nodes on a shared file system)
 can work on one study at once. Writes results.json, results.md, pareto.png and ablation.png in the study's
-output_dir. docs/STUDY.md explains the study file.
+output_dir, and appends the runner's lines to study.log there. docs/STUDY.md explains the study file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
 import signal
+import socket
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Iterator
 
 from megabert.config import ConfigError
 from megabert.study.evaluation import EvaluationError
@@ -69,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         eval_meta = runner.prepare()
         failures: dict[str, str] = {}
         if not args.report_only:
-            todo = [r.id for r in runs if not runner.is_done(r)]
-            log.info("study %s: %d runs, %d to do, workers %s", study.name, len(runs), len(todo),
-                     ", ".join(s.name for s in slots))
-            failures = _run_until_stopped(runner)
+            with _study_log(study.output_dir):
+                todo = [r.id for r in runs if not runner.is_done(r)]
+                log.info("study %s: %d runs, %d to do, workers %s", study.name, len(runs), len(todo),
+                         ", ".join(s.name for s in slots))
+                failures = _run_until_stopped(runner)
         results = write_report(study, eval_meta, failures)
     except (StudyError, ConfigError, EvaluationError, PlotError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -86,6 +91,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(pending)} run(s) not done: {', '.join(pending)}; rerun the same command to continue",
               file=sys.stderr)
     return 1 if failures or (pending and not args.report_only) else 0
+
+
+@contextlib.contextmanager
+def _study_log(output_dir: Path) -> Iterator[None]:
+    """The runner's lines also go to output_dir/study.log, appended by every sitting and every runner (host named), so
+    the record of what started, resumed, stopped and finished where stays with the study's results."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(output_dir / "study.log", mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {socket.gethostname()} %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger("run_study"), logging.getLogger("megabert.study")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)  # whatever the root logger lets through, the file gets every line
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        handler.close()
 
 
 def _run_until_stopped(runner: StudyRunner) -> dict[str, str]:

@@ -86,11 +86,17 @@ def test_tiny_study_end_to_end(tmp_path, sample_corpus):
     assert "Hardware: 1 x cpu, for all 3 run(s) that recorded theirs." in (out / "results.md").read_text()
     started = {run_id: commands_run(out / "runs" / run_id) for run_id in runs}
     assert set(started.values()) == {3}  # pretrain, evaluate, downstream
+    study_log = (out / "study.log").read_text()
+    assert "study e2e: 3 runs, 3 to do" in study_log
+    for run_id in runs:
+        assert f"{run_id}: pretraining on cpu" in study_log and f"{run_id}: done" in study_log, run_id
 
-    # Rerun: everything is finished, nothing starts.
+    # Rerun: everything is finished, nothing starts; the study's log gains the sitting's lines.
     assert run_study.main(["--config", str(config), "--cpu-workers", "2"]) == 0
     assert {run_id: commands_run(out / "runs" / run_id) for run_id in runs} == started
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    assert (out / "study.log").read_text().startswith(study_log)
+    assert "study e2e: 3 runs, 0 to do" in (out / "study.log").read_text()[len(study_log):]
 
 
 
