@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import tempfile
 import traceback
@@ -15,6 +16,7 @@ import torch.multiprocessing as mp
 
 
 def _entry(rank: int, world_size: int, init_file: str, out_dir: str, fn: Callable, args: tuple) -> None:
+    faulthandler.enable()  # a native abort prints every thread's Python stack into the captured stderr
     torch.set_num_threads(1)  # 2 shared cores: one thread per process keeps the runs from thrashing
     # what torchrun would export (DeepSpeed reads them)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
