@@ -50,7 +50,7 @@ def run_on_processes(fn: Callable, world_size: int, *args: Any) -> list[Any]:
             try:
                 mp.spawn(_entry, args=(world_size, init_file, tmp, fn, args), nprocs=world_size, join=True)
             except mp.ProcessExitedException as e:
-                errors = "\n".join(p.read_text() for p in sorted(Path(tmp).glob("rank*.err")))
+                errors = _rank_errors(tmp)
                 if errors or e.signal_name is None:
                     raise RuntimeError(f"a rank failed:\n{errors or e}") from None
                 if all((Path(tmp) / f"rank{r}.pt").exists() for r in range(world_size)):
@@ -62,11 +62,15 @@ def run_on_processes(fn: Callable, world_size: int, *args: Any) -> list[Any]:
                 warnings.warn(f"rank {e.error_index} was killed by {e.signal_name} outside Python; running again")
                 continue
             except Exception as e:
-                errors = "\n".join(p.read_text() for p in sorted(Path(tmp).glob("rank*.err")))
-                raise RuntimeError(f"a rank failed:\n{errors or e}") from None
+                raise RuntimeError(f"a rank failed:\n{_rank_errors(tmp) or e}") from None
             return _results(tmp, world_size)
     raise AssertionError("unreachable")
 
 
 def _results(tmp: str, world_size: int) -> list[Any]:
     return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+
+
+def _rank_errors(tmp: str) -> str:
+    """The Python tracebacks the ranks wrote before dying ("" when none did)."""
+    return "\n".join(p.read_text() for p in sorted(Path(tmp).glob("rank*.err")))
