@@ -1,4 +1,5 @@
-"""The paper's figures: quality against training time with the Pareto frontier marked, and throughput bars.
+"""The paper's figures: quality against training time with the Pareto frontier marked, throughput bars, and the
+ablation (throughput and validation loss of each variant beside MosaicBERT's).
 
 The drawing behind tools/plot_pareto.py (which reads trainer logs and fine-tuning results into points) and behind
 a study's report (megabert/study/report.py): one implementation of the frontier and of each figure.
@@ -127,3 +128,59 @@ def plot_throughput(rows: list[dict], output: str | Path, ylabel: str = "real to
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output)
     plt.close(fig)
+
+
+def plot_ablation(rows: list[dict], output: str | Path, reference: str, title: str = "") -> dict[str, list[str]]:
+    """Two panels, one bar per variant: real tokens/s and validation MLM loss, with the reference variant's values
+    as dashed lines, so that what each switch costs in speed sits beside what it costs in quality.
+
+    rows: {name, tokens_per_s, eval_loss, on_unigram_plateau}; a None value leaves its bar out ("n/a"). A run on
+    the unigram plateau is hatched and labelled: its loss says that it did not learn, not what the switch buys.
+    Returns each panel's bar labels (key -> one label per row).
+    """
+    if not rows:
+        raise PlotError("nothing to plot for the ablation: no run at its budget")
+    plt = pyplot()
+    names = [r["name"] for r in rows]
+    ref = next((r for r in rows if r["name"] == reference), None)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * len(rows) + 2), dpi=120, sharey=True)
+    labels = {}
+    try:
+        for ax, key, label in ((axes[0], "tokens_per_s", "real tokens/s"),
+                               (axes[1], "eval_loss", "validation MLM loss (lower is better)")):
+            values = [r.get(key) for r in rows]
+            bars = ax.barh(range(len(rows)), [0.0 if v is None else v for v in values], color="tab:blue")
+            for bar, row in zip(bars, rows):
+                if row.get("on_unigram_plateau") and key == "eval_loss":
+                    bar.set(hatch="//", facecolor="lightgray", edgecolor="tab:gray")
+            texts = []
+            for row, value in zip(rows, values):
+                if value is None:
+                    texts.append("n/a")
+                    continue
+                text = f"{value:,.0f}" if key == "tokens_per_s" else f"{value:.3f}"
+                base = None if ref is None else ref.get(key)
+                if base and row is not ref:
+                    text += f" ({100 * (value / base - 1):+.1f}%)" if key == "tokens_per_s" else f" ({value - base:+.3f})"
+                if key == "eval_loss" and row.get("on_unigram_plateau"):
+                    text += ", plateau"
+                texts.append(text)
+            ax.bar_label(bars, labels=texts, fontsize=7, padding=3)
+            labels[key] = texts
+            if ref is not None and ref.get(key) is not None:
+                ax.axvline(ref[key], color="black", linestyle="--", linewidth=1, label=reference)
+                ax.legend(fontsize=8, loc="lower right")
+            ax.set_xlabel(label)
+            ax.xaxis.set_major_formatter("{x:,.0f}" if key == "tokens_per_s" else "{x:.1f}")
+            ax.margins(x=0.35)
+            ax.grid(True, axis="x", alpha=0.3)
+        axes[0].set_yticks(range(len(rows)), names, fontsize=8)
+        axes[0].invert_yaxis()  # the first row on top
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output)
+    finally:
+        plt.close(fig)
+    return labels

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 from megabert.config import field_value
 from megabert.study.evaluation import PLATEAU_FRACTION
-from megabert.study.plots import Panel, Point, pareto_front, plot_pareto_panels, plot_throughput
+from megabert.study.plots import Panel, Point, pareto_front, plot_ablation, plot_pareto_panels
 from megabert.study.runner import read_json
 from megabert.study.spec import SWITCH_BY_NAME, Run, Study, budget_label
 
@@ -247,11 +247,13 @@ def write_report(study: Study, eval_meta: dict, failures: Optional[dict[str, str
     panels = pareto_panels(results["runs"])
     if panels:
         plot_pareto_panels(panels, out / PARETO_PNG, time_unit="minutes", title=f"study {study.name}")
-    bars = [{"name": r["variant"], "group": "", "value": r["tokens_per_s"]} for r in results["runs"]
-            if r["budget_minutes"] == study.ablation_budget and r["role"] in ("mosaicbert", "ablation")
-            and r["tokens_per_s"] is not None]
-    if study.ablation_budget is not None and bars:
-        plot_throughput(bars, out / ABLATION_PNG, title=f"throughput at {budget_label(study.ablation_budget)}")
+    at_budget = [r for r in results["runs"] if r["budget_minutes"] == study.ablation_budget
+                 and r["role"] in ("mosaicbert", "ablation") and r["tokens_per_s"] is not None]
+    if study.ablation_budget is not None and at_budget:
+        reference = next((r["variant"] for r in at_budget if r["role"] == "mosaicbert"), "")
+        plot_ablation([{key: r[key] for key in ("tokens_per_s", "eval_loss", "on_unigram_plateau")}
+                       | {"name": r["variant"]} for r in at_budget], out / ABLATION_PNG, reference,
+                      title=f"ablation at {budget_label(study.ablation_budget)}: each modification off in turn")
     results["figures"] = [name for name in (PARETO_PNG, ABLATION_PNG) if (out / name).is_file()]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))

@@ -227,6 +227,21 @@ def test_an_ablation_run_on_the_plateau_shows_no_quality_change_but_keeps_its_th
     assert "*plateau*: that variant never left the unigram plateau at MosaicBERT's recipe." in text
 
 
+def test_the_ablation_figure_puts_each_switchs_speed_beside_its_loss_and_marks_the_plateau(tmp_path):
+    from megabert.study.plots import PlotError, plot_ablation
+
+    rows = [{"name": "MosaicBERT", "tokens_per_s": 1000.0, "eval_loss": 3.0, "on_unigram_plateau": False},
+            {"name": "no geglu", "tokens_per_s": 1200.0, "eval_loss": 6.9, "on_unigram_plateau": True},
+            {"name": "no alibi", "tokens_per_s": 990.0, "eval_loss": None, "on_unigram_plateau": None}]
+    labels = plot_ablation(rows, tmp_path / "ablation.png", reference="MosaicBERT")
+    assert labels == {"tokens_per_s": ["1,000", "1,200 (+20.0%)", "990 (-1.0%)"],
+                      "eval_loss": ["3.000", "6.900 (+3.900), plateau", "n/a"]}
+    height, width = _png_size(tmp_path / "ablation.png")
+    assert width > 1200 and height > 300  # two panels side by side
+    with pytest.raises(PlotError, match="no run at its budget"):
+        plot_ablation([], tmp_path / "none.png", reference="MosaicBERT")
+
+
 def test_head_to_head_compares_mosaicbert_with_the_baseline_at_each_budget_and_names_no_winner_off_a_plateau(study):
     by_id = {r.id: r for r in study.runs()}
     fake_run(by_id["mosaicbert/5min"], 1000.0, 302.0, 3.5, 0.40, 70.0)
