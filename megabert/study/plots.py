@@ -58,6 +58,15 @@ def pyplot():
     return plt
 
 
+def _write(fig, output: str | Path, title: str = "") -> None:
+    """The figure's title and layout, then the PNG (its folder made if missing)."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+
+
 def draw_pareto(ax, panel: Panel, time_unit: str = "hours") -> list[Point]:
     """One panel: a curve per series, the frontier as a dashed step line with its points circled."""
     scale = TIME_UNITS[time_unit]
@@ -88,11 +97,7 @@ def plot_pareto_panels(panels: Sequence[Panel], output: str | Path, time_unit: s
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
     try:
         fronts = [draw_pareto(ax, panel, time_unit) for ax, panel in zip(axes[0], panels)]
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output)
+        _write(fig, output, title)
     finally:
         plt.close(fig)
     return fronts
@@ -124,10 +129,10 @@ def plot_throughput(rows: list[dict], output: str | Path, ylabel: str = "real to
     if any(groups):
         ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
+    try:
+        _write(fig, output)
+    finally:
+        plt.close(fig)
 
 
 def plot_ablation(rows: list[dict], output: str | Path, reference: str, title: str = "") -> dict[str, list[str]]:
@@ -176,11 +181,7 @@ def plot_ablation(rows: list[dict], output: str | Path, reference: str, title: s
             ax.grid(True, axis="x", alpha=0.3)
         axes[0].set_yticks(range(len(rows)), names, fontsize=8)
         axes[0].invert_yaxis()  # the first row on top
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output)
+        _write(fig, output, title)
     finally:
         plt.close(fig)
     return labels
