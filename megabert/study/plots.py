@@ -176,8 +176,9 @@ def plot_ablation(rows: list[dict], output: str | Path, reference: str, title: s
                 ax.axvline(ref[key], color="black", linestyle="--", linewidth=1, label=reference)
                 ax.legend(fontsize=8, loc="lower right")
             ax.set_xlabel(label)
+            ax.locator_params(axis="x", nbins=4)  # room for seven-digit tick labels
             ax.xaxis.set_major_formatter("{x:,.0f}" if key == "tokens_per_s" else "{x:.1f}")
-            ax.margins(x=0.35)
+            ax.margins(x=0.5)  # room for the longest bar's label
             ax.grid(True, axis="x", alpha=0.3)
         axes[0].set_yticks(range(len(rows)), names, fontsize=8)
         axes[0].invert_yaxis()  # the first row on top
