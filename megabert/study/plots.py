@@ -154,20 +154,18 @@ def plot_ablation(rows: list[dict], output: str | Path, reference: str, title: s
         for ax, key, label in ((axes[0], "tokens_per_s", "real tokens/s"),
                                (axes[1], "eval_loss", "validation MLM loss (lower is better)")):
             values = [r.get(key) for r in rows]
+            base = None if ref is None else ref.get(key)
             bars = ax.barh(range(len(rows)), [0.0 if v is None else v for v in values], color="tab:blue")
-            for bar, row in zip(bars, rows):
-                if row.get("on_unigram_plateau") and key == "eval_loss":
-                    bar.set(hatch="//", facecolor="lightgray", edgecolor="tab:gray")
             texts = []
-            for row, value in zip(rows, values):
+            for bar, row, value in zip(bars, rows, values):
                 if value is None:
                     texts.append("n/a")
                     continue
                 text = f"{value:,.0f}" if key == "tokens_per_s" else f"{value:.3f}"
-                base = None if ref is None else ref.get(key)
                 if base and row is not ref:
                     text += f" ({100 * (value / base - 1):+.1f}%)" if key == "tokens_per_s" else f" ({value - base:+.3f})"
                 if key == "eval_loss" and row.get("on_unigram_plateau"):
+                    bar.set(hatch="//", facecolor="lightgray", edgecolor="tab:gray")
                     text += ", plateau"
                 texts.append(text)
             ax.bar_label(bars, labels=texts, fontsize=7, padding=3)

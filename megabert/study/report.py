@@ -251,8 +251,9 @@ def write_report(study: Study, eval_meta: dict, failures: Optional[dict[str, str
                  and r["role"] in ("mosaicbert", "ablation") and r["tokens_per_s"] is not None]
     if study.ablation_budget is not None and at_budget:
         reference = next((r["variant"] for r in at_budget if r["role"] == "mosaicbert"), "")
-        plot_ablation([{key: r[key] for key in ("tokens_per_s", "eval_loss", "on_unigram_plateau")}
-                       | {"name": r["variant"]} for r in at_budget], out / ABLATION_PNG, reference,
+        bars = [{"name": r["variant"], "tokens_per_s": r["tokens_per_s"], "eval_loss": r["eval_loss"],
+                 "on_unigram_plateau": r["on_unigram_plateau"]} for r in at_budget]
+        plot_ablation(bars, out / ABLATION_PNG, reference,
                       title=f"ablation at {budget_label(study.ablation_budget)}: each modification off in turn")
     results["figures"] = [name for name in (PARETO_PNG, ABLATION_PNG) if (out / name).is_file()]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
